@@ -1,0 +1,3 @@
+"""sheesh: self-hosted isolated microVMs."""
+
+__version__ = "0.1.0"

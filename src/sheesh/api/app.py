@@ -1,0 +1,57 @@
+"""App factory: ``create_app(services)`` with injected dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+
+from sheesh import __version__
+from sheesh.api import errors
+from sheesh.api.deps import require_api_key
+from sheesh.api.routers import vms
+from sheesh.control.services import Services
+
+log = logging.getLogger(__name__)
+
+
+async def _reconcile_loop(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.settings.reconcile_interval_s)
+        try:
+            await svc.vms.reconcile()
+        except Exception:
+            log.exception("reconcile failed")
+
+
+def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
+    """The control-plane HTTP app. On start-up it recovers VM state; on shutdown it closes ``svc``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.vms.recover()
+        task = asyncio.create_task(_reconcile_loop(svc))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if close_services:
+                await svc.close()
+
+    app = FastAPI(
+        title="sheesh",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted isolated microVMs (run dat sheesh API).",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = svc
+    errors.install(app)
+    app.include_router(vms.router, dependencies=[Depends(require_api_key)])
+    return app

@@ -1,0 +1,128 @@
+"""Request and response bodies of the run dat sheesh API (camelCase on the wire)."""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from sheesh.models import Vm
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_CMD_BYTES = 256 * 1024
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CreateVmBody(Body):
+    cpu: Annotated[StrictInt, Field(ge=1, le=8, description="vCPU count (1-8)")]
+    mem_mb: Annotated[StrictInt, Field(alias="memMb", ge=128, le=8192, description="Memory in MiB (128-8192)")]
+    allow_ips: Annotated[
+        list[StrictStr], Field(alias="allowIps", max_length=256, description="Outbound IP allowlist (CIDR notation)")
+    ]
+    outbound_internet: Annotated[StrictBool, Field(alias="outboundInternet")] = False
+    image_id: Annotated[StrictStr | None, Field(alias="imageId", max_length=64)] = None
+    snapshot_id: Annotated[StrictStr | None, Field(alias="snapshotId", max_length=64)] = None
+    disk_size_mb: Annotated[StrictInt | None, Field(alias="diskSizeMb", ge=1)] = None
+
+    @field_validator("allow_ips")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a valid CIDR") from None
+        return out
+
+
+def _iso(dt: datetime) -> str:
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class VmOut(BaseModel):
+    id: str
+    state: str
+    cpu: int
+    memMb: int
+    guestIp: str
+    createdAt: str
+    provisionMode: str
+    allowIps: list[str]
+    outboundInternet: bool
+    imageId: str
+    diskSizeMb: int
+    node: str
+    error: str | None = None
+
+    @classmethod
+    def of(cls, vm: Vm) -> VmOut:
+        return cls(
+            id=vm.id,
+            state=vm.state.value,
+            cpu=vm.cpu,
+            memMb=vm.mem_mb,
+            guestIp=vm.guest_ip,
+            createdAt=_iso(vm.created_at),
+            provisionMode=vm.provision_mode.value,
+            allowIps=vm.allow_ips,
+            outboundInternet=vm.outbound_internet,
+            imageId=vm.image_id,
+            diskSizeMb=vm.disk_size_mb,
+            node=vm.node,
+            error=vm.error,
+        )
+
+
+class ExecBody(Body):
+    cmd: Annotated[StrictStr, Field(min_length=1, description="Shell command (executed via bash -lc)")]
+    cwd: Annotated[StrictStr, Field(description="Working directory under /workspace")] = "/workspace"
+    env: Annotated[dict[StrictStr, StrictStr], Field(max_length=256)] = Field(default_factory=dict)
+    timeout_ms: Annotated[StrictInt | None, Field(alias="timeoutMs", ge=1)] = None
+
+    @field_validator("cmd")
+    @classmethod
+    def _cmd(cls, value: str) -> str:
+        if len(value.encode()) > MAX_CMD_BYTES:
+            raise ValueError(f"cmd is longer than {MAX_CMD_BYTES} bytes")
+        if "\0" in value:
+            raise ValueError("cmd contains a NUL byte")
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str) -> str:
+        norm = posixpath.normpath(value)
+        if not value.startswith("/") or not (norm == "/workspace" or norm.startswith("/workspace/")):
+            raise ValueError("cwd must be /workspace or a directory under it")
+        return norm
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+            if "\0" in val:
+                raise ValueError(f"environment variable {key} contains a NUL byte")
+        return value
+
+
+class ExecOut(BaseModel):
+    exitCode: int
+    stdout: str
+    stderr: str
+    timedOut: bool = False
+    truncated: bool = False
+
+
+class ErrorOut(BaseModel):
+    message: str

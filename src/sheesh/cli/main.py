@@ -1,0 +1,109 @@
+"""``sheesh`` command line: serve, image build, api keys."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sheesh.config import Settings
+from sheesh.errors import SheeshError
+
+app = typer.Typer(help="sheesh: self-hosted isolated microVMs", no_args_is_help=True)
+image_app = typer.Typer(help="Guest images", no_args_is_help=True)
+key_app = typer.Typer(help="API keys", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+app.add_typer(key_app, name="apikey")
+console = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Listen address (default from SHEESH_HOST or 127.0.0.1)"),
+    port: int = typer.Option(None, help="Listen port (default from SHEESH_PORT or 3000)"),
+) -> None:
+    """Run the control plane with an embedded local node agent."""
+    import uvicorn
+
+    from sheesh.api.app import create_app
+    from sheesh.bootstrap import build_services
+
+    settings = Settings()
+    if host:
+        settings.host = host
+    if port:
+        settings.port = port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        services = build_services(settings)
+    except SheeshError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    if not any(s.image.is_default for s in services.store.list_images()):
+        console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
+    key = services.auth.bootstrap()
+    if key is not None:
+        console.print(f"[bold green]Generated API key (shown once, store it):[/bold green] {key}")
+        print(f"SHEESH_API_KEY={key}", flush=True)
+    uvicorn.run(create_app(services), host=settings.host, port=settings.port, log_level="info")
+
+
+@image_app.command("build")
+def image_build(force: bool = typer.Option(False, help="Rebuild even when cached")) -> None:
+    """Build (or reuse) the built-in guest image: Debian kernel, initramfs, rootfs with the guest agent."""
+    from sheesh.control.images import register_builtin
+    from sheesh.image.builder import ImageBuilder
+    from sheesh.store.repo import SqlStore
+
+    settings = Settings()
+    builder = ImageBuilder(settings.resolved_image_dir())
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("guest image", total=builder.STEPS)
+
+        def report(message: str, step: int, total: int) -> None:
+            progress.update(
+                task,
+                completed=step - 1 if step < total else step,
+                total=total,
+                description=f"guest image: {message[:70]}",
+            )
+
+        try:
+            built = builder.build(report, force=force)
+        except SheeshError as exc:
+            console.print(f"[red]image build failed:[/red] {exc.message}")
+            raise typer.Exit(1) from exc
+    store = SqlStore(settings.resolved_database_url())
+    image = register_builtin(store, built)
+    store.close()
+    console.print(f"image {image.id} ready at {built.path} (kernel {built.kernel_version})")
+
+
+@key_app.command("create")
+def apikey_create(label: str = typer.Option("cli", help="Label for the key")) -> None:
+    """Create an API key and print it (it is stored only as a hash)."""
+    from sheesh.auth.apikeys import ApiKeyAuth
+    from sheesh.store.repo import SqlStore
+
+    settings = Settings()
+    store = SqlStore(settings.resolved_database_url())
+    print(ApiKeyAuth(store).create(label))
+    store.close()
+
+
+def main() -> None:
+    try:
+        app()
+    except SheeshError as exc:  # pragma: no cover - last resort
+        console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)

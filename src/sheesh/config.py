@@ -1,0 +1,46 @@
+"""Runtime configuration from environment variables prefixed ``SHEESH_`` (no internal imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "sheesh"
+
+
+class Settings(BaseSettings):
+    """All knobs of a sheesh process. Paths derived from ``data_dir`` unless set explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="SHEESH_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 3000
+    api_key: str | None = None
+    node_name: str = "local"
+
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    image_dir: Path | None = None
+    boot_timeout_s: float = 60.0
+    stop_timeout_s: float = 15.0
+    exec_max_timeout_ms: int = 15 * 60 * 1000
+    exec_output_limit_bytes: int = 4 * 1024 * 1024
+    max_disk_size_mb: int = 64 * 1024
+    guest_network: str = "172.16.0.0/16"
+    reconcile_interval_s: float = 2.0
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'sheesh.db'}"
+
+    def resolved_image_dir(self) -> Path:
+        return self.image_dir or self.data_dir / "images"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.data_dir / "vms"

@@ -1,0 +1,1 @@
+"""Control plane services: VM lifecycle, scheduling onto nodes, images."""

@@ -1,0 +1,96 @@
+"""The seam between the control plane and a node. ``NodeAgent`` implements it in-process."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sheesh.errors import UnavailableError
+from sheesh.models import ExecRequest, ExecResult
+from sheesh.node.agent import NodeVmSpec
+
+
+class NodeClient(Protocol):
+    """Operations on one node. Failures raise ``SheeshError`` subclasses with user-safe messages."""
+
+    name: str
+
+    async def create(self, spec: NodeVmSpec) -> None:
+        """Create the VM's disk and boot it; return once the guest agent answers."""
+        ...
+
+    async def start(self, spec: NodeVmSpec) -> None:
+        """Boot a stopped VM from its existing disk."""
+        ...
+
+    async def stop(self, vm_id: str) -> None:
+        """Graceful (ACPI) shutdown, forced after the node's stop timeout."""
+        ...
+
+    async def destroy(self, vm_id: str) -> None:
+        """Kill the VM and delete its storage. Idempotent."""
+        ...
+
+    def is_running(self, vm_id: str) -> bool: ...
+
+    async def reattach(self, vm_id: str) -> bool:
+        """Adopt a still-running VM after a control-plane restart."""
+        ...
+
+    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
+
+    def serial_tail(self, vm_id: str, lines: int) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class FakeNodeClient:
+    """A node without VMs: records calls, runs nothing; ``exec`` returns ``exec_result`` or echoes."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.fail_next: Exception | None = None
+        self.exec_result: ExecResult | None = None
+
+    def _record(self, op: str, vm_id: str) -> None:
+        self.calls.append((op, vm_id))
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+
+    async def create(self, spec: NodeVmSpec) -> None:
+        self._record("create", spec.vm_id)
+        self.running.add(spec.vm_id)
+
+    async def start(self, spec: NodeVmSpec) -> None:
+        self._record("start", spec.vm_id)
+        self.running.add(spec.vm_id)
+
+    async def stop(self, vm_id: str) -> None:
+        self._record("stop", vm_id)
+        self.running.discard(vm_id)
+
+    async def destroy(self, vm_id: str) -> None:
+        self._record("destroy", vm_id)
+        self.running.discard(vm_id)
+
+    def is_running(self, vm_id: str) -> bool:
+        return vm_id in self.running
+
+    async def reattach(self, vm_id: str) -> bool:
+        self._record("reattach", vm_id)
+        return vm_id in self.running
+
+    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
+        self._record("exec", vm_id)
+        if vm_id not in self.running:
+            raise UnavailableError(f"VM {vm_id} is not running")
+        return self.exec_result or ExecResult(0, req.cmd, "")
+
+    def serial_tail(self, vm_id: str, lines: int) -> str:
+        return ""
+
+    async def close(self) -> None:
+        self.calls.append(("close", ""))

@@ -1,0 +1,28 @@
+"""The set of services one control-plane process runs with (built by ``sheesh.bootstrap``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sheesh.auth.apikeys import ApiKeyAuth
+from sheesh.config import Settings
+from sheesh.control.node_client import NodeClient
+from sheesh.control.vms import VmService
+from sheesh.store.repo import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    node: NodeClient
+    vms: VmService
+    auth: ApiKeyAuth
+
+    @classmethod
+    def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
+        return cls(settings, store, node, VmService(store, node, settings), ApiKeyAuth(store, settings.api_key))
+
+    async def close(self) -> None:
+        await self.node.close()
+        self.store.close()

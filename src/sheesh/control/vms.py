@@ -1,0 +1,190 @@
+"""VM lifecycle service: validation, placement on the (single) node, state machine, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sheesh.config import Settings
+from sheesh.control.images import resolve_image
+from sheesh.control.ipam import allocate_ip
+from sheesh.control.node_client import NodeClient
+from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
+from sheesh.models import ExecRequest, ExecResult, ProvisionMode, Vm, VmState, can_transition
+from sheesh.node.agent import NodeVmSpec
+from sheesh.store.repo import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DISK_MB = 1024
+_ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING)
+
+
+@dataclass(frozen=True)
+class CreateVm:
+    """Validated input of ``POST /v1/vms`` (ranges are checked by the API schema)."""
+
+    cpu: int
+    mem_mb: int
+    allow_ips: list[str]
+    outbound_internet: bool = False
+    image_id: str | None = None
+    snapshot_id: str | None = None
+    disk_size_mb: int | None = None
+
+
+@dataclass
+class VmService:
+    """All VM operations. Lifecycle operations on one VM are serialised; exec runs concurrently."""
+
+    store: Store
+    node: NodeClient
+    settings: Settings
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, vm_id: str) -> AsyncIterator[Vm]:
+        lock = self._locks.setdefault(vm_id, asyncio.Lock())
+        async with lock:
+            yield self.get(vm_id)
+
+    def _set_state(self, vm: Vm, state: VmState, error: str | None = None) -> None:
+        if vm.state != state and not can_transition(vm.state, state):
+            raise ConflictError(f"VM {vm.id} cannot go from {vm.state} to {state}")
+        vm.state = state
+        vm.error = error
+        self.store.save_vm(vm)
+
+    def _spec(self, vm: Vm) -> NodeVmSpec:
+        image = resolve_image(self.store, vm.image_id)
+        return NodeVmSpec(
+            vm.id,
+            vm.cpu,
+            vm.mem_mb,
+            image.path / "vmlinux",
+            image.path / "initrd.cpio",
+            image.path / "rootfs.ext4",
+            vm.disk_size_mb,
+        )
+
+    def list(self) -> list[Vm]:
+        return self.store.list_vms()
+
+    def get(self, vm_id: str) -> Vm:
+        vm = self.store.get_vm(vm_id)
+        if vm is None:
+            raise NotFoundError(f"VM {vm_id} not found")
+        return vm
+
+    async def create(self, req: CreateVm) -> Vm:
+        """Boot a new VM and return it RUNNING. On failure nothing is left behind."""
+        if req.snapshot_id is not None:
+            raise NotFoundError(f"snapshot {req.snapshot_id} not found")
+        image = resolve_image(self.store, req.image_id)
+        base_mb = image.image.rootfs_size_mb
+        disk_mb = req.disk_size_mb if req.disk_size_mb is not None else max(DEFAULT_DISK_MB, base_mb)
+        if disk_mb < base_mb:
+            raise InvalidInputError(f"diskSizeMb must be >= the image's rootfs size ({base_mb} MiB)")
+        if disk_mb > self.settings.max_disk_size_mb:
+            raise InvalidInputError(f"diskSizeMb must be <= {self.settings.max_disk_size_mb}")
+        async with self._alloc:
+            vm = Vm(
+                id=f"vm-{secrets.token_hex(6)}",
+                state=VmState.CREATING,
+                cpu=req.cpu,
+                mem_mb=req.mem_mb,
+                allow_ips=list(req.allow_ips),
+                outbound_internet=req.outbound_internet,
+                image_id=image.image.id,
+                disk_size_mb=disk_mb,
+                guest_ip=allocate_ip(self.settings.guest_network, self.store.used_ips()),
+                created_at=datetime.now(UTC),
+                provision_mode=ProvisionMode.BOOT,
+                node=self.node.name,
+            )
+            self.store.add_vm(vm)
+        async with self._locked(vm.id) as vm:
+            try:
+                await self.node.create(self._spec(vm))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.node.destroy(vm.id)
+                self.store.delete_vm(vm.id)
+                self._locks.pop(vm.id, None)
+                raise
+            self._set_state(vm, VmState.RUNNING)
+            return vm
+
+    async def start(self, vm_id: str) -> None:
+        async with self._locked(vm_id) as vm:
+            if vm.state not in (VmState.STOPPED, VmState.ERROR):
+                raise ConflictError(f"VM {vm_id} is {vm.state}; only a stopped VM can be started")
+            self._set_state(vm, VmState.STARTING)
+            try:
+                await self.node.start(self._spec(vm))
+            except SheeshError as exc:
+                self._set_state(vm, VmState.ERROR, exc.message)
+                raise
+            self._set_state(vm, VmState.RUNNING)
+
+    async def stop(self, vm_id: str) -> None:
+        async with self._locked(vm_id) as vm:
+            if vm.state != VmState.RUNNING:
+                raise ConflictError(f"VM {vm_id} is {vm.state}; only a running VM can be stopped")
+            self._set_state(vm, VmState.STOPPING)
+            try:
+                await self.node.stop(vm_id)
+            except SheeshError as exc:
+                self._set_state(vm, VmState.ERROR, exc.message)
+                raise
+            self._set_state(vm, VmState.STOPPED)
+
+    async def delete(self, vm_id: str) -> None:
+        async with self._locked(vm_id) as vm:
+            self._set_state(vm, VmState.DELETING)
+            try:
+                await self.node.destroy(vm_id)
+            except SheeshError as exc:
+                self._set_state(vm, VmState.ERROR, exc.message)
+                raise
+            self.store.delete_vm(vm_id)
+        self._locks.pop(vm_id, None)
+
+    async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
+        vm = self.get(vm_id)
+        if vm.state != VmState.RUNNING:
+            raise ConflictError(f"VM {vm_id} is {vm.state}; exec needs a running VM")
+        if not self.node.is_running(vm_id):
+            await self.reconcile()
+            raise ConflictError(f"VM {vm_id} is not running")
+        timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
+        return await self.node.exec(
+            vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), self.settings.exec_output_limit_bytes
+        )
+
+    async def reconcile(self) -> None:
+        """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED."""
+        for vm in self.store.list_vms():
+            lock = self._locks.get(vm.id)
+            if vm.state == VmState.RUNNING and not (lock and lock.locked()) and not self.node.is_running(vm.id):
+                log.info("VM %s is no longer running", vm.id)
+                with contextlib.suppress(ConflictError):
+                    self._set_state(vm, VmState.STOPPED)
+
+    async def recover(self) -> None:
+        """After a restart: re-attach live VMs, mark dead ones STOPPED, finish interrupted deletes."""
+        for vm in self.store.list_vms():
+            if vm.state == VmState.DELETING:
+                await self.node.destroy(vm.id)
+                self.store.delete_vm(vm.id)
+            elif vm.state in _ACTIVE:
+                alive = await self.node.reattach(vm.id)
+                vm.state = VmState.RUNNING if alive else VmState.STOPPED
+                vm.error = None
+                self.store.save_vm(vm)

@@ -1,0 +1,37 @@
+"""Root exception hierarchy shared by every tier.
+
+Each package defines its own root (``VmmError``, ``StoreError``, ...) deriving from ``SheeshError``;
+the API layer maps the kinds below to HTTP status codes.
+"""
+
+
+class SheeshError(Exception):
+    """Base of every error sheesh raises on purpose. ``message`` is safe to show to users."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(SheeshError):
+    """The request is malformed or out of range (HTTP 400)."""
+
+
+class NotFoundError(SheeshError):
+    """The addressed resource does not exist or is not visible to the caller (HTTP 404)."""
+
+
+class ConflictError(SheeshError):
+    """The operation conflicts with the resource's current state (HTTP 409)."""
+
+
+class PayloadTooLargeError(SheeshError):
+    """An upload exceeds its limit (HTTP 413)."""
+
+
+class UnavailableError(SheeshError):
+    """A dependency (node, guest agent, hypervisor) cannot serve the request now (HTTP 503)."""
+
+
+class GuestTimeoutError(UnavailableError):
+    """The guest agent did not answer in time."""

@@ -1,0 +1,1 @@
+"""Guest tier: the in-VM agent and its wire protocol (standard library only)."""

@@ -1,0 +1,349 @@
+"""The sheesh guest agent (standard library only; runs as a service inside each VM).
+
+Serves the frame protocol of ``protocol.py`` on the virtio-serial port named ``sheesh.agent``; for tests
+and the fake VMM driver it can instead serve a Unix socket (``--listen``) with paths mapped to a host folder.
+
+Operations: ``ping``, ``exec`` (``bash -lc`` as uid/gid 1000 in /workspace with env and timeout; process
+group killed on timeout), ``sync``, ``shutdown`` (sync then power off). An ACPI power-button press also
+powers the guest off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import glob
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+try:  # inside the guest the protocol module sits beside this file
+    from sheesh.guest import protocol
+except ImportError:  # pragma: no cover - guest layout: protocol.py beside this file, run with -I
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import protocol  # type: ignore[no-redef,import-not-found]
+
+GUEST_WORKSPACE = "/workspace"
+EXIT_TIMEOUT = 124
+_KEY_POWER = 116
+_EV_KEY = 1
+_INPUT_EVENT = struct.Struct("llHHi")
+
+
+class RequestError(Exception):
+    """A request the agent refuses; ``kind`` is sent back to the node."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class AgentConfig:
+    """Where the agent maps ``/workspace`` and which user runs commands (``None``: the agent's own)."""
+
+    workspace: str = GUEST_WORKSPACE
+    uid: int | None = 1000
+    gid: int | None = 1000
+    home: str = "/home/user"
+    user: str = "user"
+    poweroff: Callable[[], None] = field(default=lambda: None)
+    boot_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def map_path(self, path: str) -> str:
+        """Translate a guest path under /workspace to this agent's workspace folder."""
+        norm = os.path.normpath(path)
+        if norm == GUEST_WORKSPACE or norm.startswith(GUEST_WORKSPACE + "/"):
+            return self.workspace + norm[len(GUEST_WORKSPACE) :]
+        return norm
+
+
+def _base_env(config: AgentConfig) -> dict[str, str]:
+    return {
+        "HOME": config.home,
+        "USER": config.user,
+        "LOGNAME": config.user,
+        "SHELL": "/bin/bash",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        "LANG": "C.UTF-8",
+    }
+
+
+def _collect(proc: subprocess.Popen[bytes], deadline: float | None, limit: int) -> tuple[bool, bool, bytes, bytes]:
+    """Read both pipes until EOF (or shortly after bash exits); SIGKILL the group at ``deadline``.
+    Returns (timed_out, truncated, stdout, stderr)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    truncated = False
+    timed_out = False
+    sel = selectors.DefaultSelector()
+    for stream in (proc.stdout, proc.stderr):
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream.fileno(), selectors.EVENT_READ)
+    exited_at: float | None = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and exited_at is None:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                deadline = None
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            # background children may keep the pipes open: stop shortly after bash itself is gone
+            if exited_at is not None and now - exited_at > 0.05:
+                break
+            wait = 0.05 if exited_at is None else 0.01
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            for key, _ in sel.select(wait):
+                fd = int(key.fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                buf = bufs[fd]
+                room = limit - len(buf)
+                if room > 0:
+                    buf.extend(chunk[:room])
+                if len(chunk) > room:
+                    truncated = True
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    return timed_out, truncated, bytes(bufs[out_fd]), bytes(bufs[err_fd])
+
+
+def run_exec(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
+    """Run ``bash -lc cmd``; collect at most ``output_limit`` bytes per stream; kill the group on timeout."""
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str):
+        raise RequestError("cmd must be a string")
+    cwd = config.map_path(str(req.get("cwd") or GUEST_WORKSPACE))
+    if not os.path.isdir(cwd):
+        raise RequestError(f"working directory {req.get('cwd') or GUEST_WORKSPACE} does not exist")
+    env = _base_env(config)
+    env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    timeout_ms = req.get("timeout_ms")
+    limit = int(req.get("output_limit") or 4 * 1024 * 1024)
+    deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+
+    kwargs: dict[str, Any] = {}
+    if config.uid is not None and os.getuid() != config.uid:
+        kwargs = {"user": config.uid, "group": config.gid, "extra_groups": []}
+    proc = subprocess.Popen(
+        ["bash", "-lc", cmd],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **kwargs,
+    )
+    timed_out, truncated, out, err = _collect(proc, deadline, limit)
+    code = proc.wait()
+    if timed_out:
+        code = EXIT_TIMEOUT
+    elif code < 0:
+        code = 128 - code
+    return {
+        "exit_code": code,
+        "stdout": out.decode(errors="replace"),
+        "stderr": err.decode(errors="replace"),
+        "timed_out": timed_out,
+        "truncated": truncated,
+    }
+
+
+class Agent:
+    """Dispatches requests; one thread per request; responses serialised by a write lock."""
+
+    def __init__(self, config: AgentConfig, write: Callable[[bytes], None]) -> None:
+        self.config = config
+        self._write = write
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        frame = protocol.encode(message)
+        with self._lock:
+            self._write(frame)
+
+    def handle(self, req: dict[str, Any]) -> None:
+        threading.Thread(target=self._handle, args=(req,), daemon=True).start()
+
+    def _dispatch(self, req: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        op = req.get("op")
+        if op == "ping":
+            return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id}, None
+        if op == "exec":
+            return run_exec(self.config, req), None
+        if op == "sync":
+            os.sync()
+            return {}, None
+        if op == "shutdown":
+            os.sync()
+            return {}, self.config.poweroff
+        raise RequestError(f"unknown op {op!r}")
+
+    def _handle(self, req: dict[str, Any]) -> None:
+        rid = req.get("id")
+        after: Callable[[], None] | None = None
+        try:
+            body, after = self._dispatch(req)
+            reply = {"id": rid, "ok": True, **body}
+        except RequestError as exc:
+            reply = {"id": rid, "ok": False, "error": str(exc), "kind": exc.kind}
+        except Exception as exc:  # report, never die
+            reply = {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": "internal"}
+        with contextlib.suppress(OSError):
+            self.send(reply)
+        if after is not None:
+            after()
+
+
+def _write_all(fd: int) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            view = view[n:]
+
+    return write
+
+
+def find_port(name: str = protocol.PORT_NAME) -> str | None:
+    """The /dev path of the virtio-serial port called ``name``, if present."""
+    for name_file in glob.glob("/sys/class/virtio-ports/*/name"):
+        with open(name_file) as fh:
+            if fh.read().strip() == name:
+                return "/dev/" + os.path.basename(os.path.dirname(name_file))
+    return None
+
+
+def serve_port(config: AgentConfig, path: str) -> None:
+    """Serve the virtio-serial port forever; EOF means no host is connected: poll and go on."""
+    fd = os.open(path, os.O_RDWR)
+    agent = Agent(config, _write_all(fd))
+    decoder = protocol.FrameDecoder()
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                continue
+            raise
+        if not data:
+            decoder.reset()
+            time.sleep(0.02)
+            continue
+        for req in decoder.feed(data):
+            agent.handle(req)
+
+
+def serve_connection(config: AgentConfig, conn: socket.socket) -> None:
+    """Serve one stream connection until the peer closes it."""
+    agent = Agent(config, conn.sendall)
+    decoder = protocol.FrameDecoder()
+    with conn:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            for req in decoder.feed(data):
+                agent.handle(req)
+
+
+def serve_unix(config: AgentConfig, path: str) -> None:
+    """Listen on a Unix socket, one connection at a time (like a QEMU chardev)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    while True:
+        conn, _ = srv.accept()
+        serve_connection(config, conn)
+
+
+def watch_power_button(poweroff: Callable[[], None]) -> None:
+    """Power off when an ACPI power-button key press arrives on any input device."""
+
+    def watch(path: str) -> None:
+        try:
+            with open(path, "rb", buffering=0) as dev:
+                while True:
+                    data = dev.read(_INPUT_EVENT.size)
+                    if len(data) < _INPUT_EVENT.size:
+                        return
+                    _, _, etype, code, value = _INPUT_EVENT.unpack(data)
+                    if etype == _EV_KEY and code == _KEY_POWER and value == 1:
+                        poweroff()
+        except OSError:
+            return
+
+    for path in glob.glob("/dev/input/event*"):
+        threading.Thread(target=watch, args=(path,), daemon=True).start()
+
+
+def _guest_poweroff() -> None:
+    os.sync()
+    subprocess.run(["/bin/busybox", "poweroff"], check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="sheesh guest agent")
+    parser.add_argument("--listen", help="serve a Unix socket instead of the virtio-serial port")
+    parser.add_argument("--workspace", default=GUEST_WORKSPACE, help="folder that stands for /workspace")
+    parser.add_argument("--same-user", action="store_true", help="run commands as the agent's own user")
+    args = parser.parse_args(argv)
+
+    if args.listen:
+        config = AgentConfig(
+            workspace=args.workspace,
+            uid=None,
+            gid=None,
+            home=args.workspace,
+            user=os.environ.get("USER", "user"),
+            poweroff=lambda: os._exit(0),
+        )
+        if not args.same_user:
+            config.uid, config.gid = 1000, 1000
+        serve_unix(config, args.listen)
+        return 0
+
+    config = AgentConfig(workspace=args.workspace, poweroff=_guest_poweroff)
+    watch_power_button(_guest_poweroff)
+    while True:
+        path = find_port()
+        if path is not None:
+            break
+        time.sleep(0.05)
+    print(f"sheesh-agent: serving {path}", file=sys.stderr, flush=True)
+    serve_port(config, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Build the built-in guest image: ``vmlinux`` + ``initrd.cpio`` + ``rootfs.ext4`` + ``manifest.json``.
+
+Layout under ``image_dir``::
+
+    cache/base-<hash>/          debootstrap tree (reused while suite/mirror/packages are unchanged)
+    cache/kernel-<version>/     extracted Debian kernel package
+    builds/<recipe-hash>/       finished image; rebuilt only when the recipe (including agent code) changes
+
+Needs root (debootstrap, chroot) and the host tools debootstrap, mkfs.ext4, depmod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from sheesh.guest import agent as guest_agent
+from sheesh.guest import protocol as guest_protocol
+from sheesh.image.cpio import CpioWriter
+from sheesh.image.errors import ImageBuildError
+from sheesh.image.kernel import extract_vmlinux, module_load_order
+
+BUILDER_VERSION = 1
+Progress = Callable[[str, int, int], None]
+"""``progress(message, step, total_steps)``."""
+
+GUEST_MODULES = [
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_rng",
+    "virtio_net",
+    "crc32c_generic",
+    "ext4",
+    "evdev",
+    "button",
+]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the image bytes; its hash names the build."""
+
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
+    packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "ca-certificates")
+    kernel_package: str = "linux-image-amd64"
+    modules: tuple[str, ...] = tuple(GUEST_MODULES)
+    rootfs_size_mb: int = 512
+    uid: int = 1000
+    files_digest: str = field(default="")
+
+    def base_hash(self) -> str:
+        key = json.dumps([self.suite, self.mirror, sorted(self.packages)]).encode()
+        return hashlib.sha256(key).hexdigest()[:16]
+
+    def hash(self) -> str:
+        payload = json.dumps({**asdict(self), "builder": BUILDER_VERSION}, sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def guest_files() -> dict[str, bytes]:
+    """Files copied into the image from this package (agent code, init scripts)."""
+    files = resources.files("sheesh.image") / "files"
+    return {
+        "opt/sheesh/agent.py": Path(guest_agent.__file__).read_bytes(),
+        "opt/sheesh/protocol.py": Path(guest_protocol.__file__).read_bytes(),
+        "etc/sheesh/rc.sysinit": (files / "rc.sysinit").read_bytes(),
+        "etc/inittab": (files / "inittab").read_bytes(),
+        "initramfs/init": (files / "initramfs-init").read_bytes(),
+    }
+
+
+def default_recipe() -> Recipe:
+    digest = hashlib.sha256()
+    for name, data in sorted(guest_files().items()):
+        digest.update(name.encode() + b"\0" + data)
+    return Recipe(files_digest=digest.hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A finished image on disk."""
+
+    path: Path
+    recipe_hash: str
+    kernel_version: str
+    rootfs_size_mb: int
+
+    @property
+    def kernel(self) -> Path:
+        return self.path / "vmlinux"
+
+    @property
+    def initrd(self) -> Path:
+        return self.path / "initrd.cpio"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs.ext4"
+
+    @classmethod
+    def load(cls, path: Path) -> BuiltImage:
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+            return cls(path, manifest["recipe_hash"], manifest["kernel_version"], manifest["rootfs_size_mb"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ImageBuildError(f"no usable image at {path}") from exc
+
+
+def _run(cmd: list[str], log: Callable[[str], None] | None = None) -> str:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if log is not None:
+            log(line.rstrip())
+    if proc.wait() != 0:
+        tail = "".join(lines[-20:])
+        raise ImageBuildError(f"{cmd[0]} failed (exit {proc.returncode}):\n{tail}")
+    return "".join(lines)
+
+
+class ImageBuilder:
+    """Builds (or finds cached) the built-in image for a recipe."""
+
+    STEPS = 6
+
+    def __init__(self, image_dir: Path, recipe: Recipe | None = None) -> None:
+        self.image_dir = image_dir
+        self.recipe = recipe or default_recipe()
+
+    @property
+    def build_path(self) -> Path:
+        return self.image_dir / "builds" / self.recipe.hash()
+
+    def cached(self) -> BuiltImage | None:
+        try:
+            return BuiltImage.load(self.build_path)
+        except ImageBuildError:
+            return None
+
+    def build(self, progress: Progress | None = None, force: bool = False) -> BuiltImage:
+        """Return the image for the recipe, building what is missing. Idempotent."""
+        report: Progress = progress or (lambda _m, _s, _t: None)
+        if not force and (done := self.cached()) is not None:
+            report("cached", self.STEPS, self.STEPS)
+            return done
+        if os.geteuid() != 0:
+            raise ImageBuildError("building the guest image needs root (debootstrap, chroot)")
+        for tool in ("debootstrap", "mkfs.ext4", "depmod"):
+            if shutil.which(tool) is None:
+                raise ImageBuildError(f"{tool} is not installed (run scripts/setup.sh)")
+        (self.image_dir / "builds").mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="build-", dir=self.image_dir / "builds"))
+        try:
+            base = self._base_tree(lambda m: report(f"debootstrap: {m}", 1, self.STEPS))
+            report("fetching kernel", 2, self.STEPS)
+            kernel_root, version = self._kernel(base)
+            report("extracting vmlinux", 3, self.STEPS)
+            (work / "vmlinux").write_bytes(extract_vmlinux((kernel_root / f"boot/vmlinuz-{version}").read_bytes()))
+            report("writing initramfs", 4, self.STEPS)
+            self._initramfs(kernel_root, version, work / "initrd.cpio")
+            report("customising rootfs", 5, self.STEPS)
+            tree = work / "tree"
+            _run(["cp", "-a", str(base), str(tree)])
+            self._customise(tree)
+            report("making ext4 rootfs", 6, self.STEPS)
+            rootfs = work / "rootfs.ext4"
+            with open(rootfs, "wb") as fh:
+                fh.truncate(self.recipe.rootfs_size_mb * 1024 * 1024)
+            _run(["mkfs.ext4", "-q", "-F", "-L", "sheesh-root", "-E", "root_owner=0:0", "-d", str(tree), str(rootfs)])
+            shutil.rmtree(tree)
+            rootfs.chmod(0o444)
+            manifest = {
+                "recipe_hash": self.recipe.hash(),
+                "kernel_version": version,
+                "rootfs_size_mb": self.recipe.rootfs_size_mb,
+                "recipe": asdict(self.recipe),
+            }
+            (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            if self.build_path.exists():
+                shutil.rmtree(self.build_path)
+            work.rename(self.build_path)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        report("done", self.STEPS, self.STEPS)
+        return BuiltImage.load(self.build_path)
+
+    def _base_tree(self, log: Callable[[str], None]) -> Path:
+        base = self.image_dir / "cache" / f"base-{self.recipe.base_hash()}"
+        if (base / ".complete").exists():
+            log("cached")
+            return base
+        shutil.rmtree(base, ignore_errors=True)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(self.recipe.packages)}",
+                self.recipe.suite,
+                str(base),
+                self.recipe.mirror,
+            ],
+            log,
+        )
+        (base / ".complete").touch()
+        return base
+
+    def _kernel(self, base: Path) -> tuple[Path, str]:
+        """Download and unpack the Debian kernel package using the base tree's own apt."""
+        sources = base / "etc/apt/sources.list.d/sheesh-kernel.list"
+        sources.write_text(f"deb {self.recipe.security_mirror} {self.recipe.suite}-security main\n")
+        resolv = base / "etc/resolv.conf"
+        with contextlib.suppress(OSError):
+            shutil.copyfile("/etc/resolv.conf", resolv)
+        try:
+            _run(["chroot", str(base), "apt-get", "-q", "update"])
+            depends = _run(["chroot", str(base), "apt-cache", "depends", self.recipe.kernel_package])
+            pkg = next(
+                (
+                    ln.split(":", 1)[1].strip()
+                    for ln in depends.splitlines()
+                    if ln.strip().startswith("Depends:") and "linux-image-" in ln
+                ),
+                None,
+            )
+            if pkg is None:
+                raise ImageBuildError(f"cannot resolve {self.recipe.kernel_package}")
+            version = pkg.removeprefix("linux-image-")
+            cache = self.image_dir / "cache" / f"kernel-{version}"
+            if not (cache / ".complete").exists():
+                shutil.rmtree(cache, ignore_errors=True)
+                _run(["chroot", str(base), "sh", "-c", f"cd /tmp && apt-get -q download {pkg}"])
+                debs = list((base / "tmp").glob(f"{pkg}_*.deb"))
+                if not debs:
+                    raise ImageBuildError(f"download of {pkg} produced no package")
+                _run(["chroot", str(base), "dpkg-deb", "-x", f"/tmp/{debs[0].name}", "/tmp/kernel"])
+                shutil.move(str(base / "tmp/kernel"), cache)
+                for deb in debs:
+                    deb.unlink()
+                _run(["depmod", "-b", str(cache), version])
+                (cache / ".complete").touch()
+            return cache, version
+        finally:
+            sources.unlink(missing_ok=True)
+            for lists in (base / "var/lib/apt/lists").glob("*_dists_*"):
+                lists.unlink()
+
+    def _initramfs(self, kernel_root: Path, version: str, out: Path) -> None:
+        moddir = kernel_root / "lib/modules" / version
+        order = module_load_order(moddir / "modules.dep", list(self.recipe.modules))
+        busybox = Path(self.image_dir / "cache" / f"base-{self.recipe.base_hash()}" / "bin/busybox")
+        files = guest_files()
+        with open(out, "wb") as fh:
+            cpio = CpioWriter(fh)
+            for d in ("bin", "dev", "lib", "lib/modules", "proc", "sys", "newroot"):
+                cpio.directory(d)
+            cpio.char_device("dev/console", 5, 1)
+            cpio.file_from("bin/busybox", busybox, 0o755)
+            cpio.symlink("bin/sh", "busybox")
+            cpio.file("init", files["initramfs/init"], 0o755)
+            names = []
+            for rel in order:
+                name = Path(rel).name
+                cpio.file_from(f"lib/modules/{name}", moddir / rel)
+                names.append(name)
+            cpio.file("modules.order", ("\n".join(names) + "\n").encode())
+            cpio.close()
+
+    def _customise(self, tree: Path) -> None:
+        uid = self.recipe.uid
+        _run(["chroot", str(tree), "groupadd", "-g", str(uid), "user"])
+        _run(["chroot", str(tree), "useradd", "-m", "-u", str(uid), "-g", str(uid), "-s", "/bin/bash", "user"])
+        workspace = tree / "workspace"
+        workspace.mkdir(mode=0o755)
+        os.chown(workspace, uid, uid)
+        for name, data in guest_files().items():
+            if name.startswith("initramfs/"):
+                continue
+            dest = tree / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            dest.chmod(0o755 if name.startswith("etc/sheesh/") else 0o644)
+        init = tree / "sbin/init"
+        init.unlink(missing_ok=True)
+        init.symlink_to("/bin/busybox")
+        (tree / "etc/hostname").write_text("sheesh\n")
+        (tree / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 sheesh\n")
+        (tree / "etc/fstab").write_text("")
+        (tree / "etc/resolv.conf").unlink(missing_ok=True)
+        for junk in ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt/archives"):
+            shutil.rmtree(tree / junk, ignore_errors=True)
+        (tree / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)

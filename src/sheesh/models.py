@@ -1,0 +1,90 @@
+"""Domain models shared by the control plane, the node agent and the clients (no internal imports)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class VmState(enum.StrEnum):
+    """Lifecycle of a VM. Allowed transitions are listed in ``TRANSITIONS``."""
+
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    ERROR = "ERROR"
+    DELETING = "DELETING"
+
+
+TRANSITIONS: dict[VmState, frozenset[VmState]] = {
+    VmState.CREATING: frozenset({VmState.RUNNING, VmState.ERROR, VmState.DELETING}),
+    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
+    VmState.STOPPING: frozenset({VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
+    VmState.STOPPED: frozenset({VmState.STARTING, VmState.DELETING}),
+    VmState.STARTING: frozenset({VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
+    VmState.ERROR: frozenset({VmState.STARTING, VmState.STOPPED, VmState.DELETING}),
+    VmState.DELETING: frozenset({VmState.ERROR}),
+}
+
+
+def can_transition(src: VmState, dst: VmState) -> bool:
+    """Whether the lifecycle allows moving from ``src`` to ``dst``."""
+    return dst in TRANSITIONS[src]
+
+
+class ProvisionMode(enum.StrEnum):
+    BOOT = "boot"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass
+class Vm:
+    """A VM as the control plane records it."""
+
+    id: str
+    state: VmState
+    cpu: int
+    mem_mb: int
+    allow_ips: list[str]
+    outbound_internet: bool
+    image_id: str
+    disk_size_mb: int
+    guest_ip: str
+    created_at: datetime
+    provision_mode: ProvisionMode = ProvisionMode.BOOT
+    node: str = "local"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """A shell command for the guest agent: ``bash -lc cmd`` as uid/gid 1000."""
+
+    cmd: str
+    cwd: str = "/workspace"
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Image:
+    """A guest image: kernel + initrd + ext4 rootfs on the node."""
+
+    id: str
+    name: str
+    description: str
+    rootfs_size_mb: int
+    is_default: bool
+    created_at: datetime

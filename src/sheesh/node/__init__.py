@@ -1,0 +1,1 @@
+"""Host tier: the node agent that owns VMs on one host (disks, processes, guest channel)."""

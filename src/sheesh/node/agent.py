@@ -1,0 +1,162 @@
+"""The node agent: runs VMs on this host through a ``VmmDriver`` and talks to their guest agents.
+
+It keeps per-VM state in ``vms_dir/<vm-id>/`` (disk overlay, sockets, logs) and nothing else; the
+control plane owns the records. Implements ``sheesh.control.node_client.NodeClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sheesh.errors import NotFoundError, UnavailableError
+from sheesh.models import ExecRequest, ExecResult
+from sheesh.node.errors import NodeError
+from sheesh.node.guest_client import GuestClient
+from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, MachineSpec, VmmDriver, VmmError
+
+DISK_FILE = "disk.qcow2"
+EXEC_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class NodeVmSpec:
+    """What the node needs to run a VM: shape, image files and disk size."""
+
+    vm_id: str
+    cpu: int
+    mem_mb: int
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    disk_size_mb: int
+
+
+class NodeAgent:
+    """Owns the VMs of one host. Methods raise ``NodeError``/``UnavailableError`` on failure."""
+
+    def __init__(
+        self,
+        vms_dir: Path,
+        driver: VmmDriver,
+        boot_timeout_s: float = 60.0,
+        stop_timeout_s: float = 15.0,
+        name: str = "local",
+    ) -> None:
+        self.vms_dir = vms_dir
+        self.driver = driver
+        self.boot_timeout_s = boot_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.name = name
+        self._specs: dict[str, NodeVmSpec] = {}
+        self._guests: dict[str, GuestClient] = {}
+
+    def workdir(self, vm_id: str) -> Path:
+        return self.vms_dir / vm_id
+
+    def _guest(self, vm_id: str) -> GuestClient:
+        client = self._guests.get(vm_id)
+        if client is None:
+            client = GuestClient(self.workdir(vm_id) / AGENT_SOCKET)
+            self._guests[vm_id] = client
+        return client
+
+    async def _boot(self, spec: NodeVmSpec) -> None:
+        wd = self.workdir(spec.vm_id)
+        machine = MachineSpec(spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, wd / DISK_FILE, wd)
+        try:
+            await self.driver.start(machine)
+        except VmmError as exc:
+            raise NodeError(f"VM {spec.vm_id} failed to start: {exc.message}") from exc
+        try:
+            await self._guest(spec.vm_id).wait_ready(
+                self.boot_timeout_s, alive=lambda: self.driver.is_running(spec.vm_id)
+            )
+        except UnavailableError as exc:
+            await self._drop(spec.vm_id)
+            tail = self.serial_tail(spec.vm_id, 15)
+            raise NodeError(f"VM {spec.vm_id} did not come up: {exc.message}\n{tail}".strip()) from exc
+
+    async def create(self, spec: NodeVmSpec) -> None:
+        """Make the VM's disk overlay and boot it; returns once its guest agent answers."""
+        wd = self.workdir(spec.vm_id)
+        wd.mkdir(parents=True, exist_ok=True)
+        self._specs[spec.vm_id] = spec
+        try:
+            await self.driver.create_disk(spec.rootfs, wd / DISK_FILE, spec.disk_size_mb)
+        except VmmError as exc:
+            raise NodeError(f"cannot create disk for {spec.vm_id}: {exc.message}") from exc
+        await self._boot(spec)
+
+    async def start(self, spec: NodeVmSpec) -> None:
+        """Boot an existing (stopped) VM from its disk."""
+        if not (self.workdir(spec.vm_id) / DISK_FILE).exists():
+            raise NotFoundError(f"disk of VM {spec.vm_id} is missing on node {self.name}")
+        self._specs[spec.vm_id] = spec
+        await self._boot(spec)
+
+    async def stop(self, vm_id: str) -> None:
+        """ACPI shutdown; after ``stop_timeout_s`` the process is killed."""
+        if self.driver.is_running(vm_id):
+            with contextlib.suppress(VmmError):
+                await self.driver.powerdown(vm_id)
+            if not await self.driver.wait_stopped(vm_id, self.stop_timeout_s):
+                await self._drop(vm_id)
+        await self._drop(vm_id)
+
+    async def destroy(self, vm_id: str) -> None:
+        """Kill the VM and remove all its files."""
+        await self._drop(vm_id)
+        self._specs.pop(vm_id, None)
+        await asyncio.to_thread(shutil.rmtree, self.workdir(vm_id), True)
+
+    async def _drop(self, vm_id: str) -> None:
+        client = self._guests.pop(vm_id, None)
+        if client is not None:
+            await client.close()
+        await self.driver.kill(vm_id)
+
+    def is_running(self, vm_id: str) -> bool:
+        return self.driver.is_running(vm_id)
+
+    async def reattach(self, vm_id: str) -> bool:
+        """Adopt a VM left running by an earlier manager process; True if it is alive."""
+        return await self.driver.attach(vm_id, self.workdir(vm_id))
+
+    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
+        if not self.driver.is_running(vm_id):
+            raise UnavailableError(f"VM {vm_id} is not running")
+        wait = (req.timeout_ms / 1000 if req.timeout_ms else 24 * 3600) + EXEC_GRACE_S
+        reply = await self._guest(vm_id).call(
+            "exec",
+            wait,
+            cmd=req.cmd,
+            cwd=req.cwd,
+            env=req.env,
+            timeout_ms=req.timeout_ms,
+            output_limit=output_limit,
+        )
+        return ExecResult(
+            exit_code=int(reply["exit_code"]),
+            stdout=str(reply["stdout"]),
+            stderr=str(reply["stderr"]),
+            timed_out=bool(reply.get("timed_out")),
+            truncated=bool(reply.get("truncated")),
+        )
+
+    def serial_tail(self, vm_id: str, lines: int) -> str:
+        path = self.workdir(vm_id) / SERIAL_LOG
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def close(self) -> None:
+        """Disconnect from guests; VM processes keep running (they are re-attached on next start)."""
+        for client in list(self._guests.values()):
+            await client.close()
+        self._guests.clear()

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, alembic migrations, the ``Store`` protocol and its implementations."""

@@ -1,0 +1,251 @@
+"""The ``Store`` seam used by the control plane, with a SQL implementation and an in-memory fake."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from sheesh.models import Image, ProvisionMode, Vm, VmState
+from sheesh.store.errors import StoreError
+from sheesh.store.tables import ApiKeyRow, ImageRow, VmRow
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image record plus where its files live on the node."""
+
+    image: Image
+    path: Path
+
+
+class Store(Protocol):
+    """Persistence of VMs, images and API-key hashes. Getters return copies; ``None`` when absent."""
+
+    def add_vm(self, vm: Vm) -> None: ...
+    def save_vm(self, vm: Vm) -> None: ...
+    def get_vm(self, vm_id: str) -> Vm | None: ...
+    def list_vms(self) -> list[Vm]: ...
+    def delete_vm(self, vm_id: str) -> None: ...
+    def used_ips(self) -> set[str]: ...
+
+    def add_image(self, image: Image, path: Path) -> None: ...
+    def get_image(self, image_id: str) -> StoredImage | None: ...
+    def list_images(self) -> list[StoredImage]: ...
+    def set_default_image(self, image_id: str) -> None: ...
+
+    def add_api_key(self, key_id: str, key_hash: str, label: str) -> None: ...
+    def api_key_exists(self, key_hash: str) -> bool: ...
+    def count_api_keys(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _vm_from_row(row: VmRow) -> Vm:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return Vm(
+        id=row.id,
+        state=VmState(row.state),
+        cpu=row.cpu,
+        mem_mb=row.mem_mb,
+        allow_ips=list(row.allow_ips),
+        outbound_internet=row.outbound_internet,
+        image_id=row.image_id,
+        disk_size_mb=row.disk_size_mb,
+        guest_ip=row.guest_ip,
+        created_at=created,
+        provision_mode=ProvisionMode(row.provision_mode),
+        node=row.node,
+        error=row.error,
+    )
+
+
+def _vm_values(vm: Vm) -> dict[str, object]:
+    return {
+        "id": vm.id,
+        "state": vm.state.value,
+        "cpu": vm.cpu,
+        "mem_mb": vm.mem_mb,
+        "allow_ips": list(vm.allow_ips),
+        "outbound_internet": vm.outbound_internet,
+        "image_id": vm.image_id,
+        "disk_size_mb": vm.disk_size_mb,
+        "guest_ip": vm.guest_ip,
+        "created_at": vm.created_at,
+        "provision_mode": vm.provision_mode.value,
+        "node": vm.node,
+        "error": vm.error,
+    }
+
+
+def _image_from_row(row: ImageRow) -> StoredImage:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    image = Image(row.id, row.name, row.description, row.rootfs_size_mb, row.is_default, created)
+    return StoredImage(image, Path(row.path))
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest alembic revision."""
+    cfg = Config(str(Path(__file__).with_name("alembic.ini")))
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class SqlStore:
+    """``Store`` on SQLAlchemy (SQLite by default, PostgreSQL via URL). Migrates on open."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(url)
+            if url.startswith("sqlite"):
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            migrate(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open database: {exc}") from exc
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def add_vm(self, vm: Vm) -> None:
+        with self._session.begin() as s:
+            s.add(VmRow(**_vm_values(vm)))
+
+    def save_vm(self, vm: Vm) -> None:
+        with self._session.begin() as s:
+            s.execute(update(VmRow).where(VmRow.id == vm.id).values(**_vm_values(vm)))
+
+    def get_vm(self, vm_id: str) -> Vm | None:
+        with self._session() as s:
+            row = s.get(VmRow, vm_id)
+            return _vm_from_row(row) if row else None
+
+    def list_vms(self) -> list[Vm]:
+        with self._session() as s:
+            return [_vm_from_row(r) for r in s.scalars(select(VmRow).order_by(VmRow.created_at, VmRow.id))]
+
+    def delete_vm(self, vm_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(VmRow).where(VmRow.id == vm_id))
+
+    def used_ips(self) -> set[str]:
+        with self._session() as s:
+            return set(s.scalars(select(VmRow.guest_ip)))
+
+    def add_image(self, image: Image, path: Path) -> None:
+        with self._session.begin() as s:
+            s.add(
+                ImageRow(
+                    id=image.id,
+                    name=image.name,
+                    description=image.description,
+                    path=str(path),
+                    rootfs_size_mb=image.rootfs_size_mb,
+                    is_default=image.is_default,
+                    created_at=image.created_at,
+                )
+            )
+
+    def get_image(self, image_id: str) -> StoredImage | None:
+        with self._session() as s:
+            row = s.get(ImageRow, image_id)
+            return _image_from_row(row) if row else None
+
+    def list_images(self) -> list[StoredImage]:
+        with self._session() as s:
+            return [_image_from_row(r) for r in s.scalars(select(ImageRow).order_by(ImageRow.created_at))]
+
+    def set_default_image(self, image_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(update(ImageRow).values(is_default=ImageRow.id == image_id))
+
+    def add_api_key(self, key_id: str, key_hash: str, label: str) -> None:
+        with self._session.begin() as s:
+            s.add(ApiKeyRow(id=key_id, key_hash=key_hash, label=label, created_at=datetime.now(UTC)))
+
+    def api_key_exists(self, key_hash: str) -> bool:
+        with self._session() as s:
+            return s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.key_hash == key_hash)) is not None
+
+    def count_api_keys(self) -> int:
+        with self._session() as s:
+            return len(list(s.scalars(select(ApiKeyRow.id))))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class MemoryStore:
+    """In-memory ``Store`` for unit tests."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, Vm] = {}
+        self.images: dict[str, StoredImage] = {}
+        self.keys: dict[str, str] = {}
+
+    def add_vm(self, vm: Vm) -> None:
+        if vm.id in self.vms or vm.guest_ip in self.used_ips():
+            raise StoreError(f"duplicate VM {vm.id} or address {vm.guest_ip}")
+        self.vms[vm.id] = copy.deepcopy(vm)
+
+    def save_vm(self, vm: Vm) -> None:
+        if vm.id in self.vms:
+            self.vms[vm.id] = copy.deepcopy(vm)
+
+    def get_vm(self, vm_id: str) -> Vm | None:
+        vm = self.vms.get(vm_id)
+        return copy.deepcopy(vm) if vm else None
+
+    def list_vms(self) -> list[Vm]:
+        return [copy.deepcopy(v) for v in sorted(self.vms.values(), key=lambda v: (v.created_at, v.id))]
+
+    def delete_vm(self, vm_id: str) -> None:
+        self.vms.pop(vm_id, None)
+
+    def used_ips(self) -> set[str]:
+        return {v.guest_ip for v in self.vms.values()}
+
+    def add_image(self, image: Image, path: Path) -> None:
+        self.images[image.id] = StoredImage(image, path)
+
+    def get_image(self, image_id: str) -> StoredImage | None:
+        return self.images.get(image_id)
+
+    def list_images(self) -> list[StoredImage]:
+        return list(self.images.values())
+
+    def set_default_image(self, image_id: str) -> None:
+        for key, stored in self.images.items():
+            img = stored.image
+            self.images[key] = StoredImage(
+                Image(img.id, img.name, img.description, img.rootfs_size_mb, key == image_id, img.created_at),
+                stored.path,
+            )
+
+    def add_api_key(self, key_id: str, key_hash: str, label: str) -> None:
+        self.keys[key_hash] = key_id
+
+    def api_key_exists(self, key_hash: str) -> bool:
+        return key_hash in self.keys
+
+    def count_api_keys(self) -> int:
+        return len(self.keys)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,72 @@
+"""The VMM driver seam: what the node agent needs from a hypervisor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sheesh.errors import SheeshError
+
+
+class VmmError(SheeshError):
+    """Root of hypervisor driver failures."""
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """One VM to boot. ``workdir`` holds its sockets, logs and pid file and belongs to this VM only."""
+
+    vm_id: str
+    cpu: int
+    mem_mb: int
+    kernel: Path
+    initrd: Path
+    disk: Path
+    workdir: Path
+    kernel_args: tuple[str, ...] = ()
+
+
+# Files a driver keeps in a VM's workdir (shared names so logs can be served driver-independently).
+AGENT_SOCKET = "agent.sock"
+SERIAL_LOG = "serial.log"
+STDOUT_LOG = "vmm.stdout.log"
+STDERR_LOG = "vmm.stderr.log"
+
+
+class VmmDriver(Protocol):
+    """Starts and stops VMs; each VM exposes a guest-agent stream socket at ``workdir/AGENT_SOCKET``.
+
+    Implementations own the processes they start and address them by PID; every method is safe to call
+    for a VM the driver no longer tracks (it then does nothing or returns False).
+    """
+
+    name: str
+
+    async def create_disk(self, base: Path, disk: Path, size_mb: int) -> None:
+        """Create ``disk`` as a copy-on-write overlay of the read-only ``base`` rootfs, ``size_mb`` large."""
+        ...
+
+    async def start(self, spec: MachineSpec) -> int:
+        """Launch the VM and return its PID once its control sockets exist. Raises VmmError on failure."""
+        ...
+
+    async def attach(self, vm_id: str, workdir: Path) -> bool:
+        """Re-adopt a VM process left running by an earlier manager. True if it is alive and now tracked."""
+        ...
+
+    def is_running(self, vm_id: str) -> bool:
+        """Whether the VM's process is alive."""
+        ...
+
+    async def powerdown(self, vm_id: str) -> None:
+        """Ask the guest to shut down (ACPI power button). Returns without waiting."""
+        ...
+
+    async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit; True if it has."""
+        ...
+
+    async def kill(self, vm_id: str) -> None:
+        """Force the VM off and forget it. Idempotent."""
+        ...

@@ -1,0 +1,111 @@
+"""Owned OS processes addressed by PID (never by name): spawn, adopt after restart, signal, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from sheesh.vmm.driver import VmmError
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+class ManagedProcess:
+    """A child (or adopted) process. ``marker`` must appear in its command line, so a recycled PID
+    belonging to something else is never signalled."""
+
+    def __init__(self, pid: int, marker: str, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.marker = marker
+        self._popen = popen
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: list[str],
+        marker: str,
+        stdout: Path,
+        stderr: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        if marker not in " ".join(argv):
+            raise VmmError("process marker must be part of its command line")
+        with open(stdout, "ab") as out, open(stderr, "ab") as err:
+            try:
+                popen = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True
+                )
+            except OSError as exc:
+                raise VmmError(f"cannot start {argv[0]}: {exc}") from exc
+        return cls(popen.pid, marker, popen)
+
+    @classmethod
+    def adopt(cls, pidfile: Path, marker: str) -> ManagedProcess | None:
+        """The process named by ``pidfile`` if it is alive and carries ``marker``."""
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        proc = cls(pid, marker)
+        return proc if proc.alive() else None
+
+    def alive(self) -> bool:
+        if self._popen is not None:
+            return self._popen.poll() is None
+        return self.marker.encode() in _cmdline(self.pid) and not _is_zombie(self.pid)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    async def wait(self, timeout: float) -> bool:
+        """Poll until the process has exited or ``timeout`` passes; True if it exited."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.alive():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def terminate(self, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; reaps our own children."""
+        self.signal(signal.SIGTERM)
+        if not await self.wait(grace):
+            self.signal(signal.SIGKILL)
+            await self.wait(5.0)
+        if self._popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(timeout=1)
+
+
+async def wait_for_paths(paths: list[Path], proc: ManagedProcess, timeout: float) -> None:
+    """Wait until every path exists; fail early if ``proc`` dies."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not all(p.exists() for p in paths):
+        if not proc.alive():
+            raise VmmError("process exited during start-up")
+        if loop.time() >= deadline:
+            raise VmmError(f"timed out waiting for {', '.join(p.name for p in paths if not p.exists())}")
+        await asyncio.sleep(0.005)

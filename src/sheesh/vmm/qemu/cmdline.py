@@ -1,0 +1,110 @@
+"""QEMU command lines for sheesh microVMs (pure functions, unit-tested)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sheesh.guest.protocol import PORT_NAME
+from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, MachineSpec
+
+QMP_SOCKET = "qmp.sock"
+SERIAL_SOCKET = "serial.sock"
+PIDFILE = "qemu.pid"
+DISK_FILE = "disk.qcow2"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    binary: str
+    accel: str  # "kvm" or "tcg"
+    tsc_khz: int
+
+
+def kernel_cmdline(spec: MachineSpec, tsc_khz: int) -> str:
+    """Kernel arguments: serial console, root on the virtio disk, no reboot loops, fixed TSC (microvm hangs
+    without ``tsc_early_khz``)."""
+    args = [
+        "console=ttyS0",
+        "root=/dev/vda",
+        "rw",
+        "panic=-1",
+        "quiet",
+        f"tsc_early_khz={tsc_khz}",
+        "8250.nr_uarts=1",
+        "random.trust_cpu=on",
+        *spec.kernel_args,
+    ]
+    return " ".join(args)
+
+
+def build_argv(spec: MachineSpec, host: HostFacts) -> list[str]:
+    """The full argv of a microVM: virtio-blk root overlay, virtio-rng, virtio-serial agent port,
+    serial console on a socket with a log file, QMP on a socket, pid file."""
+    wd = spec.workdir
+    accel = "kvm" if host.accel == "kvm" else "tcg,tb-size=32"
+    return [
+        host.binary,
+        "-name",
+        f"sheesh-{spec.vm_id},process=sheesh-{spec.vm_id}",
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-accel",
+        accel,
+        "-cpu",
+        "max",
+        "-smp",
+        str(spec.cpu),
+        "-m",
+        f"{spec.mem_mb}M",
+        "-kernel",
+        str(spec.kernel),
+        "-initrd",
+        str(spec.initrd),
+        "-append",
+        kernel_cmdline(spec, host.tsc_khz),
+        "-drive",
+        f"id=root,file={spec.disk},format=qcow2,if=none,discard=unmap",
+        "-device",
+        "virtio-blk-device,drive=root",
+        "-device",
+        "virtio-rng-device",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        f"socket,id=agent,path={wd / AGENT_SOCKET},server=on,wait=off",
+        "-device",
+        f"virtserialport,chardev=agent,name={PORT_NAME}",
+        "-chardev",
+        f"socket,id=serial0,path={wd / SERIAL_SOCKET},server=on,wait=off,logfile={wd / SERIAL_LOG},logappend=on",
+        "-serial",
+        "chardev:serial0",
+        "-qmp",
+        f"unix:{wd / QMP_SOCKET},server=on,wait=off",
+        "-pidfile",
+        str(wd / PIDFILE),
+    ]
+
+
+def overlay_argv(qemu_img: str, base: Path, disk: Path, size_mb: int) -> list[str]:
+    return [qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(disk), f"{size_mb}M"]
+
+
+def host_tsc_khz() -> int:
+    """The host TSC frequency in kHz (sysfs when exposed, else the nominal ``cpu MHz``)."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz").read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return 2_000_000
