@@ -54,7 +54,7 @@ class Recipe:
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
-    packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "ca-certificates")
+    packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "procps", "ca-certificates")
     kernel_package: str = "linux-image-amd64"
     modules: tuple[str, ...] = tuple(GUEST_MODULES)
     rootfs_size_mb: int = 512

@@ -1,0 +1,84 @@
+"""A ``sheesh serve`` subprocess owned by a test: started on a free port, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, image_dir: Path, api_key: str = "vm-test-key", **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.api_key = api_key
+        self.env = {
+            **os.environ,
+            "SHEESH_DATA_DIR": str(data_dir),
+            "SHEESH_IMAGE_DIR": str(image_dir),
+            "SHEESH_API_KEY": api_key,
+            "SHEESH_PORT": str(self.port),
+            **env,
+        }
+        self.env.setdefault("SHEESH_ACCEL", "tcg")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.api_key}, timeout=timeout)
+
+    def start(self) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from sheesh.cli.main import main; main()", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                httpx.get(self.url + "/openapi.json", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("server did not start:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill_vms(self) -> None:
+        """Kill QEMU processes this server's data dir owns (by PID file, checked against the command line)."""
+        for pidfile in (self.data_dir / "vms").glob("*/qemu.pid"):
+            try:
+                pid = int(pidfile.read_text())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if str(pidfile.parent).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,140 @@
+"""HTTP surface on fakes: auth, status codes, validation messages, response shapes."""
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sheesh.api.app import create_app
+from sheesh.config import Settings
+from sheesh.control.node_client import FakeNodeClient
+from tests.fakes import fake_services
+
+KEY = {"X-API-Key": "test-key"}
+GOOD = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet": True}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[tuple[TestClient, FakeNodeClient]]:
+    svc, node = fake_services(settings)
+    with TestClient(create_app(svc)) as c:
+        yield c, node
+
+
+def test_auth_required_on_v1(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        r = c.get("/v1/vms", headers=headers)
+        assert r.status_code == 401
+        assert r.json() == {"message": "missing or invalid API key"}
+    assert c.get("/openapi.json").status_code == 200
+
+
+def test_create_matches_seed_shape(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    r = c.post("/v1/vms", json=GOOD, headers=KEY)
+    assert r.status_code == 201
+    body = r.json()
+    assert re.fullmatch(r"vm-[0-9a-f]{12}", body["id"])
+    assert body["state"] == "RUNNING" and body["cpu"] == 1 and body["memMb"] == 256
+    assert body["guestIp"] == "172.16.0.2" and body["provisionMode"] == "boot"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["createdAt"])
+    assert c.get(f"/v1/vms/{body['id']}", headers=KEY).json() == body
+    assert [v["id"] for v in c.get("/v1/vms", headers=KEY).json()] == [body["id"]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({**GOOD, "cpu": 0}, "cpu"),
+        ({**GOOD, "cpu": 9}, "cpu"),
+        ({**GOOD, "cpu": "1"}, "cpu"),
+        ({**GOOD, "cpu": 1.5}, "cpu"),
+        ({**GOOD, "memMb": 127}, "memMb"),
+        ({**GOOD, "memMb": 8193}, "memMb"),
+        ({**GOOD, "allowIps": ["300.1.1.1/32"]}, "not a valid CIDR"),
+        ({**GOOD, "allowIps": "10.0.0.0/8"}, "allowIps"),
+        ({**GOOD, "outboundInternet": "yes"}, "outboundInternet"),
+        ({**GOOD, "diskSizeMb": 0}, "diskSizeMb"),
+        ({**GOOD, "bogus": 1}, "unknown field"),
+        ({"cpu": 1, "memMb": 256}, "allowIps"),
+    ],
+)
+def test_create_rejects_bad_input(
+    client: tuple[TestClient, FakeNodeClient], payload: dict[str, object], fragment: str
+) -> None:
+    c, node = client
+    r = c.post("/v1/vms", json=payload, headers=KEY)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["message"]
+    assert node.calls == []
+
+
+def test_malformed_json_and_missing_body(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    r = c.post("/v1/vms", content=b"{nope", headers={**KEY, "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["message"] == "request body is not valid JSON"
+    r = c.post("/v1/vms", headers=KEY)
+    assert r.status_code == 400 and "required" in r.json()["message"]
+
+
+def test_unknown_vm_is_404_everywhere(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    for method, path in [("GET", ""), ("POST", "/start"), ("POST", "/stop"), ("DELETE", "")]:
+        r = c.request(method, f"/v1/vms/vm-missing{path}", headers=KEY)
+        assert r.status_code == 404 and r.json() == {"message": "VM vm-missing not found"}
+    r = c.post("/v1/vms/vm-missing/exec", json={"cmd": "true"}, headers=KEY)
+    assert r.status_code == 404
+
+
+def test_lifecycle_status_codes(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    vm = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
+    assert c.post(f"/v1/vms/{vm}/start", headers=KEY).status_code == 409
+    r = c.post(f"/v1/vms/{vm}/stop", headers=KEY)
+    assert r.status_code == 204 and r.content == b""
+    assert c.post(f"/v1/vms/{vm}/stop", headers=KEY).status_code == 409
+    r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=KEY)
+    assert r.status_code == 409 and "STOPPED" in r.json()["message"]
+    assert c.post(f"/v1/vms/{vm}/start", headers=KEY).status_code == 204
+    assert c.delete(f"/v1/vms/{vm}", headers=KEY).status_code == 204
+    assert c.get(f"/v1/vms/{vm}", headers=KEY).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({}, "cmd"),
+        ({"cmd": ""}, "cmd"),
+        ({"cmd": 5}, "cmd"),
+        ({"cmd": "ls", "cwd": "/etc"}, "cwd"),
+        ({"cmd": "ls", "cwd": "/workspace/../etc"}, "cwd"),
+        ({"cmd": "ls", "env": {"BAD-NAME": "x"}}, "environment variable"),
+        ({"cmd": "ls", "env": {"A": 1}}, "env"),
+        ({"cmd": "ls", "timeoutMs": 0}, "timeoutMs"),
+        ({"cmd": "ls", "timeoutMs": 10**9}, "timeoutMs"),
+    ],
+)
+def test_exec_rejects_bad_input(
+    client: tuple[TestClient, FakeNodeClient], payload: dict[str, object], fragment: str
+) -> None:
+    c, _ = client
+    vm = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
+    r = c.post(f"/v1/vms/{vm}/exec", json=payload, headers=KEY)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["message"]
+
+
+def test_exec_response_shape(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    vm = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
+    r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "echo hi", "timeoutMs": 1000}, headers=KEY)
+    assert r.status_code == 200
+    assert r.json() == {"exitCode": 0, "stdout": "echo hi", "stderr": "", "timedOut": False, "truncated": False}
+
+
+def test_unknown_route_is_json_404(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, _ = client
+    r = c.get("/nope", headers=KEY)
+    assert r.status_code == 404 and r.json() == {"message": "Not Found"}

@@ -1,0 +1,76 @@
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from sheesh.models import Image, ProvisionMode, Vm, VmState
+from sheesh.store.repo import MemoryStore, SqlStore, Store
+
+
+def _vm(vm_id: str, ip: str) -> Vm:
+    return Vm(
+        vm_id,
+        VmState.RUNNING,
+        1,
+        256,
+        ["10.0.0.0/8"],
+        True,
+        "img-a",
+        1024,
+        ip,
+        datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        ProvisionMode.BOOT,
+    )
+
+
+@pytest.fixture(params=["sql", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sql":
+        return SqlStore(f"sqlite:///{tmp_path / 'db' / 'sheesh.db'}")
+    return MemoryStore()
+
+
+def test_vm_roundtrip_update_delete(store: Store) -> None:
+    vm = _vm("vm-1", "172.16.0.2")
+    store.add_vm(vm)
+    got = store.get_vm("vm-1")
+    assert got == vm
+    vm.state = VmState.STOPPED
+    vm.error = "boom"
+    store.save_vm(vm)
+    assert store.get_vm("vm-1") == vm
+    assert store.used_ips() == {"172.16.0.2"}
+    store.delete_vm("vm-1")
+    assert store.get_vm("vm-1") is None and store.list_vms() == []
+
+
+def test_duplicate_address_is_refused(store: Store) -> None:
+    store.add_vm(_vm("vm-1", "172.16.0.2"))
+    with pytest.raises(Exception):  # noqa: B017 - IntegrityError or StoreError
+        store.add_vm(_vm("vm-2", "172.16.0.2"))
+
+
+def test_images_default_and_keys(store: Store, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    store.add_image(Image("img-a", "a", "", 512, False, now), tmp_path / "a")
+    store.add_image(Image("img-b", "b", "", 512, False, now), tmp_path / "b")
+    store.set_default_image("img-b")
+    defaults = [s.image.id for s in store.list_images() if s.image.is_default]
+    assert defaults == ["img-b"]
+    stored = store.get_image("img-a")
+    assert stored is not None and stored.path == tmp_path / "a"
+    store.add_api_key("key-1", "abc", "label")
+    assert store.api_key_exists("abc") and not store.api_key_exists("abd")
+    assert store.count_api_keys() == 1
+
+
+def test_sql_store_migrates_and_persists(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sheesh.db'}"
+    first = SqlStore(url)
+    first.add_vm(_vm("vm-9", "172.16.0.9"))
+    first.close()
+    second = SqlStore(url)
+    tables = set(inspect(second.engine).get_table_names())
+    assert {"vms", "images", "api_keys", "alembic_version"} <= tables
+    assert [v.id for v in second.list_vms()] == ["vm-9"]

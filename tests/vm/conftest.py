@@ -1,0 +1,30 @@
+"""Fixtures for tests that boot real QEMU VMs with the built-in guest image."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sheesh.config import Settings
+from sheesh.image.builder import BuiltImage, ImageBuilder
+from tests.server import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> BuiltImage:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("QEMU is not installed: run scripts/setup.sh")
+    return ImageBuilder(Settings().resolved_image_dir()).build()
+
+
+@pytest.fixture
+def server(tmp_path: Path, guest_image: BuiltImage) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "data", guest_image.path.parent.parent).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.kill_vms()
