@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
+    """``/var/lib/sheesh`` for root (the normal case: VMs need root), else ``~/.local/share/sheesh``."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/sheesh")
     return Path.home() / ".local" / "share" / "sheesh"
 
 
