@@ -2,11 +2,16 @@
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sheesh.guest.agent import EXIT_TIMEOUT, AgentConfig, RequestError, run_exec
+from sheesh.guest.agent import EXIT_TIMEOUT, AgentConfig, RequestError, WarmShells
+from sheesh.guest.agent import run_exec as _run_exec
+
+Run = Callable[[AgentConfig, dict[str, Any]], dict[str, Any]]
 
 
 @pytest.fixture
@@ -16,7 +21,24 @@ def config(tmp_path: Path) -> AgentConfig:
     return AgentConfig(workspace=str(ws), uid=None, gid=None, home=str(ws))
 
 
-def test_stdout_stderr_exit_code(config: AgentConfig) -> None:
+@pytest.fixture(params=["cold", "warm"])
+def run_exec(request: pytest.FixtureRequest, config: AgentConfig) -> Run:
+    """Both exec paths: a fresh ``bash -lc`` and a pre-started login shell from the pool."""
+    if request.param == "cold":
+        return _run_exec
+    shells = WarmShells(config, size=1)
+    deadline = time.monotonic() + 5
+    while not shells._ready and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def run(cfg: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
+        assert shells._ready, "warm shell pool did not fill"
+        return _run_exec(cfg, req, shells)
+
+    return run
+
+
+def test_stdout_stderr_exit_code(run_exec: Run, config: AgentConfig) -> None:
     out = run_exec(config, {"cmd": "echo out; echo err >&2; exit 3"})
     assert out["stdout"] == "out\n"
     assert out["stderr"] == "err\n"
@@ -24,17 +46,17 @@ def test_stdout_stderr_exit_code(config: AgentConfig) -> None:
     assert out["timed_out"] is False
 
 
-def test_cwd_maps_into_workspace_and_env_is_set(config: AgentConfig) -> None:
+def test_cwd_maps_into_workspace_and_env_is_set(run_exec: Run, config: AgentConfig) -> None:
     out = run_exec(config, {"cmd": 'pwd; echo "$GREETING"', "cwd": "/workspace/sub", "env": {"GREETING": "hi"}})
     assert out["stdout"] == f"{config.workspace}/sub\nhi\n"
 
 
-def test_missing_cwd_is_refused(config: AgentConfig) -> None:
+def test_missing_cwd_is_refused(run_exec: Run, config: AgentConfig) -> None:
     with pytest.raises(RequestError, match="does not exist"):
         run_exec(config, {"cmd": "true", "cwd": "/workspace/nope"})
 
 
-def test_timeout_kills_the_whole_process_group(config: AgentConfig, tmp_path: Path) -> None:
+def test_timeout_kills_the_whole_process_group(run_exec: Run, config: AgentConfig, tmp_path: Path) -> None:
     marker = tmp_path / "survived"
     start = time.monotonic()
     out = run_exec(config, {"cmd": f"(sleep 1.5; touch {marker}) & sleep 30", "timeout_ms": 300})
@@ -45,31 +67,79 @@ def test_timeout_kills_the_whole_process_group(config: AgentConfig, tmp_path: Pa
     assert not marker.exists(), "background child outlived the timeout"
 
 
-def test_output_is_capped(config: AgentConfig) -> None:
+def test_output_is_capped(run_exec: Run, config: AgentConfig) -> None:
     out = run_exec(config, {"cmd": "head -c 100000 /dev/zero | tr '\\0' a", "output_limit": 1000})
     assert len(out["stdout"]) == 1000
     assert out["truncated"] is True
 
 
-def test_background_child_holding_stdout_does_not_block(config: AgentConfig) -> None:
+def test_background_child_holding_stdout_does_not_block(run_exec: Run, config: AgentConfig) -> None:
     start = time.monotonic()
     out = run_exec(config, {"cmd": "sleep 5 & echo started"})
     assert out["stdout"] == "started\n"
     assert time.monotonic() - start < 2
 
 
-def test_signal_death_maps_to_128_plus_signal(config: AgentConfig) -> None:
+def test_signal_death_maps_to_128_plus_signal(run_exec: Run, config: AgentConfig) -> None:
     out = run_exec(config, {"cmd": "kill -9 $$"})
     assert out["exit_code"] == 137
 
 
-def test_non_string_cmd_is_refused(config: AgentConfig) -> None:
+def test_non_string_cmd_is_refused(run_exec: Run, config: AgentConfig) -> None:
     with pytest.raises(RequestError):
         run_exec(config, {"cmd": ["ls"]})
 
 
-def test_base_env_has_home_and_path(config: AgentConfig) -> None:
+def test_base_env_has_home_and_path(run_exec: Run, config: AgentConfig) -> None:
     out = run_exec(config, {"cmd": 'echo "$HOME|$PATH"'})
     home, path = out["stdout"].strip().split("|")
     assert home == config.home
     assert "/usr/bin" in path.split(os.pathsep)
+
+
+def test_warm_shell_is_used_once_and_refilled(config: AgentConfig) -> None:
+    shells = WarmShells(config, size=1)
+    deadline = time.monotonic() + 5
+    while not shells._ready and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first_pid = shells._ready[0].proc.pid
+    out = _run_exec(config, {"cmd": "echo $$; export LEAK=1"}, shells)
+    assert out["stdout"] == f"{first_pid}\n"
+    while not shells._ready and time.monotonic() < deadline + 5:
+        time.sleep(0.01)
+    out = _run_exec(config, {"cmd": 'echo "$$ ${LEAK:-none}"'}, shells)
+    pid, leak = out["stdout"].split()
+    assert int(pid) != first_pid and leak == "none"
+
+
+def test_env_values_are_not_interpreted(run_exec: Run, config: AgentConfig) -> None:
+    tricky = "$(echo pwned) `id` ' \" ; x"
+    out = run_exec(config, {"cmd": 'printf %s "$V"', "env": {"V": tricky}})
+    assert out["stdout"] == tricky
+
+
+def test_bad_env_name_is_refused(run_exec: Run, config: AgentConfig) -> None:
+    with pytest.raises(RequestError):
+        run_exec(config, {"cmd": "true", "env": {"A;rm": "x"}})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 1000 needs root")
+@pytest.mark.parametrize("warm", [False, True])
+def test_commands_run_as_uid_1000(warm: bool) -> None:
+    import shutil
+    import tempfile
+
+    ws = tempfile.mkdtemp(prefix="sheesh-ws-")
+    try:
+        os.chmod(ws, 0o755)
+        os.chown(ws, 1000, 1000)
+        cfg = AgentConfig(workspace=ws, uid=1000, gid=1000, home=ws)
+        shells = WarmShells(cfg, size=1) if warm else None
+        deadline = time.monotonic() + 5
+        while shells is not None and not shells._ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out = _run_exec(cfg, {"cmd": "id -u; id -g; id -G; touch mine; stat -c %u mine"}, shells)
+        assert out["stderr"] == ""
+        assert out["stdout"] == "1000\n1000\n1000\n1000\n"
+    finally:
+        shutil.rmtree(ws)

@@ -15,7 +15,9 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import selectors
+import shlex
 import signal
 import socket
 import struct
@@ -25,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,8 @@ EXIT_TIMEOUT = 124
 _KEY_POWER = 116
 _EV_KEY = 1
 _INPUT_EVENT = struct.Struct("llHHi")
+_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="req")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class RequestError(Exception):
@@ -80,18 +85,18 @@ def _base_env(config: AgentConfig) -> dict[str, str]:
     }
 
 
-def _collect(proc: subprocess.Popen[bytes], deadline: float | None, limit: int) -> tuple[bool, bool, bytes, bytes]:
+def _collect(
+    proc: subprocess.Popen[bytes], out_fd: int, err_fd: int, deadline: float | None, limit: int
+) -> tuple[bool, bool, bytes, bytes]:
     """Read both pipes until EOF (or shortly after bash exits); SIGKILL the group at ``deadline``.
-    Returns (timed_out, truncated, stdout, stderr)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    Closes both fds. Returns (timed_out, truncated, stdout, stderr)."""
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     truncated = False
     timed_out = False
     sel = selectors.DefaultSelector()
-    for stream in (proc.stdout, proc.stderr):
-        os.set_blocking(stream.fileno(), False)
-        sel.register(stream.fileno(), selectors.EVENT_READ)
+    for fd in (out_fd, err_fd):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
     exited_at: float | None = None
     try:
         while sel.get_map():
@@ -126,40 +131,150 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float | None, limit: int) 
                     truncated = True
     finally:
         sel.close()
-        proc.stdout.close()
-        proc.stderr.close()
+        os.close(out_fd)
+        os.close(err_fd)
     return timed_out, truncated, bytes(bufs[out_fd]), bytes(bufs[err_fd])
 
 
-def run_exec(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
-    """Run ``bash -lc cmd``; collect at most ``output_limit`` bytes per stream; kill the group on timeout."""
+def _user_kwargs(config: AgentConfig) -> dict[str, Any]:
+    if config.uid is not None and os.getuid() != config.uid:
+        return {"user": config.uid, "group": config.gid, "extra_groups": []}
+    return {}
+
+
+@dataclass
+class _WarmShell:
+    proc: subprocess.Popen[bytes]
+    job_fd: int  # our write end
+    child_job_fd: int  # the number the shell reads it under
+    out_fd: int
+    err_fd: int
+
+
+class WarmShells:
+    """Login shells started ahead of time (as the exec user, profile already sourced), each waiting on a
+    pipe for exactly one job: the fork and ``bash -l`` start-up are off the exec path. The job script
+    does ``cd``, ``export`` and then ``eval`` of the command, so it behaves like ``bash -lc cmd``
+    (with the request's env applied after the profile). Falls back to a cold spawn when empty."""
+
+    def __init__(self, config: AgentConfig, size: int = 2) -> None:
+        self.config = config
+        self.size = size
+        self._ready: list[_WarmShell] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._refill, daemon=True).start()
+        self._wake.set()
+
+    def _spawn(self) -> _WarmShell:
+        job_r, job_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        if _user_kwargs(self.config):  # the shell reopens the job pipe by path: it must own it
+            os.fchown(job_r, self.config.uid or 0, self.config.gid or 0)
+        # `source` reads the whole job in one go (``read -d`` would read a pipe byte by byte)
+        boot = f"exec 1>&{out_w} 2>&{err_w} {out_w}>&- {err_w}>&-; . /proc/self/fd/{job_r}"
+        try:
+            proc = subprocess.Popen(
+                ["bash", "-l", "-c", boot],
+                cwd=self.config.workspace,
+                env=_base_env(self.config),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(job_r, out_w, err_w),
+                start_new_session=True,
+                **_user_kwargs(self.config),
+            )
+        except BaseException:
+            for fd in (job_r, job_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        for fd in (job_r, out_w, err_w):
+            os.close(fd)
+        return _WarmShell(proc, job_w, job_r, out_r, err_r)
+
+    def _refill(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    self._ready = [w for w in self._ready if w.proc.poll() is None]
+                    if len(self._ready) >= self.size:
+                        break
+                try:
+                    shell = self._spawn()
+                except OSError:
+                    time.sleep(1)
+                    continue
+                with self._lock:
+                    self._ready.append(shell)
+
+    def take(self) -> _WarmShell | None:
+        """A ready shell, or None. Call ``refill`` once the job is done (refilling during the job would
+        compete with it for the CPU)."""
+        with self._lock:
+            while self._ready:
+                candidate = self._ready.pop(0)
+                if candidate.proc.poll() is None:
+                    return candidate
+        return None
+
+    def refill(self) -> None:
+        self._wake.set()
+
+    @staticmethod
+    def job(job_fd: int, cwd: str, env: dict[str, str], cmd: str) -> bytes:
+        """The script a warm shell sources: close the job pipe, cd, export, then ``eval`` the command
+        (so a syntax error in it behaves like ``bash -c``: exit status 2, nothing half-parsed)."""
+        lines = [f"exec {job_fd}<&-", f"cd -- {shlex.quote(cwd)} || exit 1"]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        lines.append(f"eval -- {shlex.quote(cmd)}")
+        return "\n".join(lines).encode() + b"\n"
+
+
+def run_exec(config: AgentConfig, req: dict[str, Any], shells: WarmShells | None = None) -> dict[str, Any]:
+    """Run ``cmd`` like ``bash -lc``; collect at most ``output_limit`` bytes per stream; kill the process
+    group on timeout."""
     cmd = req.get("cmd")
-    if not isinstance(cmd, str):
-        raise RequestError("cmd must be a string")
+    if not isinstance(cmd, str) or "\0" in cmd:
+        raise RequestError("cmd must be a string without NUL bytes")
     cwd = config.map_path(str(req.get("cwd") or GUEST_WORKSPACE))
     if not os.path.isdir(cwd):
         raise RequestError(f"working directory {req.get('cwd') or GUEST_WORKSPACE} does not exist")
-    env = _base_env(config)
-    env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    user_env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+    if any(not _ENV_NAME.match(k) or "\0" in v for k, v in user_env.items()):
+        raise RequestError("invalid environment variable")
     timeout_ms = req.get("timeout_ms")
     limit = int(req.get("output_limit") or 4 * 1024 * 1024)
     deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
 
-    kwargs: dict[str, Any] = {}
-    if config.uid is not None and os.getuid() != config.uid:
-        kwargs = {"user": config.uid, "group": config.gid, "extra_groups": []}
-    proc = subprocess.Popen(
-        ["bash", "-lc", cmd],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        **kwargs,
-    )
-    timed_out, truncated, out, err = _collect(proc, deadline, limit)
+    shell = shells.take() if shells is not None else None
+    if shell is not None:
+        with open(shell.job_fd, "wb") as job:
+            job.write(WarmShells.job(shell.child_job_fd, cwd, user_env, cmd))
+        proc, out_fd, err_fd = shell.proc, shell.out_fd, shell.err_fd
+    else:
+        env = {**_base_env(config), **user_env}
+        proc = subprocess.Popen(
+            ["bash", "-lc", cmd],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            **_user_kwargs(config),
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        out_fd, err_fd = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
+        proc.stdout.close()
+        proc.stderr.close()
+    timed_out, truncated, out, err = _collect(proc, out_fd, err_fd, deadline, limit)
     code = proc.wait()
+    if shells is not None:
+        shells.refill()
     if timed_out:
         code = EXIT_TIMEOUT
     elif code < 0:
@@ -176,10 +291,11 @@ def run_exec(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
 class Agent:
     """Dispatches requests; one thread per request; responses serialised by a write lock."""
 
-    def __init__(self, config: AgentConfig, write: Callable[[bytes], None]) -> None:
+    def __init__(self, config: AgentConfig, write: Callable[[bytes], None], shells: WarmShells | None = None) -> None:
         self.config = config
         self._write = write
         self._lock = threading.Lock()
+        self.shells = shells
 
     def send(self, message: dict[str, Any]) -> None:
         frame = protocol.encode(message)
@@ -187,14 +303,14 @@ class Agent:
             self._write(frame)
 
     def handle(self, req: dict[str, Any]) -> None:
-        threading.Thread(target=self._handle, args=(req,), daemon=True).start()
+        _POOL.submit(self._handle, req)
 
     def _dispatch(self, req: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None] | None]:
         op = req.get("op")
         if op == "ping":
             return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id}, None
         if op == "exec":
-            return run_exec(self.config, req), None
+            return run_exec(self.config, req, self.shells), None
         if op == "sync":
             os.sync()
             return {}, None
@@ -242,10 +358,10 @@ def find_port(name: str = protocol.PORT_NAME) -> str | None:
     return None
 
 
-def serve_port(config: AgentConfig, path: str) -> None:
+def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None) -> None:
     """Serve the virtio-serial port forever; EOF means no host is connected: poll and go on."""
     fd = os.open(path, os.O_RDWR)
-    agent = Agent(config, _write_all(fd))
+    agent = Agent(config, _write_all(fd), shells)
     decoder = protocol.FrameDecoder()
     while True:
         try:
@@ -262,9 +378,9 @@ def serve_port(config: AgentConfig, path: str) -> None:
             agent.handle(req)
 
 
-def serve_connection(config: AgentConfig, conn: socket.socket) -> None:
+def serve_connection(config: AgentConfig, conn: socket.socket, shells: WarmShells | None = None) -> None:
     """Serve one stream connection until the peer closes it."""
-    agent = Agent(config, conn.sendall)
+    agent = Agent(config, conn.sendall, shells)
     decoder = protocol.FrameDecoder()
     with conn:
         while True:
@@ -275,7 +391,7 @@ def serve_connection(config: AgentConfig, conn: socket.socket) -> None:
                 agent.handle(req)
 
 
-def serve_unix(config: AgentConfig, path: str) -> None:
+def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None) -> None:
     """Listen on a Unix socket, one connection at a time (like a QEMU chardev)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -284,7 +400,7 @@ def serve_unix(config: AgentConfig, path: str) -> None:
     srv.listen(1)
     while True:
         conn, _ = srv.accept()
-        serve_connection(config, conn)
+        serve_connection(config, conn, shells)
 
 
 def watch_power_button(poweroff: Callable[[], None]) -> None:
@@ -330,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.same_user:
             config.uid, config.gid = 1000, 1000
-        serve_unix(config, args.listen)
+        serve_unix(config, args.listen, WarmShells(config))
         return 0
 
     config = AgentConfig(workspace=args.workspace, poweroff=_guest_poweroff)
@@ -341,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         time.sleep(0.05)
     print(f"sheesh-agent: serving {path}", file=sys.stderr, flush=True)
-    serve_port(config, path)
+    serve_port(config, path, WarmShells(config))
     return 0
 
 
