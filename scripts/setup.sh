@@ -19,6 +19,7 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+command -v npm >/dev/null || missing+=(npm)  # Deno for the guest comes from its npm package
 if ((${#missing[@]})); then
     echo "==> installing system packages: ${missing[*]}"
     apt-get update -q

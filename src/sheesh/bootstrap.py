@@ -9,6 +9,7 @@ from sheesh.image.builder import ImageBuilder
 from sheesh.node.agent import NodeAgent
 from sheesh.store.repo import SqlStore
 from sheesh.vmm.driver import VmmDriver
+from sheesh.vmm.fake import FakeDriver
 from sheesh.vmm.qemu import QemuDriver
 
 
@@ -16,7 +17,7 @@ def build_services(settings: Settings, driver: VmmDriver | None = None) -> Servi
     """Production wiring: SQL store, embedded local node on QEMU, built-in image registered if built."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.resolved_database_url())
-    drv = driver or QemuDriver(settings.data_dir, accel=settings.accel)
+    drv = driver or (FakeDriver() if settings.vmm == "fake" else QemuDriver(settings.data_dir, accel=settings.accel))
     node = NodeAgent(settings.vms_dir, drv, settings.boot_timeout_s, settings.stop_timeout_s, settings.node_name)
     built = ImageBuilder(settings.resolved_image_dir()).cached()
     if built is not None:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     api_key: str | None = None
     node_name: str = "local"
 
+    vmm: Literal["qemu", "fake"] = "qemu"
+    """``fake`` runs "VMs" as host processes with the guest agent (development and API fuzzing only)."""
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     image_dir: Path | None = None
     boot_timeout_s: float = 60.0
@@ -36,6 +38,12 @@ class Settings(BaseSettings):
     exec_max_timeout_ms: int = 15 * 60 * 1000
     exec_output_limit_bytes: int = 4 * 1024 * 1024
     max_disk_size_mb: int = 64 * 1024
+    upload_max_bytes: int = 10 * 1024 * 1024
+    upload_max_expanded_bytes: int = 1024 * 1024 * 1024
+    rate_limits: dict[str, int] = Field(
+        default_factory=lambda: {"create": 30, "exec": 60, "run_ts": 60, "upload": 30, "download": 60}
+    )
+    """Requests per minute per API key (or client address) for each limited endpoint."""
     guest_network: str = "172.16.0.0/16"
     reconcile_interval_s: float = 2.0
 

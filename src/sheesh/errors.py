@@ -35,3 +35,11 @@ class UnavailableError(SheeshError):
 
 class GuestTimeoutError(UnavailableError):
     """The guest agent did not answer in time."""
+
+
+class RateLimitedError(SheeshError):
+    """Too many requests (HTTP 429); ``retry_after_s`` goes into the Retry-After header."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

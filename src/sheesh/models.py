@@ -79,6 +79,30 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class RunTsRequest:
+    """TypeScript for Deno: inline ``code`` or a ``path`` under /workspace (exactly one)."""
+
+    code: str | None = None
+    path: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    deno_flags: list[str] = field(default_factory=list)
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class RunTsResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    result: object = None
+    has_result: bool = False
+    error: object = None
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class Image:
     """A guest image: kernel + initrd + ext4 rootfs on the node."""
 

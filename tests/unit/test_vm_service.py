@@ -52,7 +52,7 @@ async def test_failed_create_leaves_nothing(settings: Settings) -> None:
     node.fail_next = UnavailableError("no boot")
     with pytest.raises(UnavailableError):
         await svc.vms.create(REQ)
-    assert svc.vms.list() == []
+    assert svc.vms.list_vms() == []
     assert ("destroy", node.calls[0][1]) in node.calls
 
 
@@ -90,7 +90,7 @@ async def test_reconcile_and_recover(settings: Settings) -> None:
     vm.state = VmState.DELETING
     svc.store.save_vm(vm)
     await svc.vms.recover()
-    assert [v.id for v in svc.vms.list()] == [b.id]
+    assert [v.id for v in svc.vms.list_vms()] == [b.id]
     node.running.clear()
     await svc.vms.recover()
     assert svc.vms.get(b.id).state == VmState.STOPPED

@@ -20,6 +20,17 @@ def guest_image() -> BuiltImage:
     return ImageBuilder(Settings().resolved_image_dir()).build()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
+    """One server for a whole module (tests that only need a running VM, not a fresh manager)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("shared") / "data", guest_image.path.parent.parent).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.kill_vms()
+
+
 @pytest.fixture
 def server(tmp_path: Path, guest_image: BuiltImage) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path / "data", guest_image.path.parent.parent).start()

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from sheesh import __version__
 from sheesh.api import errors
 from sheesh.api.deps import require_api_key
-from sheesh.api.routers import vms
+from sheesh.api.routers import docs, execution, files, vms
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,11 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
         description="Self-hosted isolated microVMs (run dat sheesh API).",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.services = svc
     errors.install(app)
-    app.include_router(vms.router, dependencies=[Depends(require_api_key)])
+    for module in (vms, execution, files):
+        app.include_router(module.router, dependencies=[Depends(require_api_key)])
+    docs.install(app)
     return app

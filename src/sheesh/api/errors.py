@@ -14,6 +14,7 @@ from sheesh.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     SheeshError,
     UnavailableError,
 )
@@ -25,6 +26,7 @@ STATUS: list[tuple[type[SheeshError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (PayloadTooLargeError, 413),
+    (RateLimitedError, 429),
     (UnavailableError, 503),
 ]
 
@@ -62,7 +64,8 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             log.warning("request failed: %s", exc.message)
-        return error(status, exc.message)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitedError) else None
+        return error(status, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,9 +6,9 @@ import ipaddress
 import posixpath
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 from sheesh.models import Vm
 
@@ -122,6 +122,72 @@ class ExecOut(BaseModel):
     stderr: str
     timedOut: bool = False
     truncated: bool = False
+
+
+MAX_CODE_BYTES = 1024 * 1024
+
+
+class RunTsBody(Body):
+    code: Annotated[StrictStr | None, Field(description="Inline TypeScript code")] = None
+    path: Annotated[StrictStr | None, Field(description="Path to a .ts file in /workspace")] = None
+    args: Annotated[list[StrictStr], Field(max_length=256, description="Arguments passed to the program")] = Field(
+        default_factory=list
+    )
+    env: Annotated[list[StrictStr], Field(max_length=256, description='Environment as ["KEY=value"]')] = Field(
+        default_factory=list
+    )
+    deno_flags: Annotated[list[StrictStr], Field(alias="denoFlags", max_length=64)] = Field(default_factory=list)
+    timeout_ms: Annotated[StrictInt | None, Field(alias="timeoutMs", ge=1)] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RunTsBody:
+        if (self.code is None) == (self.path is None):
+            raise ValueError("exactly one of code or path is required")
+        if self.code is not None and len(self.code.encode()) > MAX_CODE_BYTES:
+            raise ValueError(f"code is longer than {MAX_CODE_BYTES} bytes")
+        if self.path is not None:
+            norm = posixpath.normpath(self.path)
+            if not self.path.startswith("/") or not norm.startswith("/workspace/") or not norm.endswith(".ts"):
+                raise ValueError("path must be a .ts file under /workspace")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env_pairs(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            key, sep, val = pair.partition("=")
+            if not sep or not _ENV_KEY.match(key) or "\0" in val:
+                raise ValueError(f"env entries must be KEY=value, got {pair!r}")
+        return value
+
+    @field_validator("deno_flags")
+    @classmethod
+    def _flags(cls, value: list[str]) -> list[str]:
+        for flag in value:
+            if not flag.startswith("-") or "\0" in flag:
+                raise ValueError(f"denoFlags entries must be flags starting with '-', got {flag!r}")
+        return value
+
+
+class RunTsOut(BaseModel):
+    exitCode: int
+    stdout: str
+    stderr: str
+    result: Any = Field(default=None, description="Value passed to result.set(), when called")
+    error: Any = Field(default=None, description="Error passed to result.error(), when called")
+    timedOut: bool = False
+    truncated: bool = False
+
+
+class UploadOut(BaseModel):
+    files: int
+    bytes: int
+
+
+class LogsOut(BaseModel):
+    vmId: str
+    type: str
+    lines: list[str]
 
 
 class ErrorOut(BaseModel):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-from sheesh.errors import UnavailableError
-from sheesh.models import ExecRequest, ExecResult
+from sheesh.errors import NotFoundError, UnavailableError
+from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
 from sheesh.node.agent import NodeVmSpec
 
 
@@ -38,6 +39,22 @@ class NodeClient(Protocol):
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
 
+    async def run_ts(
+        self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
+    ) -> RunTsResult: ...
+
+    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
+        """Stream a tar.gz into ``dest``; nothing is written unless the whole archive is valid."""
+        ...
+
+    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
+        """Validate ``path`` and return the tar.gz byte stream of it."""
+        ...
+
+    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+        """Last lines of the VM's ``serial``, ``stdout`` or ``stderr`` log."""
+        ...
+
     def serial_tail(self, vm_id: str, lines: int) -> str: ...
 
     async def close(self) -> None: ...
@@ -53,6 +70,7 @@ class FakeNodeClient:
         self.calls: list[tuple[str, str]] = []
         self.fail_next: Exception | None = None
         self.exec_result: ExecResult | None = None
+        self.uploads: dict[tuple[str, str], bytes] = {}
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -88,6 +106,32 @@ class FakeNodeClient:
         if vm_id not in self.running:
             raise UnavailableError(f"VM {vm_id} is not running")
         return self.exec_result or ExecResult(0, req.cmd, "")
+
+    async def run_ts(
+        self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
+    ) -> RunTsResult:
+        self._record("run_ts", vm_id)
+        return RunTsResult(0, req.code or req.path or "", "", result={"allowNet": allow_net}, has_result=True)
+
+    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
+        self._record("upload", vm_id)
+        data = b"".join([c async for c in chunks])
+        self.uploads[(vm_id, dest)] = data
+        return {"files": 1, "bytes": len(data)}
+
+    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
+        self._record("download", vm_id)
+        payload = self.uploads.get((vm_id, path))
+        if payload is None:
+            raise NotFoundError(f"{path} does not exist")
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield payload
+
+        return stream()
+
+    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+        return [f"{kind} line {i}" for i in range(5)][-lines:]
 
     def serial_tail(self, vm_id: str, lines: int) -> str:
         return ""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
+from sheesh.auth.ratelimit import RateLimiter
 from sheesh.config import Settings
 from sheesh.control.node_client import NodeClient
 from sheesh.control.vms import VmService
@@ -18,6 +19,7 @@ class Services:
     node: NodeClient
     vms: VmService
     auth: ApiKeyAuth
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:

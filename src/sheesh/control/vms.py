@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -14,8 +16,17 @@ from sheesh.config import Settings
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip
 from sheesh.control.node_client import NodeClient
-from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
-from sheesh.models import ExecRequest, ExecResult, ProvisionMode, Vm, VmState, can_transition
+from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, SheeshError
+from sheesh.models import (
+    ExecRequest,
+    ExecResult,
+    ProvisionMode,
+    RunTsRequest,
+    RunTsResult,
+    Vm,
+    VmState,
+    can_transition,
+)
 from sheesh.node.agent import NodeVmSpec
 from sheesh.store.repo import Store
 
@@ -23,6 +34,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DISK_MB = 1024
 _ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING)
+
+
+def _single_hosts(cidrs: list[str]) -> list[str]:
+    """The addresses of the host-sized networks (/32, /128) in ``cidrs``."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    return [str(n.network_address) for n in nets if n.num_addresses == 1]
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ class VmService:
             vm.disk_size_mb,
         )
 
-    def list(self) -> list[Vm]:
+    def list_vms(self) -> list[Vm]:
         return self.store.list_vms()
 
     def get(self, vm_id: str) -> Vm:
@@ -156,17 +173,53 @@ class VmService:
             self.store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
 
-    async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
+    async def _running(self, vm_id: str, what: str) -> Vm:
         vm = self.get(vm_id)
         if vm.state != VmState.RUNNING:
-            raise ConflictError(f"VM {vm_id} is {vm.state}; exec needs a running VM")
+            raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
         if not self.node.is_running(vm_id):
             await self.reconcile()
             raise ConflictError(f"VM {vm_id} is not running")
+        return vm
+
+    async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
+        await self._running(vm_id, "exec")
         timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
         return await self.node.exec(
             vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), self.settings.exec_output_limit_bytes
         )
+
+    async def run_ts(self, vm_id: str, req: RunTsRequest) -> RunTsResult:
+        """Deno gets network permission only where the VM has egress: all hosts with outbound internet,
+        else the single addresses of its allowlist."""
+        vm = await self._running(vm_id, "run-ts")
+        allow_net: bool | list[str] = True if vm.outbound_internet else _single_hosts(vm.allow_ips)
+        timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
+        req = dataclasses.replace(req, timeout_ms=timeout)
+        return await self.node.run_ts(vm_id, req, allow_net, self.settings.exec_output_limit_bytes)
+
+    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
+        """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""
+        await self._running(vm_id, "upload")
+        limit = self.settings.upload_max_bytes
+
+        async def counted() -> AsyncIterator[bytes]:
+            total = 0
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLargeError(f"upload exceeds {limit} bytes (compressed)")
+                yield chunk
+
+        return await self.node.upload(vm_id, dest, counted(), self.settings.upload_max_expanded_bytes)
+
+    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
+        await self._running(vm_id, "download")
+        return await self.node.download(vm_id, path)
+
+    def logs(self, vm_id: str, kind: str, lines: int) -> list[str]:
+        self.get(vm_id)
+        return self.node.log_tail(vm_id, kind, lines)
 
     async def reconcile(self) -> None:
         """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED."""

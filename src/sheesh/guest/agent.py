@@ -11,18 +11,22 @@ powers the guest off.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import errno
 import glob
+import json
 import os
 import re
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -31,10 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-try:  # inside the guest the protocol module sits beside this file
-    from sheesh.guest import protocol
-except ImportError:  # pragma: no cover - guest layout: protocol.py beside this file, run with -I
+try:  # inside the guest the sibling modules sit beside this file
+    from sheesh.guest import files, protocol
+except ImportError:  # pragma: no cover - guest layout: /opt/sheesh/*.py, run with -I
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import files  # type: ignore[no-redef,import-not-found]
     import protocol  # type: ignore[no-redef,import-not-found]
 
 GUEST_WORKSPACE = "/workspace"
@@ -42,6 +47,9 @@ EXIT_TIMEOUT = 124
 _KEY_POWER = 116
 _EV_KEY = 1
 _INPUT_EVENT = struct.Struct("llHHi")
+_TRANSFER_OPS = frozenset(
+    {"upload_begin", "upload_chunk", "upload_end", "upload_abort", "download_begin", "download_next", "download_close"}
+)
 _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="req")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -63,8 +71,15 @@ class AgentConfig:
     gid: int | None = 1000
     home: str = "/home/user"
     user: str = "user"
+    deno: str = "/usr/local/bin/deno"
     poweroff: Callable[[], None] = field(default=lambda: None)
     boot_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def owner(self) -> tuple[int, int] | None:
+        """uid/gid that files written for the user get (None: leave as the agent's own)."""
+        if self.uid is None or os.getuid() == self.uid:
+            return None
+        return (self.uid, self.gid if self.gid is not None else self.uid)
 
     def map_path(self, path: str) -> str:
         """Translate a guest path under /workspace to this agent's workspace folder."""
@@ -234,6 +249,50 @@ class WarmShells:
         return "\n".join(lines).encode() + b"\n"
 
 
+def _deadline(req: dict[str, Any]) -> float | None:
+    timeout_ms = req.get("timeout_ms")
+    return time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+
+
+def _finish(proc: subprocess.Popen[bytes], out_fd: int, err_fd: int, req: dict[str, Any]) -> dict[str, Any]:
+    """Collect output and exit status; ``stderr_bytes`` is left for the caller to decode."""
+    limit = int(req.get("output_limit") or 4 * 1024 * 1024)
+    timed_out, truncated, out, err = _collect(proc, out_fd, err_fd, _deadline(req), limit)
+    code = proc.wait()
+    if timed_out:
+        code = EXIT_TIMEOUT
+    elif code < 0:
+        code = 128 - code
+    return {
+        "exit_code": code,
+        "stdout": out.decode(errors="replace"),
+        "stderr_bytes": err,
+        "timed_out": timed_out,
+        "truncated": truncated,
+    }
+
+
+def _spawn_collect(
+    config: AgentConfig, argv: list[str], cwd: str, env: dict[str, str], req: dict[str, Any]
+) -> dict[str, Any]:
+    """Start ``argv`` in its own process group as the exec user and collect it (see ``_finish``)."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **_user_kwargs(config),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
+    proc.stdout.close()
+    proc.stderr.close()
+    return _finish(proc, out_fd, err_fd, req)
+
+
 def run_exec(config: AgentConfig, req: dict[str, Any], shells: WarmShells | None = None) -> dict[str, Any]:
     """Run ``cmd`` like ``bash -lc``; collect at most ``output_limit`` bytes per stream; kill the process
     group on timeout."""
@@ -246,53 +305,136 @@ def run_exec(config: AgentConfig, req: dict[str, Any], shells: WarmShells | None
     user_env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
     if any(not _ENV_NAME.match(k) or "\0" in v for k, v in user_env.items()):
         raise RequestError("invalid environment variable")
-    timeout_ms = req.get("timeout_ms")
-    limit = int(req.get("output_limit") or 4 * 1024 * 1024)
-    deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
-
     shell = shells.take() if shells is not None else None
-    if shell is not None:
+    if shell is None:
+        reply = _spawn_collect(config, ["bash", "-lc", cmd], cwd, {**_base_env(config), **user_env}, req)
+    else:
         with open(shell.job_fd, "wb") as job:
             job.write(WarmShells.job(shell.child_job_fd, cwd, user_env, cmd))
-        proc, out_fd, err_fd = shell.proc, shell.out_fd, shell.err_fd
-    else:
-        env = {**_base_env(config), **user_env}
-        proc = subprocess.Popen(
-            ["bash", "-lc", cmd],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            **_user_kwargs(config),
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        out_fd, err_fd = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
-        proc.stdout.close()
-        proc.stderr.close()
-    timed_out, truncated, out, err = _collect(proc, out_fd, err_fd, deadline, limit)
-    code = proc.wait()
+        reply = _finish(shell.proc, shell.out_fd, shell.err_fd, req)
     if shells is not None:
         shells.refill()
-    if timed_out:
-        code = EXIT_TIMEOUT
-    elif code < 0:
-        code = 128 - code
-    return {
-        "exit_code": code,
-        "stdout": out.decode(errors="replace"),
-        "stderr": err.decode(errors="replace"),
-        "timed_out": timed_out,
-        "truncated": truncated,
-    }
+    reply["stderr"] = reply.pop("stderr_bytes").decode(errors="replace")
+    return reply
+
+
+_RESULT_PRELUDE = """\
+const __sheeshMark = "\\x1e%(nonce)s ";
+const __sheeshEmit = (kind: string, value: unknown) => {
+  let text: string;
+  try { text = JSON.stringify({ kind, value: value === undefined ? null : value }); }
+  catch (e) { text = JSON.stringify({ kind: "error", value: { name: "TypeError", message: String(e) } }); }
+  Deno.stderr.writeSync(new TextEncoder().encode("\\n" + __sheeshMark + text + "\\n"));
+};
+Object.defineProperty(globalThis, "result", { value: Object.freeze({
+  set(value: unknown) { __sheeshEmit("result", value); },
+  error(err: unknown) {
+    const e = err as { name?: string; message?: string };
+    __sheeshEmit("error", err instanceof Error || (e && typeof e === "object" && "message" in e)
+      ? { name: e.name ?? "Error", message: String(e.message) } : { name: "Error", message: String(err) });
+    Deno.exit(1);
+  },
+}) });
+await import(%(module)s);
+"""
+
+
+def _split_result(stderr: bytes, nonce: str) -> tuple[bytes, dict[str, Any] | None]:
+    """Remove the result marker lines from stderr; return (stderr, last marker payload)."""
+    mark = b"\x1e" + nonce.encode() + b" "
+    kept: list[bytes] = []
+    found: dict[str, Any] | None = None
+    for line in stderr.split(b"\n"):
+        if line.startswith(mark):
+            with contextlib.suppress(ValueError):
+                found = json.loads(line[len(mark) :])
+            if kept and kept[-1] == b"":
+                kept.pop()  # the newline the marker was prefixed with
+            continue
+        kept.append(line)
+    return b"\n".join(kept), found
+
+
+def _env_list(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _ENV_NAME.match(key) or "\0" in value:
+            raise RequestError(f"env entries must be KEY=value: {pair!r}")
+        env[key] = value
+    return env
+
+
+def _ts_module(config: AgentConfig, req: dict[str, Any], run_dir: str) -> tuple[str, list[str]]:
+    """The module specifier the entry imports, plus the read permission a ``path`` module needs."""
+    code, path = req.get("code"), req.get("path")
+    if (code is None) == (path is None):
+        raise RequestError("exactly one of code or path is required")
+    if path is None:
+        with open(os.path.join(run_dir, "main.ts"), "w") as fh:
+            fh.write(str(code))
+        return "./main.ts", []
+    norm = os.path.normpath(str(path))
+    if not norm.endswith(".ts") or not norm.startswith(GUEST_WORKSPACE + "/"):
+        raise RequestError("path must be a .ts file under /workspace")
+    module_path = config.map_path(norm)
+    if not os.path.isfile(module_path):
+        raise RequestError(f"{path} does not exist")
+    return "file://" + module_path, ["--allow-read=" + module_path]
+
+
+def run_ts(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
+    """Run TypeScript with Deno, permissions denied by default: ``--allow-env`` only for the given keys,
+    network only as ``allow_net`` says. A global ``result`` (set/error) returns structured JSON."""
+    flags = [str(f) for f in req.get("deno_flags") or []]
+    if any(not f.startswith("-") for f in flags):
+        raise RequestError("denoFlags must be flags (starting with -)")
+    user_env = _env_list([str(e) for e in req.get("env") or []])
+    run_dir = tempfile.mkdtemp(prefix="sheesh-ts-")
+    nonce = uuid.uuid4().hex
+    try:
+        module, perms = _ts_module(config, req, run_dir)
+        with open(os.path.join(run_dir, "entry.ts"), "w") as fh:
+            fh.write(_RESULT_PRELUDE % {"nonce": nonce, "module": json.dumps(module)})
+        perms.append("--no-prompt")
+        if user_env:
+            perms.append("--allow-env=" + ",".join(user_env))
+        allow_net = req.get("allow_net")
+        if allow_net is True:
+            perms.append("--allow-net")
+        elif isinstance(allow_net, list) and allow_net:
+            perms.append("--allow-net=" + ",".join(str(h) for h in allow_net))
+        if (owner := config.owner()) is not None:
+            for name in [run_dir, *(os.path.join(run_dir, n) for n in os.listdir(run_dir))]:
+                os.chown(name, *owner)
+        argv = [config.deno, "run", *perms, *flags, os.path.join(run_dir, "entry.ts")]
+        argv += [str(a) for a in req.get("args") or []]
+        env = {**_base_env(config), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", **user_env}
+        try:
+            reply = _spawn_collect(config, argv, config.workspace, env, req)
+        except FileNotFoundError as exc:
+            raise RequestError("deno is not installed in this image", "internal") from exc
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    stderr, marker = _split_result(reply.pop("stderr_bytes"), nonce)
+    reply["stderr"] = stderr.decode(errors="replace")
+    if marker is not None:
+        reply["error" if marker.get("kind") == "error" else "result"] = marker.get("value")
+    return reply
 
 
 class Agent:
     """Dispatches requests; one thread per request; responses serialised by a write lock."""
 
-    def __init__(self, config: AgentConfig, write: Callable[[bytes], None], shells: WarmShells | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        write: Callable[[bytes], None],
+        shells: WarmShells | None = None,
+        transfers: files.Transfers | None = None,
+    ) -> None:
         self.config = config
+        self.transfers = transfers or files.Transfers(config.workspace, GUEST_WORKSPACE, config.owner())
         self._write = write
         self._lock = threading.Lock()
         self.shells = shells
@@ -311,6 +453,10 @@ class Agent:
             return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id}, None
         if op == "exec":
             return run_exec(self.config, req, self.shells), None
+        if op == "run_ts":
+            return run_ts(self.config, req), None
+        if op in _TRANSFER_OPS:
+            return self._transfer(op, req), None
         if op == "sync":
             os.sync()
             return {}, None
@@ -318,6 +464,29 @@ class Agent:
             os.sync()
             return {}, self.config.poweroff
         raise RequestError(f"unknown op {op!r}")
+
+    def _transfer(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        t = self.transfers
+        try:
+            if op == "upload_begin":
+                return {"upload": t.begin_upload(str(req.get("dest")), int(req.get("max_bytes") or 1 << 30))}
+            if op == "upload_chunk":
+                t.feed(str(req.get("upload")), base64.b64decode(str(req.get("data", ""))))
+                return {}
+            if op == "upload_end":
+                return t.end_upload(str(req.get("upload")))
+            if op == "upload_abort":
+                t.abort_upload(str(req.get("upload")))
+                return {}
+            if op == "download_begin":
+                return {"download": t.begin_download(str(req.get("path")))}
+            if op == "download_next":
+                data, eof = t.next_chunk(str(req.get("download")))
+                return {"data": base64.b64encode(data).decode(), "eof": eof}
+            t.close_download(str(req.get("download")))
+            return {}
+        except files.TransferError as exc:
+            raise RequestError(str(exc), exc.kind) from exc
 
     def _handle(self, req: dict[str, Any]) -> None:
         rid = req.get("id")
@@ -378,9 +547,14 @@ def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None)
             agent.handle(req)
 
 
-def serve_connection(config: AgentConfig, conn: socket.socket, shells: WarmShells | None = None) -> None:
+def serve_connection(
+    config: AgentConfig,
+    conn: socket.socket,
+    shells: WarmShells | None = None,
+    transfers: files.Transfers | None = None,
+) -> None:
     """Serve one stream connection until the peer closes it."""
-    agent = Agent(config, conn.sendall, shells)
+    agent = Agent(config, conn.sendall, shells, transfers)
     decoder = protocol.FrameDecoder()
     with conn:
         while True:
@@ -398,9 +572,10 @@ def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(1)
+    transfers = files.Transfers(config.workspace, GUEST_WORKSPACE, config.owner())
     while True:
         conn, _ = srv.accept()
-        serve_connection(config, conn, shells)
+        serve_connection(config, conn, shells, transfers)
 
 
 def watch_power_button(poweroff: Callable[[], None]) -> None:
@@ -433,10 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", help="serve a Unix socket instead of the virtio-serial port")
     parser.add_argument("--workspace", default=GUEST_WORKSPACE, help="folder that stands for /workspace")
     parser.add_argument("--same-user", action="store_true", help="run commands as the agent's own user")
+    parser.add_argument("--deno", default=shutil.which("deno") or "/usr/local/bin/deno", help="Deno binary")
     args = parser.parse_args(argv)
 
     if args.listen:
         config = AgentConfig(
+            deno=args.deno,
             workspace=args.workspace,
             uid=None,
             gid=None,

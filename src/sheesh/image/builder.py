@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from sheesh.guest import agent as guest_agent
+from sheesh.guest import files as guest_files_module
 from sheesh.guest import protocol as guest_protocol
 from sheesh.image.cpio import CpioWriter
 from sheesh.image.errors import ImageBuildError
@@ -57,6 +59,7 @@ class Recipe:
     packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "procps", "ca-certificates")
     kernel_package: str = "linux-image-amd64"
     modules: tuple[str, ...] = tuple(GUEST_MODULES)
+    deno_package: str = "@deno/linux-x64-glibc@2.9.6"
     rootfs_size_mb: int = 512
     uid: int = 1000
     files_digest: str = field(default="")
@@ -76,6 +79,7 @@ def guest_files() -> dict[str, bytes]:
     return {
         "opt/sheesh/agent.py": Path(guest_agent.__file__).read_bytes(),
         "opt/sheesh/protocol.py": Path(guest_protocol.__file__).read_bytes(),
+        "opt/sheesh/files.py": Path(guest_files_module.__file__).read_bytes(),
         "etc/sheesh/rc.sysinit": (files / "rc.sysinit").read_bytes(),
         "etc/inittab": (files / "inittab").read_bytes(),
         "initramfs/init": (files / "initramfs-init").read_bytes(),
@@ -177,6 +181,7 @@ class ImageBuilder:
             tree = work / "tree"
             _run(["cp", "-a", str(base), str(tree)])
             self._customise(tree)
+            self._install_deno(tree)
             report("making ext4 rootfs", 6, self.STEPS)
             rootfs = work / "rootfs.ext4"
             with open(rootfs, "wb") as fh:
@@ -260,6 +265,31 @@ class ImageBuilder:
             sources.unlink(missing_ok=True)
             for lists in (base / "var/lib/apt/lists").glob("*_dists_*"):
                 lists.unlink()
+
+    def _install_deno(self, tree: Path) -> None:
+        """Deno from its npm package (``npm pack``; the binary is ``package/deno`` in the tarball)."""
+        name = self.recipe.deno_package.replace("@", "").replace("/", "-")
+        cache = self.image_dir / "cache" / name
+        binary = cache / "deno"
+        if not binary.exists():
+            if shutil.which("npm") is None:
+                raise ImageBuildError("npm is not installed (run scripts/setup.sh)")
+            cache.mkdir(parents=True, exist_ok=True)
+            out = _run(["npm", "pack", "--silent", "--pack-destination", str(cache), self.recipe.deno_package])
+            tgz = cache / out.strip().splitlines()[-1]
+            with tarfile.open(tgz) as tar:
+                member = tar.extractfile("package/deno")
+                if member is None:
+                    raise ImageBuildError(f"{self.recipe.deno_package} has no package/deno")
+                tmp = binary.with_suffix(".tmp")
+                with open(tmp, "wb") as fh:
+                    shutil.copyfileobj(member, fh)
+                tmp.chmod(0o755)
+                tmp.rename(binary)
+            tgz.unlink()
+        dest = tree / "usr/local/bin/deno"
+        shutil.copyfile(binary, dest)
+        dest.chmod(0o755)
 
     def _initramfs(self, kernel_root: Path, version: str, out: Path) -> None:
         moddir = kernel_root / "lib/modules" / version

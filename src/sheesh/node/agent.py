@@ -7,19 +7,51 @@ control plane owns the records. Implements ``sheesh.control.node_client.NodeClie
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sheesh.errors import NotFoundError, UnavailableError
-from sheesh.models import ExecRequest, ExecResult
+from sheesh.errors import NotFoundError, SheeshError, UnavailableError
+from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
 from sheesh.node.errors import NodeError
 from sheesh.node.guest_client import GuestClient
-from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, MachineSpec, VmmDriver, VmmError
+from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, STDERR_LOG, STDOUT_LOG, MachineSpec, VmmDriver, VmmError
 
 DISK_FILE = "disk.qcow2"
 EXEC_GRACE_S = 5.0
+TRANSFER_CHUNK = 256 * 1024
+TRANSFER_TIMEOUT_S = 60.0
+
+
+def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:
+    """The last ``lines`` lines of a file, reading backwards in blocks (logs can be large)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            pos = fh.tell()
+            data = b""
+            while pos > 0 and data.count(b"\n") <= lines:
+                step = min(block, pos)
+                pos -= step
+                fh.seek(pos)
+                data = fh.read(step) + data
+    except OSError:
+        return []
+    return [ln.decode(errors="replace") for ln in data.splitlines()[-lines:]] if lines > 0 else []
+
+
+async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    buf = bytearray()
+    async for chunk in chunks:
+        buf.extend(chunk)
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
 
 
 @dataclass(frozen=True)
@@ -127,8 +159,7 @@ class NodeAgent:
         return await self.driver.attach(vm_id, self.workdir(vm_id))
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
-        if not self.driver.is_running(vm_id):
-            raise UnavailableError(f"VM {vm_id} is not running")
+        self._require_running(vm_id)
         wait = (req.timeout_ms / 1000 if req.timeout_ms else 24 * 3600) + EXEC_GRACE_S
         reply = await self._guest(vm_id).call(
             "exec",
@@ -147,13 +178,84 @@ class NodeAgent:
             truncated=bool(reply.get("truncated")),
         )
 
-    def serial_tail(self, vm_id: str, lines: int) -> str:
-        path = self.workdir(vm_id) / SERIAL_LOG
+    async def run_ts(
+        self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
+    ) -> RunTsResult:
+        self._require_running(vm_id)
+        wait = (req.timeout_ms / 1000 if req.timeout_ms else 24 * 3600) + EXEC_GRACE_S
+        reply = await self._guest(vm_id).call(
+            "run_ts",
+            wait,
+            code=req.code,
+            path=req.path,
+            args=req.args,
+            env=req.env,
+            deno_flags=req.deno_flags,
+            timeout_ms=req.timeout_ms,
+            output_limit=output_limit,
+            allow_net=allow_net,
+        )
+        return RunTsResult(
+            exit_code=int(reply["exit_code"]),
+            stdout=str(reply["stdout"]),
+            stderr=str(reply["stderr"]),
+            result=reply.get("result"),
+            has_result="result" in reply,
+            error=reply.get("error"),
+            timed_out=bool(reply.get("timed_out")),
+            truncated=bool(reply.get("truncated")),
+        )
+
+    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
+        """Stream a tar.gz into the guest (one chunk in flight); extracted only if the whole archive is valid.
+        An exception from ``chunks`` aborts the upload in the guest and propagates."""
+        self._require_running(vm_id)
+        guest = self._guest(vm_id)
+        key = (await guest.call("upload_begin", TRANSFER_TIMEOUT_S, dest=dest, max_bytes=max_expanded))["upload"]
         try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            async for chunk in _rechunk(chunks, TRANSFER_CHUNK):
+                await guest.call("upload_chunk", TRANSFER_TIMEOUT_S, upload=key, data=base64.b64encode(chunk).decode())
+        except BaseException:
+            with contextlib.suppress(SheeshError):
+                await guest.call("upload_abort", TRANSFER_TIMEOUT_S, upload=key)
+            raise
+        reply = await guest.call("upload_end", TRANSFER_TIMEOUT_S, upload=key)
+        return {"files": int(reply["files"]), "bytes": int(reply["bytes"])}
+
+    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
+        """Start a tar.gz of ``path`` (errors raise here, before any byte) and return its chunk stream."""
+        self._require_running(vm_id)
+        guest = self._guest(vm_id)
+        key = (await guest.call("download_begin", TRANSFER_TIMEOUT_S, path=path))["download"]
+
+        async def stream() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                while not done:
+                    reply = await guest.call("download_next", TRANSFER_TIMEOUT_S, download=key)
+                    done = bool(reply["eof"])
+                    if data := base64.b64decode(reply["data"]):
+                        yield data
+            finally:
+                if not done:
+                    with contextlib.suppress(SheeshError):
+                        await guest.call("download_close", TRANSFER_TIMEOUT_S, download=key)
+
+        return stream()
+
+    def _require_running(self, vm_id: str) -> None:
+        if not self.driver.is_running(vm_id):
+            raise UnavailableError(f"VM {vm_id} is not running")
+
+    def log_path(self, vm_id: str, kind: str) -> Path:
+        """File of a log kind: ``serial`` (console), ``stdout`` / ``stderr`` (the VMM process)."""
+        return self.workdir(vm_id) / {"serial": SERIAL_LOG, "stdout": STDOUT_LOG, "stderr": STDERR_LOG}[kind]
+
+    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+        return tail_lines(self.log_path(vm_id, kind), lines)
+
+    def serial_tail(self, vm_id: str, lines: int) -> str:
+        return "\n".join(tail_lines(self.workdir(vm_id) / SERIAL_LOG, lines))
 
     async def close(self) -> None:
         """Disconnect from guests; VM processes keep running (they are re-attached on next start)."""

@@ -8,8 +8,21 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from sheesh.errors import GuestTimeoutError, InvalidInputError, UnavailableError
+from sheesh.errors import (
+    GuestTimeoutError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SheeshError,
+    UnavailableError,
+)
 from sheesh.guest import protocol
+
+_KINDS: dict[str, type[SheeshError]] = {
+    "invalid": InvalidInputError,
+    "not_found": NotFoundError,
+    "too_large": PayloadTooLargeError,
+}
 
 
 class GuestClient:
@@ -82,8 +95,9 @@ class GuestClient:
             self._pending.pop(rid, None)
         if not reply.get("ok"):
             message = str(reply.get("error") or "guest agent error")
-            if reply.get("kind") == "invalid":
-                raise InvalidInputError(message)
+            kind = reply.get("kind")
+            if kind in _KINDS:
+                raise _KINDS[kind](message)
             raise UnavailableError(f"guest agent: {message}")
         return reply
 

@@ -1,20 +1,36 @@
-"""/v1/vms: create, list, get, start, stop, destroy, exec."""
+"""/v1/vms: create, list, get, start, stop, destroy, logs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
 
-from sheesh.api.deps import ServicesDep
-from sheesh.api.schemas import CreateVmBody, ErrorOut, ExecBody, ExecOut, VmOut
+from fastapi import APIRouter, Depends, Query, Response
+
+from sheesh.api.deps import ServicesDep, rate_limited
+from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut
 from sheesh.control.vms import CreateVm
 from sheesh.errors import InvalidInputError
-from sheesh.models import ExecRequest
 
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 429, 503)}
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 503)}
+LIMITED: dict[int | str, dict[str, object]] = {**ERRORS, 429: {"model": ErrorOut}}
+LOG_TYPES = {
+    "firecracker.log": "serial",
+    "firecracker.stdout.log": "stdout",
+    "firecracker.stderr.log": "stderr",
+    "serial.log": "serial",
+    "vmm.stdout.log": "stdout",
+    "vmm.stderr.log": "stderr",
+}
 router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=ERRORS)
 
 
-@router.post("", status_code=201, summary="Create and boot a VM")
+@router.post(
+    "",
+    status_code=201,
+    summary="Create and boot a VM",
+    responses=LIMITED,
+    dependencies=[Depends(rate_limited("create"))],
+)
 async def create_vm(body: CreateVmBody, svc: ServicesDep) -> VmOut:
     vm = await svc.vms.create(
         CreateVm(
@@ -32,7 +48,7 @@ async def create_vm(body: CreateVmBody, svc: ServicesDep) -> VmOut:
 
 @router.get("", summary="List VMs")
 async def list_vms(svc: ServicesDep) -> list[VmOut]:
-    return [VmOut.of(vm) for vm in svc.vms.list()]
+    return [VmOut.of(vm) for vm in svc.vms.list_vms()]
 
 
 @router.get("/{vm_id}", summary="Get a VM")
@@ -58,16 +74,14 @@ async def delete_vm(vm_id: str, svc: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{vm_id}/exec", summary="Run a shell command as uid/gid 1000")
-async def exec_vm(vm_id: str, body: ExecBody, svc: ServicesDep) -> ExecOut:
-    limit = svc.settings.exec_max_timeout_ms
-    if body.timeout_ms is not None and body.timeout_ms > limit:
-        raise InvalidInputError(f"timeoutMs must be <= {limit}")
-    result = await svc.vms.exec(vm_id, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
-    return ExecOut(
-        exitCode=result.exit_code,
-        stdout=result.stdout,
-        stderr=result.stderr,
-        timedOut=result.timed_out,
-        truncated=result.truncated,
-    )
+@router.get("/{vm_id}/logs", summary="Tail of a VM log file")
+async def vm_logs(
+    vm_id: str,
+    svc: ServicesDep,
+    log_type: Annotated[str, Query(alias="type", description="Log file: " + ", ".join(LOG_TYPES))] = "firecracker.log",
+    tail: Annotated[int, Query(ge=1, le=1000, description="Number of lines (max 1000)")] = 100,
+) -> LogsOut:
+    kind = LOG_TYPES.get(log_type)
+    if kind is None:
+        raise InvalidInputError(f"type must be one of {', '.join(LOG_TYPES)}")
+    return LogsOut(vmId=vm_id, type=log_type, lines=svc.vms.logs(vm_id, kind, tail))

@@ -1,0 +1,144 @@
+"""Upload/download in the guest agent's transfer module, on a host folder standing for /workspace."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sheesh.guest.files import TransferError, Transfers
+from tests.archives import bomb, members, targz
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "existing.txt").write_text("keep")
+    return root
+
+
+def upload(t: Transfers, dest: str, data: bytes, max_bytes: int = 1 << 30, chunk: int = 1000) -> dict[str, int]:
+    key = t.begin_upload(dest, max_bytes)
+    for i in range(0, len(data), chunk):
+        t.feed(key, data[i : i + chunk])
+    return t.end_upload(key)
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_upload_then_download_roundtrip(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    data = targz([("dir", "src", b""), ("file", "src/a.txt", "alpha"), ("file", "./b.txt", "beta")])
+    assert upload(t, "/workspace/project/new", data) == {"files": 2, "bytes": 9}
+    assert (ws / "project/new/src/a.txt").read_text() == "alpha"
+    assert (ws / "project/new/b.txt").read_text() == "beta"
+    key = t.begin_download("/workspace/project")
+    chunks = []
+    while True:
+        chunk, eof = t.next_chunk(key)
+        chunks.append(chunk)
+        if eof:
+            break
+    got = members(b"".join(chunks))
+    assert got["new/src/a.txt"] == b"alpha" and got["new/b.txt"] == b"beta"
+    assert not [p for p in ws.iterdir() if p.name.startswith(".sheesh-upload")]
+
+
+@pytest.mark.parametrize(
+    ("entries", "fragment"),
+    [
+        ([("file", "ok.txt", "x"), ("symlink", "link", "/etc/passwd")], "links are not allowed"),
+        ([("file", "ok.txt", "x"), ("hardlink", "hard", "ok.txt")], "links are not allowed"),
+        ([("file", "/etc/evil", "x")], "absolute path"),
+        ([("file", "ok.txt", "x"), ("file", "../escape.txt", "x")], "path traversal"),
+        ([("file", "a/../../escape.txt", "x")], "path traversal"),
+        ([("fifo", "pipe", b"")], "only regular files"),
+    ],
+)
+def test_hostile_archives_write_nothing(ws: Path, entries: list[tuple[str, str, bytes | str]], fragment: str) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    before = snapshot(ws)
+    with pytest.raises(TransferError, match=fragment) as err:
+        upload(t, "/workspace/dest", targz(entries))
+    assert err.value.kind == "invalid"
+    assert snapshot(ws) == before
+    assert not (ws.parent / "escape.txt").exists()
+
+
+def test_not_gzip_is_invalid(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    with pytest.raises(TransferError, match=r"not a valid tar\.gz"):
+        upload(t, "/workspace", b"this is not an archive" * 100)
+
+
+def test_bomb_is_stopped_at_the_budget(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    data = bomb(64 * 1024 * 1024)
+    assert len(data) < 200_000
+    before = snapshot(ws)
+    with pytest.raises(TransferError, match="expands beyond") as err:
+        upload(t, "/workspace", data, max_bytes=4 * 1024 * 1024, chunk=65536)
+    assert err.value.kind == "too_large"
+    assert snapshot(ws) == before
+
+
+def test_budget_respects_free_disk(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None, free_bytes=lambda _: 64 * 1024 * 1024 + 1000)
+    with pytest.raises(TransferError, match="expands beyond 1000 bytes"):
+        upload(t, "/workspace", targz([("file", "big", b"x" * 5000)]))
+
+
+@pytest.mark.parametrize("dest", ["/etc", "/workspace/../etc", "relative/path", "/workspacefoo"])
+def test_destinations_outside_workspace(ws: Path, dest: str) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    with pytest.raises(TransferError, match="path must be"):
+        t.begin_upload(dest, 1000)
+
+
+def test_symlinked_destination_cannot_escape(ws: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, ws / "sneaky")
+    t = Transfers(str(ws), "/workspace", None)
+    with pytest.raises(TransferError, match="symlink"):
+        t.begin_upload("/workspace/sneaky", 1000)
+    with pytest.raises(TransferError, match="symlink"):
+        t.begin_download("/workspace/sneaky")
+    # an archive entry landing on an existing symlink inside the destination is refused too
+    os.symlink(outside, ws / "dir-link")
+    with pytest.raises(TransferError, match="is a symlink"):
+        upload(t, "/workspace", targz([("file", "dir-link/x", "x")]))
+    assert list(outside.iterdir()) == []
+
+
+def test_file_over_folder_conflict_writes_nothing(ws: Path) -> None:
+    (ws / "d").mkdir()
+    t = Transfers(str(ws), "/workspace", None)
+    with pytest.raises(TransferError, match="not a file"):
+        upload(t, "/workspace", targz([("file", "new.txt", "n"), ("file", "d", "x")]))
+    assert not (ws / "new.txt").exists()
+
+
+def test_download_of_missing_path(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    with pytest.raises(TransferError) as err:
+        t.begin_download("/workspace/nope")
+    assert err.value.kind == "not_found"
+
+
+def test_download_keeps_symlinks_as_links(ws: Path) -> None:
+    (ws / "p").mkdir()
+    os.symlink("/etc/passwd", ws / "p" / "pw")
+    t = Transfers(str(ws), "/workspace", None)
+    key = t.begin_download("/workspace/p")
+    data = b""
+    while True:
+        chunk, eof = t.next_chunk(key)
+        data += chunk
+        if eof:
+            break
+    assert members(data) == {"pw": None}
