@@ -61,6 +61,13 @@ class QemuDriver:
             saved = json.loads(cache.read_text())
             if saved.get("key") == key:
                 return bool(saved["kvm"])
+        ok = await self.boots(spec.kernel, "kvm")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "kvm": ok}))
+        return ok
+
+    async def boots(self, kernel: Path, accel: str, timeout: float = 20.0) -> bool:
+        """Whether ``kernel`` boots under ``accel`` far enough to panic for want of an init."""
         argv = [
             self.binary,
             "-M",
@@ -71,32 +78,29 @@ class QemuDriver:
             "none",
             "-no-reboot",
             "-accel",
-            "kvm",
+            accel,
             "-cpu",
             "max",
             "-m",
             "128M",
             "-kernel",
-            str(spec.kernel),
+            str(kernel),
             "-append",
             f"console=ttyS0 panic=-1 rdinit=/nonexistent tsc_early_khz={host_tsc_khz()}",
             "-serial",
             "stdio",
         ]
-        ok = False
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            try:
-                out, _ = await asyncio.wait_for(proc.communicate(), 20)
-                ok = b"Kernel panic" in out or b"No working init" in out
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
         except OSError:
-            ok = False
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "kvm": ok}))
-        return ok
+            return False
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return False
+        return b"Kernel panic" in out or b"No working init" in out
 
     async def create_disk(self, base: Path, disk: Path, size_mb: int) -> None:
         proc = await asyncio.create_subprocess_exec(
