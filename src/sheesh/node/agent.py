@@ -13,6 +13,7 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sheesh.errors import NotFoundError, SheeshError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
@@ -158,16 +159,20 @@ class NodeAgent:
         """Adopt a VM left running by an earlier manager process; True if it is alive."""
         return await self.driver.attach(vm_id, self.workdir(vm_id))
 
-    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
+    async def _run(self, vm_id: str, op: str, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
+        """A process-running guest op: the guest enforces ``timeout_ms``; we wait a grace period longer."""
         self._require_running(vm_id)
-        wait = (req.timeout_ms / 1000 if req.timeout_ms else 24 * 3600) + EXEC_GRACE_S
-        reply = await self._guest(vm_id).call(
+        wait = (timeout_ms / 1000 if timeout_ms else 24 * 3600) + EXEC_GRACE_S
+        return await self._guest(vm_id).call(op, wait, timeout_ms=timeout_ms, **args)
+
+    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
+        reply = await self._run(
+            vm_id,
             "exec",
-            wait,
+            req.timeout_ms,
             cmd=req.cmd,
             cwd=req.cwd,
             env=req.env,
-            timeout_ms=req.timeout_ms,
             output_limit=output_limit,
         )
         return ExecResult(
@@ -181,17 +186,15 @@ class NodeAgent:
     async def run_ts(
         self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
     ) -> RunTsResult:
-        self._require_running(vm_id)
-        wait = (req.timeout_ms / 1000 if req.timeout_ms else 24 * 3600) + EXEC_GRACE_S
-        reply = await self._guest(vm_id).call(
+        reply = await self._run(
+            vm_id,
             "run_ts",
-            wait,
+            req.timeout_ms,
             code=req.code,
             path=req.path,
             args=req.args,
             env=req.env,
             deno_flags=req.deno_flags,
-            timeout_ms=req.timeout_ms,
             output_limit=output_limit,
             allow_net=allow_net,
         )

@@ -91,6 +91,32 @@ def build_argv(spec: MachineSpec, host: HostFacts) -> list[str]:
     ]
 
 
+def probe_argv(binary: str, kernel: Path, accel: str, tsc_khz: int) -> list[str]:
+    """Boot ``kernel`` alone with no init: it panics once it got through early boot (the accel works)."""
+    return [
+        binary,
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-accel",
+        accel,
+        "-cpu",
+        "max",
+        "-m",
+        "128M",
+        "-kernel",
+        str(kernel),
+        "-append",
+        f"console=ttyS0 panic=-1 rdinit=/nonexistent tsc_early_khz={tsc_khz}",
+        "-serial",
+        "stdio",
+    ]
+
+
 def overlay_argv(qemu_img: str, base: Path, disk: Path, size_mb: int) -> list[str]:
     return [qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(disk), f"{size_mb}M"]
 

@@ -21,6 +21,7 @@ from sheesh.vmm.qemu.cmdline import (
     build_argv,
     host_tsc_khz,
     overlay_argv,
+    probe_argv,
 )
 
 
@@ -68,28 +69,7 @@ class QemuDriver:
 
     async def boots(self, kernel: Path, accel: str, timeout: float = 20.0) -> bool:
         """Whether ``kernel`` boots under ``accel`` far enough to panic for want of an init."""
-        argv = [
-            self.binary,
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-accel",
-            accel,
-            "-cpu",
-            "max",
-            "-m",
-            "128M",
-            "-kernel",
-            str(kernel),
-            "-append",
-            f"console=ttyS0 panic=-1 rdinit=/nonexistent tsc_early_khz={host_tsc_khz()}",
-            "-serial",
-            "stdio",
-        ]
+        argv = probe_argv(self.binary, kernel, accel, host_tsc_khz())
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except OSError:

@@ -1,0 +1,34 @@
+"""Shared by the benchmark scripts: a `sheesh serve` on a temp data dir with the built-in image."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.server import ServerProcess
+
+from sheesh.config import Settings
+from sheesh.image.builder import ImageBuilder
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[ServerProcess]:
+    """Build (or reuse) the image, start a server, stop it and kill its VMs afterwards."""
+    image = ImageBuilder(Settings().resolved_image_dir()).build()
+    with tempfile.TemporaryDirectory(prefix="sheesh-bench-") as tmp:
+        server = ServerProcess(Path(tmp) / "data", image.path.parent.parent).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            server.kill_vms()
