@@ -22,11 +22,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[ServerProcess]:
-    """Build (or reuse) the image, start a server, stop it and kill its VMs afterwards."""
+def running_server(**env: str) -> Iterator[ServerProcess]:
+    """Build (or reuse) the image, start a server (extra ``SHEESH_*`` env), stop it and kill its VMs after."""
     image = ImageBuilder(Settings().resolved_image_dir()).build()
     with tempfile.TemporaryDirectory(prefix="sheesh-bench-") as tmp:
-        server = ServerProcess(Path(tmp) / "data", image.path.parent.parent).start()
+        server = ServerProcess(Path(tmp) / "data", image.path.parent.parent, **env).start()
         try:
             yield server
         finally:

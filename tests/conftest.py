@@ -19,4 +19,5 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
         reconcile_interval_s=0.2,
         boot_timeout_s=20,
         stop_timeout_s=5,
+        templates=False,
     )

@@ -33,6 +33,7 @@ class ServerProcess:
             **env,
         }
         self.env.setdefault("SHEESH_ACCEL", "tcg")
+        self.env.setdefault("SHEESH_TEMPLATES", "false")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
 

@@ -18,7 +18,14 @@ def build_services(settings: Settings, driver: VmmDriver | None = None) -> Servi
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.resolved_database_url())
     drv = driver or (FakeDriver() if settings.vmm == "fake" else QemuDriver(settings.data_dir, accel=settings.accel))
-    node = NodeAgent(settings.vms_dir, drv, settings.boot_timeout_s, settings.stop_timeout_s, settings.node_name)
+    node = NodeAgent(
+        settings.vms_dir,
+        drv,
+        boot_timeout_s=settings.boot_timeout_s,
+        stop_timeout_s=settings.stop_timeout_s,
+        name=settings.node_name,
+        snapshots_dir=settings.data_dir / "snapshots",
+    )
     built = ImageBuilder(settings.resolved_image_dir()).cached()
     if built is not None:
         register_builtin(store, built)

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     """Requests per minute per API key (or client address) for each limited endpoint."""
     guest_network: str = "172.16.0.0/16"
     reconcile_interval_s: float = 2.0
+    templates: bool = True
+    """Serve creates from per-shape template snapshots (first create of a shape boots and builds one)."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'sheesh.db'}"

@@ -15,13 +15,15 @@ class VmState(enum.StrEnum):
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
     STARTING = "STARTING"
+    PAUSED = "PAUSED"
     ERROR = "ERROR"
     DELETING = "DELETING"
 
 
 TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATING: frozenset({VmState.RUNNING, VmState.ERROR, VmState.DELETING}),
-    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
+    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.STOPPED, VmState.PAUSED, VmState.ERROR, VmState.DELETING}),
+    VmState.PAUSED: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
     VmState.STOPPING: frozenset({VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
     VmState.STOPPED: frozenset({VmState.STARTING, VmState.DELETING}),
     VmState.STARTING: frozenset({VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
@@ -57,6 +59,28 @@ class Vm:
     provision_mode: ProvisionMode = ProvisionMode.BOOT
     node: str = "local"
     error: str | None = None
+    snapshot_id: str | None = None
+    """The snapshot this VM was restored from (its disk and RAM build on it)."""
+
+
+class SnapshotKind(enum.StrEnum):
+    USER = "user"
+    TEMPLATE = "template"
+
+
+@dataclass
+class Snapshot:
+    """Saved machine (memory, device state, disk) of a VM; restorable into new VMs of the same shape."""
+
+    id: str
+    vm_id: str
+    created_at: datetime
+    cpu: int
+    mem_mb: int
+    image_id: str
+    disk_size_mb: int
+    kind: SnapshotKind = SnapshotKind.USER
+    save_ms: float = 0.0
 
 
 @dataclass(frozen=True)

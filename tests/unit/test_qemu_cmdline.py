@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from sheesh.guest.protocol import PORT_NAME
-from sheesh.vmm.driver import MachineSpec
+from sheesh.vmm.driver import MachineSpec, RestoreSource
 from sheesh.vmm.qemu.cmdline import HostFacts, build_argv, overlay_argv
 
 SPEC = MachineSpec("vm-1", 2, 256, Path("/img/vmlinux"), Path("/img/initrd.cpio"), Path("/w/disk.qcow2"), Path("/w"))
@@ -12,7 +12,7 @@ def _arg(argv: list[str], flag: str) -> list[str]:
 
 
 def test_microvm_tcg_command_line() -> None:
-    argv = build_argv(SPEC, HostFacts("/usr/bin/qemu-system-x86_64", "tcg", 2_500_000))
+    argv = build_argv(SPEC, HostFacts("/usr/bin/qemu-system-x86_64", "tcg", 2_500_000), Path("/shm/vm-1.ram"))
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert _arg(argv, "-M")[0].startswith("microvm,")
     assert _arg(argv, "-accel") == ["tcg,tb-size=32"]
@@ -27,11 +27,29 @@ def test_microvm_tcg_command_line() -> None:
 
 
 def test_kvm_accel() -> None:
-    argv = build_argv(SPEC, HostFacts("qemu", "kvm", 1))
+    argv = build_argv(SPEC, HostFacts("qemu", "kvm", 1), Path("/shm/vm-1.ram"))
     assert _arg(argv, "-accel") == ["kvm"]
+
+
+def test_ram_is_a_shared_file_and_restore_maps_the_snapshot_privately() -> None:
+    host = HostFacts("qemu", "tcg", 1)
+    argv = build_argv(SPEC, host, Path("/shm/vm-1.ram"))
+    assert "memory-backend=ram" in _arg(argv, "-M")[0]
+    assert _arg(argv, "-object") == ["memory-backend-file,id=ram,size=256M,mem-path=/shm/vm-1.ram,share=on"]
+    assert "-incoming" not in argv
+    restored = MachineSpec(**{**SPEC.__dict__, "restore": RestoreSource(Path("/s/state"), Path("/s/memory"))})
+    argv = build_argv(restored, host, Path("/shm/vm-1.ram"))
+    assert _arg(argv, "-object") == ["memory-backend-file,id=ram,size=256M,mem-path=/s/memory,share=off"]
+    assert _arg(argv, "-incoming") == ["defer"]
+    streamed = MachineSpec(**{**SPEC.__dict__, "restore": RestoreSource(Path("/s/state"), None)})
+    argv = build_argv(streamed, host, Path("/shm/vm-1.ram"))
+    assert "mem-path=/shm/vm-1.ram,share=on" in _arg(argv, "-object")[0]
+    assert _arg(argv, "-incoming") == ["defer"]
 
 
 def test_overlay_uses_backing_file() -> None:
     argv = overlay_argv("qemu-img", Path("/b/rootfs.ext4"), Path("/w/disk.qcow2"), 2048)
     assert argv[-3:] == ["/b/rootfs.ext4", "/w/disk.qcow2", "2048M"]
     assert argv[argv.index("-F") + 1] == "raw"
+    argv = overlay_argv("qemu-img", Path("/s/disk.qcow2"), Path("/w/disk.qcow2"), None, "qcow2")
+    assert argv[-2:] == ["/s/disk.qcow2", "/w/disk.qcow2"] and argv[argv.index("-F") + 1] == "qcow2"

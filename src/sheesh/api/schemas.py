@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from sheesh.models import Vm
+from sheesh.models import Snapshot, Vm
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CMD_BYTES = 256 * 1024
@@ -62,6 +62,7 @@ class VmOut(BaseModel):
     diskSizeMb: int
     node: str
     error: str | None = None
+    snapshotId: str | None = None
 
     @classmethod
     def of(cls, vm: Vm) -> VmOut:
@@ -79,6 +80,7 @@ class VmOut(BaseModel):
             diskSizeMb=vm.disk_size_mb,
             node=vm.node,
             error=vm.error,
+            snapshotId=vm.snapshot_id,
         )
 
 
@@ -188,6 +190,39 @@ class LogsOut(BaseModel):
     vmId: str
     type: str
     lines: list[str]
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    vmId: str
+    createdAt: str
+    cpu: int
+    memMb: int
+    imageId: str
+    diskSizeMb: int
+    saveMs: float
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> SnapshotOut:
+        return cls(
+            id=snap.id,
+            vmId=snap.vm_id,
+            createdAt=_iso(snap.created_at),
+            cpu=snap.cpu,
+            memMb=snap.mem_mb,
+            imageId=snap.image_id,
+            diskSizeMb=snap.disk_size_mb,
+            saveMs=round(snap.save_ms, 1),
+        )
+
+
+class ForkBody(Body):
+    count: Annotated[StrictInt, Field(ge=1, le=16, description="Number of clones (1-16)")] = 1
+
+
+class ForkOut(BaseModel):
+    snapshotId: str
+    vms: list[VmOut]
 
 
 class ErrorOut(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from sheesh.errors import NotFoundError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
@@ -39,6 +39,20 @@ class NodeClient(Protocol):
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
 
+    async def snapshot(self, vm_id: str, snapshot_id: str) -> float:
+        """Save the running (or paused) VM under ``snapshot_id``; returns the save time in ms."""
+        ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+    async def pause(self, vm_id: str) -> None: ...
+
+    async def resume(self, vm_id: str) -> None: ...
+
+    async def ping(self, vm_id: str) -> dict[str, Any]:
+        """The guest agent's ping reply (``warm``: pre-started shells ready)."""
+        ...
+
     async def run_ts(
         self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
     ) -> RunTsResult: ...
@@ -71,6 +85,8 @@ class FakeNodeClient:
         self.fail_next: Exception | None = None
         self.exec_result: ExecResult | None = None
         self.uploads: dict[tuple[str, str], bytes] = {}
+        self.snapshots: set[str] = set()
+        self.specs: dict[str, NodeVmSpec] = {}
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -80,6 +96,9 @@ class FakeNodeClient:
 
     async def create(self, spec: NodeVmSpec) -> None:
         self._record("create", spec.vm_id)
+        if spec.snapshot_id is not None and spec.snapshot_id not in self.snapshots:
+            raise NotFoundError(f"snapshot {spec.snapshot_id} has no files")
+        self.specs[spec.vm_id] = spec
         self.running.add(spec.vm_id)
 
     async def start(self, spec: NodeVmSpec) -> None:
@@ -132,6 +151,26 @@ class FakeNodeClient:
 
     def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return [f"{kind} line {i}" for i in range(5)][-lines:]
+
+    async def snapshot(self, vm_id: str, snapshot_id: str) -> float:
+        self._record("snapshot", vm_id)
+        if vm_id not in self.running:
+            raise UnavailableError(f"VM {vm_id} is not running")
+        self.snapshots.add(snapshot_id)
+        return 1.0
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        self._record("delete_snapshot", snapshot_id)
+        self.snapshots.discard(snapshot_id)
+
+    async def pause(self, vm_id: str) -> None:
+        self._record("pause", vm_id)
+
+    async def resume(self, vm_id: str) -> None:
+        self._record("resume", vm_id)
+
+    async def ping(self, vm_id: str) -> dict[str, Any]:
+        return {"warm": 2}
 
     def serial_tail(self, vm_id: str, lines: int) -> str:
         return ""

@@ -8,6 +8,7 @@ from sheesh.auth.apikeys import ApiKeyAuth
 from sheesh.auth.ratelimit import RateLimiter
 from sheesh.config import Settings
 from sheesh.control.node_client import NodeClient
+from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
 from sheesh.store.repo import Store
 
@@ -23,8 +24,10 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
-        return cls(settings, store, node, VmService(store, node, settings), ApiKeyAuth(store, settings.api_key))
+        vms = VmService(store, node, settings, Templates(store, node))
+        return cls(settings, store, node, vms, ApiKeyAuth(store, settings.api_key))
 
     async def close(self) -> None:
+        await self.vms.templates.wait_idle()
         await self.node.close()
         self.store.close()

@@ -16,6 +16,7 @@ from sheesh.config import Settings
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip
 from sheesh.control.node_client import NodeClient
+from sheesh.control.templates import DEFAULT_DISK_MB, Templates
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, SheeshError
 from sheesh.models import (
     ExecRequest,
@@ -23,6 +24,8 @@ from sheesh.models import (
     ProvisionMode,
     RunTsRequest,
     RunTsResult,
+    Snapshot,
+    SnapshotKind,
     Vm,
     VmState,
     can_transition,
@@ -32,8 +35,7 @@ from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DISK_MB = 1024
-_ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING)
+_ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.PAUSED)
 
 
 def _single_hosts(cidrs: list[str]) -> list[str]:
@@ -62,6 +64,7 @@ class VmService:
     store: Store
     node: NodeClient
     settings: Settings
+    templates: Templates
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -78,7 +81,8 @@ class VmService:
         vm.error = error
         self.store.save_vm(vm)
 
-    def _spec(self, vm: Vm) -> NodeVmSpec:
+    def _spec(self, vm: Vm, source: Snapshot | None = None) -> NodeVmSpec:
+        """Node spec of ``vm``; with ``source`` the node restores that snapshot instead of booting."""
         image = resolve_image(self.store, vm.image_id)
         return NodeVmSpec(
             vm.id,
@@ -88,6 +92,8 @@ class VmService:
             image.path / "initrd.cpio",
             image.path / "rootfs.ext4",
             vm.disk_size_mb,
+            snapshot_id=source.id if source else None,
+            snapshot_disk_mb=source.disk_size_mb if source else None,
         )
 
     def list_vms(self) -> list[Vm]:
@@ -100,16 +106,32 @@ class VmService:
         return vm
 
     async def create(self, req: CreateVm) -> Vm:
-        """Boot a new VM and return it RUNNING. On failure nothing is left behind."""
+        """Create a VM RUNNING: restored from ``snapshot_id``, else from the shape's template snapshot when
+        there is one (``provisionMode`` "snapshot"), else booted (and a template is built for next time).
+        On failure nothing is left behind."""
+        source: Snapshot | None = None
         if req.snapshot_id is not None:
-            raise NotFoundError(f"snapshot {req.snapshot_id} not found")
-        image = resolve_image(self.store, req.image_id)
-        base_mb = image.image.rootfs_size_mb
+            source = self.snapshot(req.snapshot_id)
+            if (req.cpu, req.mem_mb) != (source.cpu, source.mem_mb):
+                raise InvalidInputError(
+                    f"cpu and memMb must match the snapshot ({source.cpu} vCPU, {source.mem_mb} MiB)"
+                )
+            if req.image_id is not None and req.image_id != source.image_id:
+                raise InvalidInputError(f"imageId must match the snapshot's image {source.image_id}")
+        image = resolve_image(self.store, source.image_id if source else req.image_id)
+        base_mb = source.disk_size_mb if source else image.image.rootfs_size_mb
         disk_mb = req.disk_size_mb if req.disk_size_mb is not None else max(DEFAULT_DISK_MB, base_mb)
         if disk_mb < base_mb:
-            raise InvalidInputError(f"diskSizeMb must be >= the image's rootfs size ({base_mb} MiB)")
+            what = "snapshot's disk" if source else "image's rootfs"
+            raise InvalidInputError(f"diskSizeMb must be >= the {what} size ({base_mb} MiB)")
         if disk_mb > self.settings.max_disk_size_mb:
             raise InvalidInputError(f"diskSizeMb must be <= {self.settings.max_disk_size_mb}")
+        if source is None and self.settings.templates:
+            source = self.templates.find(image.image.id, req.cpu, req.mem_mb)
+            if source is None:
+                self.templates.ensure(image.image.id, req.cpu, req.mem_mb)
+            elif disk_mb < source.disk_size_mb:
+                source = None  # a smaller disk than the template's: boot
         async with self._alloc:
             vm = Vm(
                 id=f"vm-{secrets.token_hex(6)}",
@@ -122,13 +144,14 @@ class VmService:
                 disk_size_mb=disk_mb,
                 guest_ip=allocate_ip(self.settings.guest_network, self.store.used_ips()),
                 created_at=datetime.now(UTC),
-                provision_mode=ProvisionMode.BOOT,
+                provision_mode=ProvisionMode.SNAPSHOT if source else ProvisionMode.BOOT,
                 node=self.node.name,
+                snapshot_id=source.id if source else None,
             )
             self.store.add_vm(vm)
         async with self._locked(vm.id) as vm:
             try:
-                await self.node.create(self._spec(vm))
+                await self.node.create(self._spec(vm, source))
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self.node.destroy(vm.id)
@@ -137,6 +160,70 @@ class VmService:
                 raise
             self._set_state(vm, VmState.RUNNING)
             return vm
+
+    def snapshot(self, snapshot_id: str) -> Snapshot:
+        snap = self.store.get_snapshot(snapshot_id)
+        if snap is None or snap.kind != SnapshotKind.USER:
+            raise NotFoundError(f"snapshot {snapshot_id} not found")
+        return snap
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return [s for s in self.store.list_snapshots() if s.kind == SnapshotKind.USER]
+
+    async def create_snapshot(self, vm_id: str) -> Snapshot:
+        """Save memory, device state and disk of a running or paused VM (which keeps its state)."""
+        async with self._locked(vm_id) as vm:
+            if vm.state not in (VmState.RUNNING, VmState.PAUSED):
+                raise ConflictError(f"VM {vm_id} is {vm.state}; only a running or paused VM can be snapshotted")
+            snap_id = f"snap-{secrets.token_hex(6)}"
+            save_ms = await self.node.snapshot(vm_id, snap_id)
+            snap = Snapshot(
+                snap_id,
+                vm_id,
+                datetime.now(UTC),
+                vm.cpu,
+                vm.mem_mb,
+                vm.image_id,
+                vm.disk_size_mb,
+                SnapshotKind.USER,
+                save_ms,
+            )
+            self.store.add_snapshot(snap)
+            return snap
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        self.snapshot(snapshot_id)
+        users = [v.id for v in self.store.list_vms() if v.snapshot_id == snapshot_id]
+        if users:
+            raise ConflictError(f"snapshot {snapshot_id} is in use by {', '.join(users)}")
+        await self.node.delete_snapshot(snapshot_id)
+        self.store.delete_snapshot(snapshot_id)
+
+    async def fork(self, vm_id: str, count: int) -> tuple[Snapshot, list[Vm]]:
+        """Snapshot a live VM and restore ``count`` clones of it, each with a fresh identity."""
+        snap = await self.create_snapshot(vm_id)
+        vm = self.get(vm_id)
+        req = CreateVm(vm.cpu, vm.mem_mb, vm.allow_ips, vm.outbound_internet, vm.image_id, snap.id, vm.disk_size_mb)
+        clones = await asyncio.gather(*(self.create(req) for _ in range(count)), return_exceptions=True)
+        made = [c for c in clones if isinstance(c, Vm)]
+        failed = [c for c in clones if isinstance(c, BaseException)]
+        if failed and not made:
+            raise failed[0]
+        return snap, made
+
+    async def pause(self, vm_id: str) -> None:
+        async with self._locked(vm_id) as vm:
+            if vm.state != VmState.RUNNING:
+                raise ConflictError(f"VM {vm_id} is {vm.state}; only a running VM can be paused")
+            await self.node.pause(vm_id)
+            self._set_state(vm, VmState.PAUSED)
+
+    async def resume(self, vm_id: str) -> None:
+        async with self._locked(vm_id) as vm:
+            if vm.state != VmState.PAUSED:
+                raise ConflictError(f"VM {vm_id} is {vm.state}; only a paused VM can be resumed")
+            await self.node.resume(vm_id)
+            self._set_state(vm, VmState.RUNNING)
 
     async def start(self, vm_id: str) -> None:
         async with self._locked(vm_id) as vm:
@@ -152,8 +239,10 @@ class VmService:
 
     async def stop(self, vm_id: str) -> None:
         async with self._locked(vm_id) as vm:
-            if vm.state != VmState.RUNNING:
+            if vm.state not in (VmState.RUNNING, VmState.PAUSED):
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a running VM can be stopped")
+            if vm.state == VmState.PAUSED:
+                await self.node.resume(vm_id)
             self._set_state(vm, VmState.STOPPING)
             try:
                 await self.node.stop(vm_id)
@@ -225,7 +314,8 @@ class VmService:
         """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED."""
         for vm in self.store.list_vms():
             lock = self._locks.get(vm.id)
-            if vm.state == VmState.RUNNING and not (lock and lock.locked()) and not self.node.is_running(vm.id):
+            active = vm.state in (VmState.RUNNING, VmState.PAUSED)
+            if active and not (lock and lock.locked()) and not self.node.is_running(vm.id):
                 log.info("VM %s is no longer running", vm.id)
                 with contextlib.suppress(ConflictError):
                     self._set_state(vm, VmState.STOPPED)
@@ -238,6 +328,7 @@ class VmService:
                 self.store.delete_vm(vm.id)
             elif vm.state in _ACTIVE:
                 alive = await self.node.reattach(vm.id)
-                vm.state = VmState.RUNNING if alive else VmState.STOPPED
+                kept = VmState.PAUSED if vm.state == VmState.PAUSED else VmState.RUNNING
+                vm.state = kept if alive else VmState.STOPPED
                 vm.error = None
                 self.store.save_vm(vm)

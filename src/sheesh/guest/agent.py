@@ -14,6 +14,7 @@ import argparse
 import base64
 import contextlib
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -239,11 +240,16 @@ class WarmShells:
     def refill(self) -> None:
         self._wake.set()
 
+    def ready(self) -> int:
+        with self._lock:
+            return sum(1 for w in self._ready if w.proc.poll() is None)
+
     @staticmethod
     def job(job_fd: int, cwd: str, env: dict[str, str], cmd: str) -> bytes:
         """The script a warm shell sources: close the job pipe, cd, export, then ``eval`` the command
         (so a syntax error in it behaves like ``bash -c``: exit status 2, nothing half-parsed)."""
-        lines = [f"exec {job_fd}<&-", f"cd -- {shlex.quote(cwd)} || exit 1"]
+        seed = int.from_bytes(os.urandom(2), "big")  # shells forked before a snapshot share RANDOM state
+        lines = [f"exec {job_fd}<&-", f"RANDOM={seed}", f"cd -- {shlex.quote(cwd)} || exit 1"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
         lines.append(f"eval -- {shlex.quote(cmd)}")
         return "\n".join(lines).encode() + b"\n"
@@ -355,6 +361,29 @@ def _split_result(stderr: bytes, nonce: str) -> tuple[bytes, dict[str, Any] | No
     return b"\n".join(kept), found
 
 
+_RNDADDENTROPY = 0x40085203
+_RNDRESEEDCRNG = 0x5207
+
+
+def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
+    """After a restore or clone: mix host-provided entropy into the kernel RNG and reseed it, set the clock,
+    take a new boot id. Steps needing root are skipped (and reported) when the agent is not root."""
+    done: list[str] = []
+    seed = base64.b64decode(str(req.get("seed", "")))
+    if seed and os.geteuid() == 0:
+        with open("/dev/urandom", "wb") as rnd:
+            fcntl.ioctl(rnd, _RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(rnd, _RNDRESEEDCRNG)
+        done.append("rng")
+    now_ns = req.get("time_ns")
+    if isinstance(now_ns, int) and os.geteuid() == 0:
+        time.clock_settime_ns(time.CLOCK_REALTIME, now_ns)
+        done.append("clock")
+    config.boot_id = uuid.uuid4().hex
+    return {"boot_id": config.boot_id, "done": done}
+
+
 def _env_list(pairs: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for pair in pairs:
@@ -450,7 +479,13 @@ class Agent:
     def _dispatch(self, req: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None] | None]:
         op = req.get("op")
         if op == "ping":
-            return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id}, None
+            warm = self.shells.ready() if self.shells is not None else 0
+            return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id, "warm": warm}, None
+        if op == "refresh":
+            return refresh_identity(self.config, req), None
+        if op == "resize_fs":
+            subprocess.Popen(["resize2fs", "/dev/vda"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return {}, None
         if op == "exec":
             return run_exec(self.config, req, self.shells), None
         if op == "run_ts":

@@ -9,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
+import logging
+import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +23,21 @@ from sheesh.errors import NotFoundError, SheeshError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
 from sheesh.node.errors import NodeError
 from sheesh.node.guest_client import GuestClient
-from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, STDERR_LOG, STDOUT_LOG, MachineSpec, VmmDriver, VmmError
+from sheesh.vmm.driver import (
+    AGENT_SOCKET,
+    SERIAL_LOG,
+    SNAPSHOT_DISK,
+    SNAPSHOT_MEMORY,
+    SNAPSHOT_STATE,
+    STDERR_LOG,
+    STDOUT_LOG,
+    MachineSpec,
+    RestoreSource,
+    VmmDriver,
+    VmmError,
+)
 
+log = logging.getLogger(__name__)
 DISK_FILE = "disk.qcow2"
 EXEC_GRACE_S = 5.0
 TRANSFER_CHUNK = 256 * 1024
@@ -57,7 +74,8 @@ async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[byt
 
 @dataclass(frozen=True)
 class NodeVmSpec:
-    """What the node needs to run a VM: shape, image files and disk size."""
+    """What the node needs to run a VM: shape, image files and disk size; ``snapshot_id`` (with the disk
+    size it was taken at) makes ``create`` restore that snapshot instead of booting."""
 
     vm_id: str
     cpu: int
@@ -66,6 +84,8 @@ class NodeVmSpec:
     initrd: Path
     rootfs: Path
     disk_size_mb: int
+    snapshot_id: str | None = None
+    snapshot_disk_mb: int | None = None
 
 
 class NodeAgent:
@@ -75,11 +95,14 @@ class NodeAgent:
         self,
         vms_dir: Path,
         driver: VmmDriver,
+        *,
         boot_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
         name: str = "local",
+        snapshots_dir: Path | None = None,
     ) -> None:
         self.vms_dir = vms_dir
+        self.snapshots_dir = snapshots_dir or vms_dir.parent / "snapshots"
         self.driver = driver
         self.boot_timeout_s = boot_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -97,32 +120,114 @@ class NodeAgent:
             self._guests[vm_id] = client
         return client
 
-    async def _boot(self, spec: NodeVmSpec) -> None:
+    async def _boot(self, spec: NodeVmSpec, restore: RestoreSource | None = None) -> None:
+        """Start the machine and wait for its agent; a restored machine's first request is the identity
+        refresh (fresh entropy, current time, new boot id), which doubles as the readiness probe."""
         wd = self.workdir(spec.vm_id)
-        machine = MachineSpec(spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, wd / DISK_FILE, wd)
+        started = time.monotonic()
+        machine = MachineSpec(
+            spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, wd / DISK_FILE, wd, restore=restore
+        )
         try:
             await self.driver.start(machine)
         except VmmError as exc:
             raise NodeError(f"VM {spec.vm_id} failed to start: {exc.message}") from exc
+        running = time.monotonic()
         try:
+            probe: dict[str, Any] = {}
+            if restore is not None:
+                seed = base64.b64encode(os.urandom(64)).decode()
+                probe = {"op": "refresh", "seed": seed, "time_ns": time.time_ns()}
             await self._guest(spec.vm_id).wait_ready(
-                self.boot_timeout_s, alive=lambda: self.driver.is_running(spec.vm_id)
+                self.boot_timeout_s, alive=lambda: self.driver.is_running(spec.vm_id), **probe
             )
         except UnavailableError as exc:
             await self._drop(spec.vm_id)
             tail = self.serial_tail(spec.vm_id, 15)
             raise NodeError(f"VM {spec.vm_id} did not come up: {exc.message}\n{tail}".strip()) from exc
+        log.info(
+            "%s: VMM up in %.0f ms, guest agent after %.0f ms",
+            spec.vm_id,
+            (running - started) * 1000,
+            (time.monotonic() - running) * 1000,
+        )
 
     async def create(self, spec: NodeVmSpec) -> None:
-        """Make the VM's disk overlay and boot it; returns once its guest agent answers."""
+        """Make the VM's disk overlay and boot it (or restore ``spec.snapshot_id``); returns once its guest
+        agent answers. A restored VM gets fresh entropy, the current time and a new boot id."""
         wd = self.workdir(spec.vm_id)
         wd.mkdir(parents=True, exist_ok=True)
         self._specs[spec.vm_id] = spec
+        if spec.snapshot_id is not None:
+            await self._restore(spec, spec.snapshot_id)
+            return
         try:
             await self.driver.create_disk(spec.rootfs, wd / DISK_FILE, spec.disk_size_mb)
         except VmmError as exc:
             raise NodeError(f"cannot create disk for {spec.vm_id}: {exc.message}") from exc
         await self._boot(spec)
+
+    async def _restore(self, spec: NodeVmSpec, snapshot_id: str) -> None:
+        snap = self.snapshots_dir / snapshot_id
+        if not (snap / SNAPSHOT_STATE).exists():
+            raise NotFoundError(f"snapshot {snapshot_id} has no files on node {self.name}")
+        memory = snap / SNAPSHOT_MEMORY
+        marks = [time.monotonic()]
+        try:
+            await self.driver.create_disk_from(snap / SNAPSHOT_DISK, self.workdir(spec.vm_id) / DISK_FILE)
+        except VmmError as exc:
+            raise NodeError(f"cannot create disk for {spec.vm_id}: {exc.message}") from exc
+        marks.append(time.monotonic())
+        await self._boot(spec, RestoreSource(snap / SNAPSHOT_STATE, memory if memory.exists() else None))
+        marks.append(time.monotonic())
+        guest = self._guest(spec.vm_id)
+        log.info(
+            "restored %s from %s: disk %.0f ms, machine+agent+identity %.0f ms",
+            spec.vm_id,
+            snapshot_id,
+            *((b - a) * 1000 for a, b in itertools.pairwise(marks)),
+        )
+        if spec.snapshot_disk_mb is not None and spec.disk_size_mb > spec.snapshot_disk_mb:
+            try:
+                await self.driver.resize_disk(spec.vm_id, spec.disk_size_mb)
+            except VmmError as exc:
+                raise NodeError(f"cannot grow the disk of {spec.vm_id}: {exc.message}") from exc
+            await guest.call("resize_fs", 10)
+
+    async def snapshot(self, vm_id: str, snapshot_id: str) -> float:
+        """Flush the guest's file systems, then save the machine under ``snapshot_id``; returns the save
+        time in milliseconds. The VM keeps running (or stays paused)."""
+        self._require_running(vm_id)
+        with contextlib.suppress(SheeshError):
+            await self._guest(vm_id).call("sync", 30)
+        dest = self.snapshots_dir / snapshot_id
+        try:
+            files = await self.driver.snapshot(vm_id, dest)
+        except VmmError as exc:
+            await asyncio.to_thread(shutil.rmtree, dest, True)
+            raise NodeError(f"snapshot of {vm_id} failed: {exc.message}") from exc
+        return files.save_ms
+
+    async def ping(self, vm_id: str) -> dict[str, Any]:
+        self._require_running(vm_id)
+        return await self._guest(vm_id).call("ping", 5)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.snapshots_dir / snapshot_id, True)
+
+    async def pause(self, vm_id: str) -> None:
+        self._require_running(vm_id)
+        try:
+            await self.driver.pause(vm_id)
+        except VmmError as exc:
+            raise NodeError(exc.message) from exc
+
+    async def resume(self, vm_id: str) -> None:
+        self._require_running(vm_id)
+        try:
+            await self.driver.resume(vm_id)
+        except VmmError as exc:
+            raise NodeError(exc.message) from exc
 
     async def start(self, spec: NodeVmSpec) -> None:
         """Boot an existing (stopped) VM from its disk."""

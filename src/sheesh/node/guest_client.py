@@ -101,16 +101,16 @@ class GuestClient:
             raise UnavailableError(f"guest agent: {message}")
         return reply
 
-    async def wait_ready(self, timeout: float, alive: Any = None) -> dict[str, Any]:
-        """Ping until the agent answers. ``alive()`` (optional) is checked between tries: when it returns
-        False the wait ends early with ``UnavailableError``."""
+    async def wait_ready(self, timeout: float, alive: Any = None, op: str = "ping", **args: Any) -> dict[str, Any]:
+        """Send ``op`` (default ``ping``; must be idempotent) until the agent answers. ``alive()`` (optional)
+        is checked between tries: when it returns False the wait ends early with ``UnavailableError``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             if alive is not None and not alive():
                 raise UnavailableError("VM stopped before its guest agent came up")
             try:
-                return await self.call("ping", 0.25)
+                return await self.call(op, 0.25, **args)
             except (UnavailableError, GuestTimeoutError):
                 if loop.time() >= deadline:
                     raise GuestTimeoutError(f"guest agent not ready after {timeout:.0f}s") from None

@@ -14,9 +14,9 @@ from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from sheesh.models import Image, ProvisionMode, Vm, VmState
+from sheesh.models import Image, ProvisionMode, Snapshot, SnapshotKind, Vm, VmState
 from sheesh.store.errors import StoreError
-from sheesh.store.tables import ApiKeyRow, ImageRow, VmRow
+from sheesh.store.tables import ApiKeyRow, ImageRow, SnapshotRow, VmRow
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class Store(Protocol):
     def list_images(self) -> list[StoredImage]: ...
     def set_default_image(self, image_id: str) -> None: ...
 
+    def add_snapshot(self, snap: Snapshot) -> None: ...
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
+    def list_snapshots(self) -> list[Snapshot]: ...
+    def delete_snapshot(self, snapshot_id: str) -> None: ...
+
     def add_api_key(self, key_id: str, key_hash: str, label: str) -> None: ...
     def api_key_exists(self, key_hash: str) -> bool: ...
     def count_api_keys(self) -> int: ...
@@ -65,6 +70,7 @@ def _vm_from_row(row: VmRow) -> Vm:
         provision_mode=ProvisionMode(row.provision_mode),
         node=row.node,
         error=row.error,
+        snapshot_id=row.snapshot_id,
     )
 
 
@@ -83,7 +89,26 @@ def _vm_values(vm: Vm) -> dict[str, object]:
         "provision_mode": vm.provision_mode.value,
         "node": vm.node,
         "error": vm.error,
+        "snapshot_id": vm.snapshot_id,
     }
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
+    return Snapshot(
+        row.id,
+        row.vm_id,
+        _utc(row.created_at),
+        row.cpu,
+        row.mem_mb,
+        row.image_id,
+        row.disk_size_mb,
+        SnapshotKind(row.kind),
+        row.save_ms,
+    )
 
 
 def _image_from_row(row: ImageRow) -> StoredImage:
@@ -168,6 +193,36 @@ class SqlStore:
         with self._session.begin() as s:
             s.execute(update(ImageRow).values(is_default=ImageRow.id == image_id))
 
+    def add_snapshot(self, snap: Snapshot) -> None:
+        with self._session.begin() as s:
+            s.add(
+                SnapshotRow(
+                    id=snap.id,
+                    vm_id=snap.vm_id,
+                    created_at=snap.created_at,
+                    cpu=snap.cpu,
+                    mem_mb=snap.mem_mb,
+                    image_id=snap.image_id,
+                    disk_size_mb=snap.disk_size_mb,
+                    kind=snap.kind.value,
+                    save_ms=snap.save_ms,
+                )
+            )
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        with self._session() as s:
+            row = s.get(SnapshotRow, snapshot_id)
+            return _snapshot_from_row(row) if row else None
+
+    def list_snapshots(self) -> list[Snapshot]:
+        with self._session() as s:
+            rows = s.scalars(select(SnapshotRow).order_by(SnapshotRow.created_at, SnapshotRow.id))
+            return [_snapshot_from_row(r) for r in rows]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(SnapshotRow).where(SnapshotRow.id == snapshot_id))
+
     def add_api_key(self, key_id: str, key_hash: str, label: str) -> None:
         with self._session.begin() as s:
             s.add(ApiKeyRow(id=key_id, key_hash=key_hash, label=label, created_at=datetime.now(UTC)))
@@ -198,6 +253,7 @@ class MemoryStore:
         self.vms: dict[str, Vm] = {}
         self.images: dict[str, StoredImage] = {}
         self.keys: dict[str, str] = {}
+        self.snapshots: dict[str, Snapshot] = {}
 
     def add_vm(self, vm: Vm) -> None:
         if vm.id in self.vms or vm.guest_ip in self.used_ips():
@@ -237,6 +293,19 @@ class MemoryStore:
                 Image(img.id, img.name, img.description, img.rootfs_size_mb, key == image_id, img.created_at),
                 stored.path,
             )
+
+    def add_snapshot(self, snap: Snapshot) -> None:
+        self.snapshots[snap.id] = copy.deepcopy(snap)
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        snap = self.snapshots.get(snapshot_id)
+        return copy.deepcopy(snap) if snap else None
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return [copy.deepcopy(s) for s in sorted(self.snapshots.values(), key=lambda s: (s.created_at, s.id))]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.snapshots.pop(snapshot_id, None)
 
     def add_api_key(self, key_id: str, key_hash: str, label: str) -> None:
         self.keys[key_hash] = key_id

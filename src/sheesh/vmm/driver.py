@@ -14,6 +14,15 @@ class VmmError(SheeshError):
 
 
 @dataclass(frozen=True)
+class RestoreSource:
+    """A saved machine to resume instead of booting: device state (``state``) and, for snapshots taken
+    with shared guest RAM, the RAM file (mapped copy-on-write; ``None`` means the RAM is in ``state``)."""
+
+    state: Path
+    memory: Path | None
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """One VM to boot. ``workdir`` holds its sockets, logs and pid file and belongs to this VM only."""
 
@@ -25,6 +34,17 @@ class MachineSpec:
     disk: Path
     workdir: Path
     kernel_args: tuple[str, ...] = ()
+    restore: RestoreSource | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotFiles:
+    """What ``VmmDriver.snapshot`` wrote into its destination folder."""
+
+    state: Path
+    memory: Path | None
+    disk: Path
+    save_ms: float
 
 
 # Files a driver keeps in a VM's workdir (shared names so logs can be served driver-independently).
@@ -32,6 +52,9 @@ AGENT_SOCKET = "agent.sock"
 SERIAL_LOG = "serial.log"
 STDOUT_LOG = "vmm.stdout.log"
 STDERR_LOG = "vmm.stderr.log"
+SNAPSHOT_STATE = "state"
+SNAPSHOT_MEMORY = "memory"
+SNAPSHOT_DISK = "disk.qcow2"
 
 
 class VmmDriver(Protocol):
@@ -69,4 +92,20 @@ class VmmDriver(Protocol):
 
     async def kill(self, vm_id: str) -> None:
         """Force the VM off and forget it. Idempotent."""
+        ...
+
+    async def create_disk_from(self, snapshot_disk: Path, disk: Path) -> None:
+        """Create ``disk`` as a copy-on-write overlay of a snapshot's disk (same size)."""
+        ...
+
+    async def snapshot(self, vm_id: str, dest: Path) -> SnapshotFiles:
+        """Pause, save device state + RAM + a copy of the disk into ``dest``, resume (unless it was paused)."""
+        ...
+
+    async def pause(self, vm_id: str) -> None: ...
+
+    async def resume(self, vm_id: str) -> None: ...
+
+    async def resize_disk(self, vm_id: str, size_mb: int) -> None:
+        """Grow the VM's disk while it runs (the guest sees a capacity change)."""
         ...

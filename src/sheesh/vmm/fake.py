@@ -4,11 +4,22 @@ Unix socket, with ``/workspace`` mapped to ``workdir/workspace``. For unit and i
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 from pathlib import Path
 
-from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, STDERR_LOG, STDOUT_LOG, MachineSpec, VmmError
+from sheesh.vmm.driver import (
+    AGENT_SOCKET,
+    SERIAL_LOG,
+    SNAPSHOT_DISK,
+    SNAPSHOT_STATE,
+    STDERR_LOG,
+    STDOUT_LOG,
+    MachineSpec,
+    SnapshotFiles,
+    VmmError,
+)
 from sheesh.vmm.process import ManagedProcess, wait_for_paths
 
 
@@ -19,6 +30,8 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self._procs: dict[str, ManagedProcess] = {}
+        self._workdirs: dict[str, Path] = {}
+        self.resized: dict[str, int] = {}
         self.fail_start = False
         self.powerdowns: list[str] = []
 
@@ -31,6 +44,8 @@ class FakeDriver:
             raise VmmError("fake start failure")
         workspace = spec.workdir / "workspace"
         workspace.mkdir(exist_ok=True)
+        if spec.restore is not None:
+            shutil.unpack_archive(spec.restore.state, workspace, "tar")
         sock = spec.workdir / AGENT_SOCKET
         sock.unlink(missing_ok=True)
         (spec.workdir / SERIAL_LOG).open("a").write(f"fake boot of {spec.vm_id}\n")
@@ -47,6 +62,7 @@ class FakeDriver:
         proc = ManagedProcess.spawn(argv, str(sock), spec.workdir / STDOUT_LOG, spec.workdir / STDERR_LOG)
         (spec.workdir / "vmm.pid").write_text(str(proc.pid))
         self._procs[spec.vm_id] = proc
+        self._workdirs[spec.vm_id] = spec.workdir
         await wait_for_paths([sock], proc, 10.0)
         return proc.pid
 
@@ -55,6 +71,7 @@ class FakeDriver:
         if proc is None:
             return False
         self._procs[vm_id] = proc
+        self._workdirs[vm_id] = workdir
         return True
 
     def is_running(self, vm_id: str) -> bool:
@@ -72,5 +89,32 @@ class FakeDriver:
 
     async def kill(self, vm_id: str) -> None:
         proc = self._procs.pop(vm_id, None)
+        self._workdirs.pop(vm_id, None)
         if proc is not None:
+            proc.signal(signal.SIGCONT)
             await proc.terminate(grace=0.5)
+
+    async def create_disk_from(self, snapshot_disk: Path, disk: Path) -> None:
+        disk.write_text(json.dumps({"base": str(snapshot_disk)}))
+
+    async def snapshot(self, vm_id: str, dest: Path) -> SnapshotFiles:
+        """The fake's machine state is its workspace folder, archived."""
+        wd = self._workdirs.get(vm_id)
+        if wd is None or not self.is_running(vm_id):
+            raise VmmError(f"VM {vm_id} is not running")
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = shutil.make_archive(str(dest / "workspace"), "tar", wd / "workspace")
+        Path(archive).rename(dest / SNAPSHOT_STATE)
+        shutil.copyfile(wd / "disk.qcow2", dest / SNAPSHOT_DISK)
+        return SnapshotFiles(dest / SNAPSHOT_STATE, None, dest / SNAPSHOT_DISK, 0.0)
+
+    async def pause(self, vm_id: str) -> None:
+        if (proc := self._procs.get(vm_id)) is not None:
+            proc.signal(signal.SIGSTOP)
+
+    async def resume(self, vm_id: str) -> None:
+        if (proc := self._procs.get(vm_id)) is not None:
+            proc.signal(signal.SIGCONT)
+
+    async def resize_disk(self, vm_id: str, size_mb: int) -> None:
+        self.resized[vm_id] = size_mb

@@ -38,17 +38,30 @@ def kernel_cmdline(spec: MachineSpec, tsc_khz: int) -> str:
     return " ".join(args)
 
 
-def build_argv(spec: MachineSpec, host: HostFacts) -> list[str]:
-    """The full argv of a microVM: virtio-blk root overlay, virtio-rng, virtio-serial agent port,
-    serial console on a socket with a log file, QMP on a socket, pid file."""
+def memory_backend(spec: MachineSpec, ram_file: Path) -> tuple[Path, bool]:
+    """Guest RAM file and whether it is shared: a snapshot's RAM is mapped privately (copy-on-write, the
+    snapshot stays intact); otherwise the VM's own shared file, which snapshots can copy without streaming."""
+    if spec.restore is not None and spec.restore.memory is not None:
+        return spec.restore.memory, False
+    return ram_file, True
+
+
+def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
+    """The full argv of a microVM: RAM from a file, virtio-blk root overlay, virtio-rng, virtio-serial
+    agent port, serial console on a socket with a log file, QMP on a socket, pid file; a restore waits for
+    its incoming migration (``-incoming defer``)."""
     wd = spec.workdir
     accel = "kvm" if host.accel == "kvm" else "tcg,tb-size=32"
+    mem_path, shared = memory_backend(spec, ram_file)
+    incoming = ["-incoming", "defer"] if spec.restore is not None else []
     return [
         host.binary,
         "-name",
         f"sheesh-{spec.vm_id},process=sheesh-{spec.vm_id}",
         "-M",
-        "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=ram",
+        "-object",
+        f"memory-backend-file,id=ram,size={spec.mem_mb}M,mem-path={mem_path},share={'on' if shared else 'off'}",
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -88,6 +101,7 @@ def build_argv(spec: MachineSpec, host: HostFacts) -> list[str]:
         f"unix:{wd / QMP_SOCKET},server=on,wait=off",
         "-pidfile",
         str(wd / PIDFILE),
+        *incoming,
     ]
 
 
@@ -117,8 +131,10 @@ def probe_argv(binary: str, kernel: Path, accel: str, tsc_khz: int) -> list[str]
     ]
 
 
-def overlay_argv(qemu_img: str, base: Path, disk: Path, size_mb: int) -> list[str]:
-    return [qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(disk), f"{size_mb}M"]
+def overlay_argv(qemu_img: str, base: Path, disk: Path, size_mb: int | None, base_format: str = "raw") -> list[str]:
+    """qcow2 overlay of ``base``; ``size_mb`` None keeps the backing file's size."""
+    size = [f"{size_mb}M"] if size_mb is not None else []
+    return [qemu_img, "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(disk), *size]
 
 
 def host_tsc_khz() -> int:

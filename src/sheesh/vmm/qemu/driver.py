@@ -1,4 +1,9 @@
-"""``VmmDriver`` on QEMU microVMs. TCG by default where KVM cannot run the guest; ``auto`` probes KVM once."""
+"""``VmmDriver`` on QEMU microVMs. TCG by default where KVM cannot run the guest; ``auto`` probes KVM once.
+
+Guest RAM lives in a file: the VM's own shared file under ``ram_dir`` (so a snapshot copies it instead of
+streaming it, with the ``x-ignore-shared`` migration capability), or, for a VM restored from a snapshot,
+the snapshot's RAM file mapped copy-on-write (its own snapshots then stream the RAM).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,25 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPClient
 
-from sheesh.vmm.driver import STDERR_LOG, STDOUT_LOG, MachineSpec, VmmError
+from sheesh.vmm.driver import (
+    SNAPSHOT_DISK,
+    SNAPSHOT_MEMORY,
+    SNAPSHOT_STATE,
+    STDERR_LOG,
+    STDOUT_LOG,
+    MachineSpec,
+    SnapshotFiles,
+    VmmError,
+)
 from sheesh.vmm.process import ManagedProcess, wait_for_paths
 from sheesh.vmm.qemu.cmdline import (
     PIDFILE,
@@ -24,6 +41,15 @@ from sheesh.vmm.qemu.cmdline import (
     probe_argv,
 )
 
+IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+
+
+async def _run(argv: list[str], what: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise VmmError(f"{what} failed: {out.decode(errors='replace').strip()}")
+
 
 class QemuDriver:
     """Implements ``VmmDriver``. ``accel``: ``kvm``, ``tcg`` or ``auto`` (KVM if a probe boot works, the
@@ -32,16 +58,25 @@ class QemuDriver:
     name = "qemu"
 
     def __init__(
-        self, state_dir: Path, accel: str = "auto", binary: str = "qemu-system-x86_64", qemu_img: str = "qemu-img"
+        self,
+        state_dir: Path,
+        accel: str = "auto",
+        binary: str = "qemu-system-x86_64",
+        qemu_img: str = "qemu-img",
+        ram_dir: Path = Path("/dev/shm/sheesh"),
     ) -> None:
         self.state_dir = state_dir
         self.accel_setting = accel
         self.binary = shutil.which(binary) or binary
         self.qemu_img = shutil.which(qemu_img) or qemu_img
+        self.ram_dir = ram_dir
         self._procs: dict[str, ManagedProcess] = {}
         self._workdirs: dict[str, Path] = {}
         self._host: HostFacts | None = None
         self._probe_lock = asyncio.Lock()
+
+    def ram_file(self, vm_id: str) -> Path:
+        return self.ram_dir / f"{vm_id}.ram"
 
     async def _facts(self, spec: MachineSpec) -> HostFacts:
         async with self._probe_lock:
@@ -83,29 +118,55 @@ class QemuDriver:
         return b"Kernel panic" in out or b"No working init" in out
 
     async def create_disk(self, base: Path, disk: Path, size_mb: int) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *overlay_argv(self.qemu_img, base, disk, size_mb), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise VmmError(f"qemu-img create failed: {out.decode(errors='replace').strip()}")
+        await _run(overlay_argv(self.qemu_img, base, disk, size_mb), "qemu-img create")
+
+    async def create_disk_from(self, snapshot_disk: Path, disk: Path) -> None:
+        await _run(overlay_argv(self.qemu_img, snapshot_disk, disk, None, "qcow2"), "qemu-img create")
 
     async def start(self, spec: MachineSpec) -> int:
         host = await self._facts(spec)
         wd = spec.workdir
         for stale in (wd / QMP_SOCKET, wd / PIDFILE):
             stale.unlink(missing_ok=True)
-        argv = build_argv(spec, host)
-        proc = ManagedProcess.spawn(argv, str(wd / QMP_SOCKET), wd / STDOUT_LOG, wd / STDERR_LOG)
+        self.ram_dir.mkdir(parents=True, exist_ok=True)
+        self.ram_file(spec.vm_id).unlink(missing_ok=True)
+        proc = ManagedProcess.spawn(
+            build_argv(spec, host, self.ram_file(spec.vm_id)), str(wd / QMP_SOCKET), wd / STDOUT_LOG, wd / STDERR_LOG
+        )
         self._procs[spec.vm_id] = proc
         self._workdirs[spec.vm_id] = wd
         try:
             await wait_for_paths([wd / QMP_SOCKET, wd / PIDFILE], proc, 10.0)
+            if spec.restore is not None:
+                await self._incoming(spec.vm_id, spec.restore.state)
         except VmmError as exc:
             await self.kill(spec.vm_id)
             err = (wd / STDERR_LOG).read_text(errors="replace")[-2000:].strip()
             raise VmmError(f"QEMU failed to start: {err or exc.message}") from exc
         return proc.pid
+
+    async def _incoming(self, vm_id: str, state: Path) -> None:
+        """Load a saved machine into a QEMU started with ``-incoming defer`` and run it."""
+        async with self._qmp(vm_id) as qmp:
+            await qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+            await qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
+            await self._wait_migration(qmp)
+            await qmp.execute("cont")
+
+    @staticmethod
+    async def _wait_migration(qmp: QMPClient, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = await qmp.execute("query-migrate")
+            status: dict[str, Any] = reply if isinstance(reply, dict) else {}
+            state = status.get("status")
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled"):
+                raise VmmError(f"migration {state}: {status.get('error-desc', '')}")
+            if time.monotonic() > deadline:
+                raise VmmError("migration timed out")
+            await asyncio.sleep(0.002)
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
         proc = ManagedProcess.adopt(workdir / PIDFILE, str(workdir / QMP_SOCKET))
@@ -119,22 +180,71 @@ class QemuDriver:
         proc = self._procs.get(vm_id)
         return proc is not None and proc.alive()
 
-    async def _qmp(self, vm_id: str, command: str) -> None:
+    @contextlib.asynccontextmanager
+    async def _qmp(self, vm_id: str) -> Any:
         wd = self._workdirs.get(vm_id)
         if wd is None or not self.is_running(vm_id):
-            return
+            raise VmmError(f"VM {vm_id} is not running")
         client = QMPClient(f"sheesh-{vm_id}")
         try:
             await asyncio.wait_for(client.connect(str(wd / QMP_SOCKET)), 5)
-            await asyncio.wait_for(client.execute(command), 5)
+            yield client
+        except VmmError:
+            raise
         except Exception as exc:
-            raise VmmError(f"QMP {command} failed: {exc}") from exc
+            raise VmmError(f"QMP on {vm_id} failed: {exc}") from exc
         finally:
             with contextlib.suppress(Exception):
                 await client.disconnect()
 
+    async def _command(self, vm_id: str, command: str, args: dict[str, Any] | None = None) -> Any:
+        async with self._qmp(vm_id) as qmp:
+            return await asyncio.wait_for(qmp.execute(command, args) if args else qmp.execute(command), 10)
+
     async def powerdown(self, vm_id: str) -> None:
-        await self._qmp(vm_id, "system_powerdown")
+        if self.is_running(vm_id):
+            await self._command(vm_id, "system_powerdown")
+
+    async def pause(self, vm_id: str) -> None:
+        await self._command(vm_id, "stop")
+
+    async def resume(self, vm_id: str) -> None:
+        await self._command(vm_id, "cont")
+
+    async def resize_disk(self, vm_id: str, size_mb: int) -> None:
+        await self._command(vm_id, "block_resize", {"device": "root", "size": size_mb * 1024 * 1024})
+
+    async def snapshot(self, vm_id: str, dest: Path) -> SnapshotFiles:
+        wd = self._workdirs.get(vm_id)
+        if wd is None:
+            raise VmmError(f"VM {vm_id} is not running")
+        dest.mkdir(parents=True, exist_ok=True)
+        ram = self.ram_file(vm_id)
+        shared = ram.exists()
+        started = time.monotonic()
+        async with self._qmp(vm_id) as qmp:
+            status = await qmp.execute("query-status")
+            was_running = isinstance(status, dict) and status.get("running", False)
+            await qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+            await qmp.execute("stop")
+            try:
+                await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(dest / SNAPSHOT_STATE))}"})
+                await self._wait_migration(qmp)
+                copies = [
+                    _run(["cp", "--sparse=always", str(wd / "disk.qcow2"), str(dest / SNAPSHOT_DISK)], "disk copy")
+                ]
+                if shared:
+                    copies.append(_run(["cp", "--sparse=always", str(ram), str(dest / SNAPSHOT_MEMORY)], "RAM copy"))
+                await asyncio.gather(*copies)
+            finally:
+                if was_running:
+                    await qmp.execute("cont")
+        return SnapshotFiles(
+            dest / SNAPSHOT_STATE,
+            dest / SNAPSHOT_MEMORY if shared else None,
+            dest / SNAPSHOT_DISK,
+            (time.monotonic() - started) * 1000,
+        )
 
     async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
         proc = self._procs.get(vm_id)
@@ -145,3 +255,4 @@ class QemuDriver:
         self._workdirs.pop(vm_id, None)
         if proc is not None:
             await proc.terminate(grace=1.0)
+        self.ram_file(vm_id).unlink(missing_ok=True)

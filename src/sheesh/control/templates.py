@@ -1,0 +1,91 @@
+"""Template snapshots: one per (image, cpu, memory) shape, taken from a freshly booted VM once its guest
+agent (and its pool of pre-started shells) is ready. New VMs of that shape restore it instead of booting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sheesh.control.images import resolve_image
+from sheesh.control.node_client import NodeClient
+from sheesh.errors import SheeshError
+from sheesh.models import ExecRequest, Snapshot, SnapshotKind
+from sheesh.node.agent import NodeVmSpec
+from sheesh.store.repo import Store
+
+log = logging.getLogger(__name__)
+Shape = tuple[str, int, int]
+DEFAULT_DISK_MB = 1024
+
+
+@dataclass
+class Templates:
+    """Finds ready templates and builds missing ones in the background (one build per shape at a time)."""
+
+    store: Store
+    node: NodeClient
+    warm_timeout_s: float = 30.0
+    _building: dict[Shape, asyncio.Task[None]] = field(default_factory=dict)
+
+    def find(self, image_id: str, cpu: int, mem_mb: int) -> Snapshot | None:
+        for snap in self.store.list_snapshots():
+            if snap.kind == SnapshotKind.TEMPLATE and (snap.image_id, snap.cpu, snap.mem_mb) == (image_id, cpu, mem_mb):
+                return snap
+        return None
+
+    def ensure(self, image_id: str, cpu: int, mem_mb: int) -> None:
+        """Start building the template for this shape unless it exists or is being built."""
+        shape = (image_id, cpu, mem_mb)
+        task = self._building.get(shape)
+        if self.find(*shape) is not None or (task is not None and not task.done()):
+            return
+        self._building[shape] = asyncio.create_task(self._build(shape))
+
+    async def wait_idle(self) -> None:
+        """Wait for running builds (tests, shutdown)."""
+        tasks = [t for t in self._building.values() if not t.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _settle(self, vm_id: str) -> None:
+        """Let boot-time work finish (file-system resize, shell pool) so that clones do not redo it."""
+        settle = "while pgrep -x resize2fs >/dev/null; do sleep 0.05; done; sync"
+        await self.node.exec(vm_id, ExecRequest(settle, timeout_ms=int(self.warm_timeout_s * 1000)), 4096)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.warm_timeout_s
+        while int((await self.node.ping(vm_id)).get("warm", 0)) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+
+    async def _build(self, shape: Shape) -> None:
+        image_id, cpu, mem_mb = shape
+        image = resolve_image(self.store, image_id)
+        vm_id = f"tpl-{secrets.token_hex(6)}"
+        snap_id = f"snap-tpl-{secrets.token_hex(6)}"
+        disk_mb = max(DEFAULT_DISK_MB, image.image.rootfs_size_mb)  # the common size: no resize on restore
+        spec = NodeVmSpec(
+            vm_id, cpu, mem_mb, image.path / "vmlinux", image.path / "initrd.cpio", image.path / "rootfs.ext4", disk_mb
+        )
+        try:
+            await self.node.create(spec)
+            await self._settle(vm_id)
+            save_ms = await self.node.snapshot(vm_id, snap_id)
+            self.store.add_snapshot(
+                Snapshot(
+                    snap_id, vm_id, datetime.now(UTC), cpu, mem_mb, image_id, disk_mb, SnapshotKind.TEMPLATE, save_ms
+                )
+            )
+            log.info(
+                "template %s ready for %s (%d vCPU, %d MiB), saved in %.0f ms", snap_id, image_id, cpu, mem_mb, save_ms
+            )
+        except SheeshError as exc:
+            log.warning("template build for %s failed: %s", shape, exc.message)
+            with contextlib.suppress(SheeshError):
+                await self.node.delete_snapshot(snap_id)
+        finally:
+            with contextlib.suppress(SheeshError):
+                await self.node.destroy(vm_id)
