@@ -138,17 +138,20 @@ class QemuDriver:
         try:
             await wait_for_paths([wd / QMP_SOCKET, wd / PIDFILE], proc, 10.0)
             if spec.restore is not None:
-                await self._incoming(spec.vm_id, spec.restore.state)
+                await self._incoming(spec.vm_id, spec.restore.state, ram_in_stream=spec.restore.memory is None)
         except VmmError as exc:
             await self.kill(spec.vm_id)
             err = (wd / STDERR_LOG).read_text(errors="replace")[-2000:].strip()
             raise VmmError(f"QEMU failed to start: {err or exc.message}") from exc
         return proc.pid
 
-    async def _incoming(self, vm_id: str, state: Path) -> None:
-        """Load a saved machine into a QEMU started with ``-incoming defer`` and run it."""
+    async def _incoming(self, vm_id: str, state: Path, ram_in_stream: bool) -> None:
+        """Load a saved machine into a QEMU started with ``-incoming defer`` and run it. When the RAM is in
+        the stream, ``x-ignore-shared`` must stay off (the new VM's own RAM file is shared and must receive
+        the pages)."""
         async with self._qmp(vm_id) as qmp:
-            await qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+            if not ram_in_stream:
+                await qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
             await qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
             await self._wait_migration(qmp)
             await qmp.execute("cont")
@@ -225,7 +228,10 @@ class QemuDriver:
         async with self._qmp(vm_id) as qmp:
             status = await qmp.execute("query-status")
             was_running = isinstance(status, dict) and status.get("running", False)
-            await qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+            # the stream records this capability and the restore must match it: on only when the RAM is our
+            # own shared file (copied beside the stream); off streams the RAM (a VM restored copy-on-write)
+            caps = [{"capability": "x-ignore-shared", "state": shared}]
+            await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
             await qmp.execute("stop")
             try:
                 await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(dest / SNAPSHOT_STATE))}"})

@@ -1,0 +1,120 @@
+"""Snapshots, restore, clones, templates, pause/resume on real QEMU microVMs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sheesh.image.builder import BuiltImage
+from tests.server import ServerProcess
+
+pytestmark = pytest.mark.vm
+SHAPE = {"cpu": 1, "memMb": 256, "allowIps": []}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("snap") / "data", guest_image.path.parent.parent, SHEESH_TEMPLATES="true"
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.kill_vms()
+
+
+def _sh(c: httpx.Client, vm: str, cmd: str) -> str:
+    r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": cmd})
+    assert r.status_code == 200, r.text
+    out: str = r.json()["stdout"]
+    return out
+
+
+def test_restore_keeps_files_and_processes_and_refreshes_identity(srv: ServerProcess) -> None:
+    with srv.client() as c:
+        src = c.post("/v1/vms", json=SHAPE).json()["id"]
+        _sh(c, src, "echo before > /workspace/state.txt; nohup sleep 9999 >/dev/null 2>&1 & echo started")
+        sleep_pid = _sh(c, src, "pgrep -x sleep").strip()
+        r = c.post(f"/v1/vms/{src}/snapshots")
+        assert r.status_code == 201, r.text
+        snap = r.json()
+        assert {"id", "vmId", "createdAt"} <= set(snap) and snap["vmId"] == src
+        _sh(c, src, "echo after > /workspace/state.txt")  # the source goes on running after the snapshot
+
+        clones = []
+        for _ in range(2):
+            r = c.post("/v1/vms", json={**SHAPE, "snapshotId": snap["id"]})
+            assert r.status_code == 201, r.text
+            assert r.json()["provisionMode"] == "snapshot"
+            clones.append(r.json())
+        assert len({v["guestIp"] for v in clones} | {c.get(f"/v1/vms/{src}").json()["guestIp"]}) == 3
+        streams = set()
+        for clone in clones:
+            vm = clone["id"]
+            assert _sh(c, vm, "cat /workspace/state.txt") == "before\n"
+            assert _sh(c, vm, "pgrep -x sleep").strip() == sleep_pid
+            guest_now = int(_sh(c, vm, "date +%s"))
+            assert abs(guest_now - time.time()) < 5, "guest clock not refreshed after restore"
+            streams.add(_sh(c, vm, "head -c 16 /dev/urandom | od -An -tx1; echo $RANDOM $RANDOM"))
+        streams.add(_sh(c, src, "head -c 16 /dev/urandom | od -An -tx1; echo $RANDOM $RANDOM"))
+        assert len(streams) == 3, "clones share random streams"
+        # a restored VM can itself be snapshotted (its RAM is streamed) and restored again
+        r = c.post(f"/v1/vms/{clones[0]['id']}/snapshots")
+        assert r.status_code == 201, r.text
+        again = c.post("/v1/vms", json={**SHAPE, "snapshotId": r.json()["id"]}).json()["id"]
+        assert _sh(c, again, "cat /workspace/state.txt") == "before\n"
+
+        assert c.post("/v1/vms", json={**SHAPE, "memMb": 512, "snapshotId": snap["id"]}).status_code == 400
+        assert c.delete(f"/v1/snapshots/{snap['id']}").status_code == 409
+        for vm in [again, *(v["id"] for v in clones), src]:
+            assert c.delete(f"/v1/vms/{vm}").status_code == 204
+        assert c.delete(f"/v1/snapshots/{snap['id']}").status_code == 204
+        assert not (srv.data_dir / "snapshots" / snap["id"]).exists()
+
+
+def test_templates_pause_resume_and_fork(srv: ServerProcess) -> None:
+    with srv.client() as c:
+        shape = {**SHAPE, "memMb": 320}
+        first = c.post("/v1/vms", json=shape).json()
+        assert first["provisionMode"] == "boot"
+        deadline = time.monotonic() + 120
+        while True:
+            vm = c.post("/v1/vms", json=shape).json()
+            if vm["provisionMode"] == "snapshot" or time.monotonic() > deadline:
+                break
+            c.delete(f"/v1/vms/{vm['id']}")
+            time.sleep(2)
+        assert vm["provisionMode"] == "snapshot", "no template was built"
+        assert _sh(c, vm["id"], "id -u; pwd; ls -A /workspace") == "1000\n/workspace\n"
+        assert Path(srv.data_dir / "snapshots").is_dir()
+
+        assert c.post(f"/v1/vms/{vm['id']}/pause").status_code == 204
+        ticks = _guest_ticks(srv, vm["id"])
+        time.sleep(1)
+        assert c.get(f"/v1/vms/{vm['id']}").json()["state"] == "PAUSED"
+        assert c.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "true"}).status_code == 409
+        assert _guest_ticks(srv, vm["id"]) == ticks, "a paused VM kept running"
+        assert c.post(f"/v1/vms/{vm['id']}/resume").status_code == 204
+        assert _sh(c, vm["id"], "echo back") == "back\n"
+
+        _sh(c, first["id"], "echo forked > /workspace/f")
+        r = c.post(f"/v1/vms/{first['id']}/fork", json={"count": 2})
+        assert r.status_code == 201, r.text
+        kids = [v["id"] for v in r.json()["vms"]]
+        assert len(kids) == 2
+        assert [_sh(c, k, "cat /workspace/f") for k in kids] == ["forked\n", "forked\n"]
+        assert len({_sh(c, k, "head -c 16 /dev/urandom | od -An -tx1") for k in kids}) == 2
+        for v in [*kids, vm["id"], first["id"]]:
+            assert c.delete(f"/v1/vms/{v}").status_code == 204
+
+
+def _guest_ticks(srv: ServerProcess, vm_id: str) -> int:
+    """Bytes of serial/QEMU output so far, as a cheap proxy is not enough: read QEMU's CPU time instead."""
+    pid = int((srv.data_dir / "vms" / vm_id / "qemu.pid").read_text())
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime of the whole QEMU process
