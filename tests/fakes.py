@@ -13,6 +13,9 @@ from sheesh.store.repo import MemoryStore, Store
 
 
 def add_default_image(store: Store, path: Path, rootfs_mb: int = 512) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("vmlinux", "initrd.cpio", "rootfs.ext4"):
+        (path / name).write_bytes(b"fake " + name.encode())
     image = Image("img-test", "debian-bookworm", "test image", rootfs_mb, False, datetime.now(UTC))
     store.add_image(image, path)
     store.set_default_image(image.id)

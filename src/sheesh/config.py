@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     exec_output_limit_bytes: int = 4 * 1024 * 1024
     max_disk_size_mb: int = 64 * 1024
     upload_max_bytes: int = 10 * 1024 * 1024
+    image_kernel_max_bytes: int = 256 * 1024 * 1024
+    image_rootfs_max_bytes: int = 16 * 1024 * 1024 * 1024
     upload_max_expanded_bytes: int = 1024 * 1024 * 1024
     rate_limits: dict[str, int] = Field(
         default_factory=lambda: {"create": 30, "exec": 60, "run_ts": 60, "upload": 30, "download": 60}

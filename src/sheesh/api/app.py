@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from sheesh import __version__
 from sheesh.api import errors
 from sheesh.api.deps import require_api_key
-from sheesh.api.routers import docs, execution, files, snapshots, vms
+from sheesh.api.routers import docs, execution, files, images, snapshots, vms
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    for module in (vms, execution, files, snapshots):
+    for module in (vms, execution, files, snapshots, images):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
     docs.install(app)
     return app

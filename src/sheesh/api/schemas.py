@@ -43,7 +43,7 @@ class CreateVmBody(Body):
         return out
 
 
-def _iso(dt: datetime) -> str:
+def iso(dt: datetime) -> str:
     dt = dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
@@ -72,7 +72,7 @@ class VmOut(BaseModel):
             cpu=vm.cpu,
             memMb=vm.mem_mb,
             guestIp=vm.guest_ip,
-            createdAt=_iso(vm.created_at),
+            createdAt=iso(vm.created_at),
             provisionMode=vm.provision_mode.value,
             allowIps=vm.allow_ips,
             outboundInternet=vm.outbound_internet,
@@ -207,7 +207,7 @@ class SnapshotOut(BaseModel):
         return cls(
             id=snap.id,
             vmId=snap.vm_id,
-            createdAt=_iso(snap.created_at),
+            createdAt=iso(snap.created_at),
             cpu=snap.cpu,
             memMb=snap.mem_mb,
             imageId=snap.image_id,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sheesh.auth.apikeys import ApiKeyAuth
 from sheesh.auth.ratelimit import RateLimiter
 from sheesh.config import Settings
+from sheesh.control.images import ImageService
 from sheesh.control.node_client import NodeClient
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
@@ -20,12 +21,13 @@ class Services:
     node: NodeClient
     vms: VmService
     auth: ApiKeyAuth
+    images: ImageService
     limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
         vms = VmService(store, node, settings, Templates(store, node))
-        return cls(settings, store, node, vms, ApiKeyAuth(store, settings.api_key))
+        return cls(settings, store, node, vms, ApiKeyAuth(store, settings.api_key), ImageService(store, settings))
 
     async def close(self) -> None:
         await self.vms.templates.wait_idle()

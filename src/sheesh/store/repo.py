@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,8 @@ class Store(Protocol):
     def get_image(self, image_id: str) -> StoredImage | None: ...
     def list_images(self) -> list[StoredImage]: ...
     def set_default_image(self, image_id: str) -> None: ...
+    def update_image_size(self, image_id: str, rootfs_size_mb: int) -> None: ...
+    def delete_image(self, image_id: str) -> None: ...
 
     def add_snapshot(self, snap: Snapshot) -> None: ...
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
@@ -193,6 +196,14 @@ class SqlStore:
         with self._session.begin() as s:
             s.execute(update(ImageRow).values(is_default=ImageRow.id == image_id))
 
+    def update_image_size(self, image_id: str, rootfs_size_mb: int) -> None:
+        with self._session.begin() as s:
+            s.execute(update(ImageRow).where(ImageRow.id == image_id).values(rootfs_size_mb=rootfs_size_mb))
+
+    def delete_image(self, image_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(ImageRow).where(ImageRow.id == image_id))
+
     def add_snapshot(self, snap: Snapshot) -> None:
         with self._session.begin() as s:
             s.add(
@@ -293,6 +304,15 @@ class MemoryStore:
                 Image(img.id, img.name, img.description, img.rootfs_size_mb, key == image_id, img.created_at),
                 stored.path,
             )
+
+    def update_image_size(self, image_id: str, rootfs_size_mb: int) -> None:
+        stored = self.images[image_id]
+        self.images[image_id] = StoredImage(
+            dataclasses.replace(stored.image, rootfs_size_mb=rootfs_size_mb), stored.path
+        )
+
+    def delete_image(self, image_id: str) -> None:
+        self.images.pop(image_id, None)
 
     def add_snapshot(self, snap: Snapshot) -> None:
         self.snapshots[snap.id] = copy.deepcopy(snap)
