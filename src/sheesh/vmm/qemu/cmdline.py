@@ -38,6 +38,25 @@ def kernel_cmdline(spec: MachineSpec, tsc_khz: int) -> str:
     return " ".join(args)
 
 
+def _microvm(binary: str, machine_options: str, accel: str) -> list[str]:
+    """The flags every sheesh microVM shares: no defaults, no display, exit instead of rebooting."""
+    machine = "microvm,x-option-roms=off,isa-serial=on" + (f",{machine_options}" if machine_options else "")
+    return [
+        binary,
+        "-M",
+        machine,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-accel",
+        accel,
+        "-cpu",
+        "max",
+    ]
+
+
 def memory_backend(spec: MachineSpec, ram_file: Path) -> tuple[Path, bool]:
     """Guest RAM file and whether it is shared: a snapshot's RAM is mapped privately (copy-on-write, the
     snapshot stays intact); otherwise the VM's own shared file, which snapshots can copy without streaming."""
@@ -55,22 +74,11 @@ def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
     mem_path, shared = memory_backend(spec, ram_file)
     incoming = ["-incoming", "defer"] if spec.restore is not None else []
     return [
-        host.binary,
+        *_microvm(host.binary, "rtc=on,memory-backend=ram", accel),
         "-name",
         f"sheesh-{spec.vm_id},process=sheesh-{spec.vm_id}",
-        "-M",
-        "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=ram",
         "-object",
         f"memory-backend-file,id=ram,size={spec.mem_mb}M,mem-path={mem_path},share={'on' if shared else 'off'}",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-accel",
-        accel,
-        "-cpu",
-        "max",
         "-smp",
         str(spec.cpu),
         "-m",
@@ -108,18 +116,7 @@ def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
 def probe_argv(binary: str, kernel: Path, accel: str, tsc_khz: int) -> list[str]:
     """Boot ``kernel`` alone with no init: it panics once it got through early boot (the accel works)."""
     return [
-        binary,
-        "-M",
-        "microvm,x-option-roms=off,isa-serial=on",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-accel",
-        accel,
-        "-cpu",
-        "max",
+        *_microvm(binary, "", accel),
         "-m",
         "128M",
         "-kernel",
