@@ -75,6 +75,7 @@ def test_pause_resume_states(client: tuple[TestClient, FakeNodeClient]) -> None:
     assert c.post(f"/v1/vms/{vm}/pause", headers=KEY).status_code == 409
     assert c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=KEY).status_code == 409
     assert c.post(f"/v1/vms/{vm}/snapshots", headers=KEY).status_code == 201
+    assert ("snapshot-nosync", vm) in node.calls, "a paused guest cannot be asked to sync"
     assert c.post(f"/v1/vms/{vm}/resume", headers=KEY).status_code == 204
     assert c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=KEY).status_code == 200
     c.post(f"/v1/vms/{vm}/pause", headers=KEY)

@@ -99,6 +99,10 @@ def test_templates_pause_resume_and_fork(srv: ServerProcess) -> None:
         assert c.get(f"/v1/vms/{vm['id']}").json()["state"] == "PAUSED"
         assert c.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "true"}).status_code == 409
         assert _guest_ticks(srv, vm["id"]) == ticks, "a paused VM kept running"
+        started = time.monotonic()
+        paused_snap = c.post(f"/v1/vms/{vm['id']}/snapshots")
+        assert paused_snap.status_code == 201 and time.monotonic() - started < 10
+        assert c.get(f"/v1/vms/{vm['id']}").json()["state"] == "PAUSED"
         assert c.post(f"/v1/vms/{vm['id']}/resume").status_code == 204
         assert _sh(c, vm["id"], "echo back") == "back\n"
 
@@ -111,6 +115,7 @@ def test_templates_pause_resume_and_fork(srv: ServerProcess) -> None:
         assert len({_sh(c, k, "head -c 16 /dev/urandom | od -An -tx1") for k in kids}) == 2
         for v in [*kids, vm["id"], first["id"]]:
             assert c.delete(f"/v1/vms/{v}").status_code == 204
+        assert c.delete(f"/v1/snapshots/{paused_snap.json()['id']}").status_code == 204
 
 
 def _guest_ticks(srv: ServerProcess, vm_id: str) -> int:

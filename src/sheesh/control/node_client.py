@@ -39,8 +39,9 @@ class NodeClient(Protocol):
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
 
-    async def snapshot(self, vm_id: str, snapshot_id: str) -> float:
-        """Save the running (or paused) VM under ``snapshot_id``; returns the save time in ms."""
+    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> float:
+        """Save the running (or paused) VM under ``snapshot_id``, first flushing the guest's file systems when
+        ``sync_guest`` (a paused guest cannot); returns the save time in ms."""
         ...
 
     async def delete_snapshot(self, snapshot_id: str) -> None: ...
@@ -152,8 +153,8 @@ class FakeNodeClient:
     def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return [f"{kind} line {i}" for i in range(5)][-lines:]
 
-    async def snapshot(self, vm_id: str, snapshot_id: str) -> float:
-        self._record("snapshot", vm_id)
+    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> float:
+        self._record("snapshot" if sync_guest else "snapshot-nosync", vm_id)
         if vm_id not in self.running:
             raise UnavailableError(f"VM {vm_id} is not running")
         self.snapshots.add(snapshot_id)

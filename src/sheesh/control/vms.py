@@ -176,7 +176,7 @@ class VmService:
             if vm.state not in (VmState.RUNNING, VmState.PAUSED):
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a running or paused VM can be snapshotted")
             snap_id = f"snap-{secrets.token_hex(6)}"
-            save_ms = await self.node.snapshot(vm_id, snap_id)
+            save_ms = await self.node.snapshot(vm_id, snap_id, sync_guest=vm.state == VmState.RUNNING)
             snap = Snapshot(
                 snap_id,
                 vm_id,

@@ -194,12 +194,14 @@ class NodeAgent:
                 raise NodeError(f"cannot grow the disk of {spec.vm_id}: {exc.message}") from exc
             await guest.call("resize_fs", 10)
 
-    async def snapshot(self, vm_id: str, snapshot_id: str) -> float:
-        """Flush the guest's file systems, then save the machine under ``snapshot_id``; returns the save
-        time in milliseconds. The VM keeps running (or stays paused)."""
+    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> float:
+        """Flush the guest's file systems (unless ``sync_guest`` is False: a paused guest cannot answer), then
+        save the machine under ``snapshot_id``; returns the save time in ms. The VM keeps running (or stays
+        paused)."""
         self._require_running(vm_id)
-        with contextlib.suppress(SheeshError):
-            await self._guest(vm_id).call("sync", 30)
+        if sync_guest:
+            with contextlib.suppress(SheeshError):
+                await self._guest(vm_id).call("sync", 30)
         dest = self.snapshots_dir / snapshot_id
         try:
             files = await self.driver.snapshot(vm_id, dest)
