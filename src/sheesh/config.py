@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 3000
     api_key: str | None = None
+    instance_secret: str | None = None
+    """Password of the ``admin`` user (base64, as in karma.run); generated and shown once when unset."""
     node_name: str = "local"
 
     vmm: Literal["qemu", "fake"] = "qemu"

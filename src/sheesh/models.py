@@ -61,6 +61,7 @@ class Vm:
     error: str | None = None
     snapshot_id: str | None = None
     """The snapshot this VM was restored from (its disk and RAM build on it)."""
+    owner_id: str | None = None
 
 
 class SnapshotKind(enum.StrEnum):
@@ -81,6 +82,7 @@ class Snapshot:
     disk_size_mb: int
     kind: SnapshotKind = SnapshotKind.USER
     save_ms: float = 0.0
+    owner_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,3 +138,33 @@ class Image:
     rootfs_size_mb: int
     is_default: bool
     created_at: datetime
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    password_hash: str
+    role: Role
+    created_at: datetime
+    totp_secret: str | None = None
+    totp_enabled: bool = False
+    failed_logins: int = 0
+    locked_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key record; the key itself is only ever shown once, at creation."""
+
+    id: str
+    user_id: str
+    label: str
+    key_hash: str
+    created_at: datetime
+    expires_at: datetime | None = None

@@ -1,10 +1,10 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
 
-from sheesh.models import Image, ProvisionMode, Vm, VmState
+from sheesh.models import ApiKey, Image, ProvisionMode, Role, User, Vm, VmState
 from sheesh.store.repo import MemoryStore, SqlStore, Store
 
 
@@ -60,9 +60,30 @@ def test_images_default_and_keys(store: Store, tmp_path: Path) -> None:
     assert defaults == ["img-b"]
     stored = store.get_image("img-a")
     assert stored is not None and stored.path == tmp_path / "a"
-    store.add_api_key("key-1", "abc", "label")
-    assert store.api_key_exists("abc") and not store.api_key_exists("abd")
-    assert store.count_api_keys() == 1
+    store.add_api_key(ApiKey("key-1", "usr-1", "label", "abc", now, now + timedelta(days=1)))
+    store.add_api_key(ApiKey("key-2", "usr-2", "other", "def", now))
+    found = store.find_api_key("abc")
+    assert found is not None and found.user_id == "usr-1" and found.expires_at == now + timedelta(days=1)
+    assert store.find_api_key("abd") is None
+    assert [k.id for k in store.list_api_keys("usr-1")] == ["key-1"]
+    assert store.count_api_keys() == 2
+    assert store.delete_user_api_keys("usr-1") == 1 and store.find_api_key("abc") is None
+    store.delete_api_key("key-2")
+    assert store.count_api_keys() == 0
+
+
+def test_users(store: Store) -> None:
+    now = datetime.now(UTC)
+    user = User("usr-1", "alice", "hash", Role.USER, now)
+    store.add_user(user)
+    with pytest.raises(Exception):  # noqa: B017 - IntegrityError or StoreError
+        store.add_user(User("usr-2", "alice", "hash", Role.USER, now))
+    user.failed_logins = 3
+    user.locked_until = now + timedelta(minutes=5)
+    store.save_user(user)
+    assert store.get_user("usr-1") == user
+    assert store.get_user_by_name("alice") == user and store.get_user_by_name("bob") is None
+    assert [u.id for u in store.list_users()] == ["usr-1"]
 
 
 def test_sql_store_migrates_and_persists(tmp_path: Path) -> None:

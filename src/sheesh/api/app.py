@@ -11,8 +11,8 @@ from fastapi import Depends, FastAPI
 
 from sheesh import __version__
 from sheesh.api import errors
-from sheesh.api.deps import require_api_key
-from sheesh.api.routers import docs, execution, files, images, snapshots, vms
+from sheesh.api.deps import authenticate
+from sheesh.api.routers import accounts, docs, execution, files, images, snapshots, vms
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for line in svc.auth.bootstrap():  # idempotent; `sheesh serve` has usually shown these already
+            log.warning("%s", line)
         await svc.vms.recover()
         task = asyncio.create_task(_reconcile_loop(svc))
         try:
@@ -55,6 +57,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.state.services = svc
     errors.install(app)
     for module in (vms, execution, files, snapshots, images):
-        app.include_router(module.router, dependencies=[Depends(require_api_key)])
+        app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(accounts.router)
     docs.install(app)
     return app

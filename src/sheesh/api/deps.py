@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
 
-from sheesh.auth.apikeys import hash_key
+from sheesh.auth.apikeys import Principal, hash_key
 from sheesh.control.services import Services
-from sheesh.errors import RateLimitedError
+from sheesh.errors import NotFoundError, RateLimitedError
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
@@ -26,10 +26,11 @@ ServicesDep = Annotated[Services, Depends(services)]
 def rate_limited(bucket: str) -> Callable[..., None]:
     """Dependency enforcing ``settings.rate_limits[bucket]`` per minute per API key (or client address)."""
 
-    def check(request: Request, svc: ServicesDep, key: Annotated[str | None, Depends(api_key_header)]) -> None:
+    def check(request: Request, svc: ServicesDep) -> None:
         limit = svc.settings.rate_limits.get(bucket)
         if not limit:
             return
+        key = presented_key(request)
         identity = "key:" + hash_key(key) if key else "ip:" + (request.client.host if request.client else "?")
         decision = svc.limiter.hit(bucket, identity, limit)
         if not decision.allowed:
@@ -41,6 +42,47 @@ def rate_limited(bucket: str) -> Callable[..., None]:
     return check
 
 
-def require_api_key(svc: ServicesDep, key: Annotated[str | None, Depends(api_key_header)]) -> None:
-    if not svc.auth.verify(key):
+def presented_key(request: Request) -> str | None:
+    """The API key of a request: ``X-API-Key``, ``x-auth-token`` (Kyun) or ``Authorization: Bearer``
+    (rerobots), first match wins."""
+    headers = request.headers
+    key = headers.get("x-api-key") or headers.get("x-auth-token")
+    if not key:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    return key or None
+
+
+def authenticate(request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]) -> Principal:
+    principal = svc.auth.principal_for_key(presented_key(request))
+    if principal is None:
         raise HTTPException(status_code=401, detail="missing or invalid API key")
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise HTTPException(status_code=403, detail="admin role required")
+    return principal
+
+
+def owned_vm_id(vm_id: str, principal: PrincipalDep, svc: ServicesDep) -> str:
+    """The path's VM id, if the caller may act on it (another user's VM is 404, like a missing one)."""
+    if not principal.can_see(svc.vms.get(vm_id).owner_id):
+        raise NotFoundError(f"VM {vm_id} not found")
+    return vm_id
+
+
+def owned_snapshot_id(snapshot_id: str, principal: PrincipalDep, svc: ServicesDep) -> str:
+    if not principal.can_see(svc.vms.snapshot(snapshot_id).owner_id):
+        raise NotFoundError(f"snapshot {snapshot_id} not found")
+    return snapshot_id
+
+
+OwnedVmId = Annotated[str, Depends(owned_vm_id)]
+OwnedSnapshotId = Annotated[str, Depends(owned_snapshot_id)]
+AdminDep = Annotated[Principal, Depends(require_admin)]

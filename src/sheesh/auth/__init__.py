@@ -1,1 +1,1 @@
-"""Authentication: API keys (hashed at rest)."""
+"""Authentication: users and roles, argon2 passwords, API keys (hashed at rest), principals, rate limits."""

@@ -44,10 +44,8 @@ def serve(
         raise typer.Exit(1) from exc
     if not any(s.image.is_default for s in services.store.list_images()):
         console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
-    key = services.auth.bootstrap()
-    if key is not None:
-        console.print(f"[bold green]Generated API key (shown once, store it):[/bold green] {key}")
-        print(f"SHEESH_API_KEY={key}", flush=True)
+    for line in services.auth.bootstrap():
+        console.print(f"[bold green]{line}[/bold green]")
     uvicorn.run(create_app(services), host=settings.host, port=settings.port, log_level="info")
 
 
@@ -91,13 +89,16 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even when cached
 
 @key_app.command("create")
 def apikey_create(label: str = typer.Option("cli", help="Label for the key")) -> None:
-    """Create an API key and print it (it is stored only as a hash)."""
+    """Create an API key for the admin and print it (it is stored only as a hash)."""
     from sheesh.auth.apikeys import ApiKeyAuth
     from sheesh.store.repo import SqlStore
 
     settings = Settings()
     store = SqlStore(settings.resolved_database_url())
-    print(ApiKeyAuth(store).create(label))
+    auth = ApiKeyAuth(store, instance_secret=settings.instance_secret)
+    for line in auth.bootstrap():
+        console.print(line)
+    print(auth.create_key(auth.admin().id, label)[1])
     store.close()
 
 

@@ -27,7 +27,14 @@ class Services:
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
         vms = VmService(store, node, settings, Templates(store, node))
-        return cls(settings, store, node, vms, ApiKeyAuth(store, settings.api_key), ImageService(store, settings))
+        return cls(
+            settings,
+            store,
+            node,
+            vms,
+            ApiKeyAuth(store, settings.api_key, settings.instance_secret),
+            ImageService(store, settings),
+        )
 
     async def close(self) -> None:
         await self.vms.templates.wait_idle()

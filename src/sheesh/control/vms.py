@@ -55,6 +55,7 @@ class CreateVm:
     image_id: str | None = None
     snapshot_id: str | None = None
     disk_size_mb: int | None = None
+    owner_id: str | None = None
 
 
 @dataclass
@@ -147,6 +148,7 @@ class VmService:
                 provision_mode=ProvisionMode.SNAPSHOT if source else ProvisionMode.BOOT,
                 node=self.node.name,
                 snapshot_id=source.id if source else None,
+                owner_id=req.owner_id,
             )
             self.store.add_vm(vm)
         async with self._locked(vm.id) as vm:
@@ -187,6 +189,7 @@ class VmService:
                 vm.disk_size_mb,
                 SnapshotKind.USER,
                 save_ms,
+                vm.owner_id,
             )
             self.store.add_snapshot(snap)
             return snap
@@ -203,7 +206,9 @@ class VmService:
         """Snapshot a live VM and restore ``count`` clones of it, each with a fresh identity."""
         snap = await self.create_snapshot(vm_id)
         vm = self.get(vm_id)
-        req = CreateVm(vm.cpu, vm.mem_mb, vm.allow_ips, vm.outbound_internet, vm.image_id, snap.id, vm.disk_size_mb)
+        req = CreateVm(
+            vm.cpu, vm.mem_mb, vm.allow_ips, vm.outbound_internet, vm.image_id, snap.id, vm.disk_size_mb, vm.owner_id
+        )
         clones = await asyncio.gather(*(self.create(req) for _ in range(count)), return_exceptions=True)
         made = [c for c in clones if isinstance(c, Vm)]
         failed = [c for c in clones if isinstance(c, BaseException)]

@@ -15,9 +15,9 @@ from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from sheesh.models import Image, ProvisionMode, Snapshot, SnapshotKind, Vm, VmState
+from sheesh.models import ApiKey, Image, ProvisionMode, Role, Snapshot, SnapshotKind, User, Vm, VmState
 from sheesh.store.errors import StoreError
-from sheesh.store.tables import ApiKeyRow, ImageRow, SnapshotRow, VmRow
+from sheesh.store.tables import ApiKeyRow, ImageRow, SnapshotRow, UserRow, VmRow
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,18 @@ class Store(Protocol):
     def list_snapshots(self) -> list[Snapshot]: ...
     def delete_snapshot(self, snapshot_id: str) -> None: ...
 
-    def add_api_key(self, key_id: str, key_hash: str, label: str) -> None: ...
-    def api_key_exists(self, key_hash: str) -> bool: ...
+    def add_api_key(self, key: ApiKey) -> None: ...
+    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+    def list_api_keys(self, user_id: str) -> list[ApiKey]: ...
+    def delete_api_key(self, key_id: str) -> None: ...
+    def delete_user_api_keys(self, user_id: str) -> int: ...
     def count_api_keys(self) -> int: ...
+
+    def add_user(self, user: User) -> None: ...
+    def save_user(self, user: User) -> None: ...
+    def get_user(self, user_id: str) -> User | None: ...
+    def get_user_by_name(self, username: str) -> User | None: ...
+    def list_users(self) -> list[User]: ...
 
     def close(self) -> None: ...
 
@@ -74,6 +83,7 @@ def _vm_from_row(row: VmRow) -> Vm:
         node=row.node,
         error=row.error,
         snapshot_id=row.snapshot_id,
+        owner_id=row.owner_id,
     )
 
 
@@ -93,6 +103,7 @@ def _vm_values(vm: Vm) -> dict[str, object]:
         "node": vm.node,
         "error": vm.error,
         "snapshot_id": vm.snapshot_id,
+        "owner_id": vm.owner_id,
     }
 
 
@@ -111,6 +122,40 @@ def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
         row.disk_size_mb,
         SnapshotKind(row.kind),
         row.save_ms,
+        row.owner_id,
+    )
+
+
+def _key_from_row(row: ApiKeyRow) -> ApiKey:
+    expires = _utc(row.expires_at) if row.expires_at else None
+    return ApiKey(row.id, row.user_id or "", row.label, row.key_hash, _utc(row.created_at), expires)
+
+
+def _user_values(user: User) -> dict[str, object]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "password_hash": user.password_hash,
+        "role": user.role.value,
+        "created_at": user.created_at,
+        "totp_secret": user.totp_secret,
+        "totp_enabled": user.totp_enabled,
+        "failed_logins": user.failed_logins,
+        "locked_until": user.locked_until,
+    }
+
+
+def _user_from_row(row: UserRow) -> User:
+    return User(
+        row.id,
+        row.username,
+        row.password_hash,
+        Role(row.role),
+        _utc(row.created_at),
+        row.totp_secret,
+        row.totp_enabled,
+        row.failed_logins,
+        _utc(row.locked_until) if row.locked_until else None,
     )
 
 
@@ -217,6 +262,7 @@ class SqlStore:
                     disk_size_mb=snap.disk_size_mb,
                     kind=snap.kind.value,
                     save_ms=snap.save_ms,
+                    owner_id=snap.owner_id,
                 )
             )
 
@@ -234,17 +280,64 @@ class SqlStore:
         with self._session.begin() as s:
             s.execute(delete(SnapshotRow).where(SnapshotRow.id == snapshot_id))
 
-    def add_api_key(self, key_id: str, key_hash: str, label: str) -> None:
+    def add_api_key(self, key: ApiKey) -> None:
         with self._session.begin() as s:
-            s.add(ApiKeyRow(id=key_id, key_hash=key_hash, label=label, created_at=datetime.now(UTC)))
+            s.add(
+                ApiKeyRow(
+                    id=key.id,
+                    key_hash=key.key_hash,
+                    label=key.label,
+                    created_at=key.created_at,
+                    user_id=key.user_id,
+                    expires_at=key.expires_at,
+                )
+            )
 
-    def api_key_exists(self, key_hash: str) -> bool:
+    def find_api_key(self, key_hash: str) -> ApiKey | None:
         with self._session() as s:
-            return s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.key_hash == key_hash)) is not None
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+            return _key_from_row(row) if row else None
+
+    def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        with self._session() as s:
+            rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.user_id == user_id).order_by(ApiKeyRow.created_at))
+            return [_key_from_row(r) for r in rows]
+
+    def delete_api_key(self, key_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(ApiKeyRow).where(ApiKeyRow.id == key_id))
+
+    def delete_user_api_keys(self, user_id: str) -> int:
+        with self._session.begin() as s:
+            ids = list(s.scalars(select(ApiKeyRow.id).where(ApiKeyRow.user_id == user_id)))
+            s.execute(delete(ApiKeyRow).where(ApiKeyRow.user_id == user_id))
+            return len(ids)
 
     def count_api_keys(self) -> int:
         with self._session() as s:
             return len(list(s.scalars(select(ApiKeyRow.id))))
+
+    def add_user(self, user: User) -> None:
+        with self._session.begin() as s:
+            s.add(UserRow(**_user_values(user)))
+
+    def save_user(self, user: User) -> None:
+        with self._session.begin() as s:
+            s.execute(update(UserRow).where(UserRow.id == user.id).values(**_user_values(user)))
+
+    def get_user(self, user_id: str) -> User | None:
+        with self._session() as s:
+            row = s.get(UserRow, user_id)
+            return _user_from_row(row) if row else None
+
+    def get_user_by_name(self, username: str) -> User | None:
+        with self._session() as s:
+            row = s.scalar(select(UserRow).where(UserRow.username == username))
+            return _user_from_row(row) if row else None
+
+    def list_users(self) -> list[User]:
+        with self._session() as s:
+            return [_user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -263,7 +356,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.vms: dict[str, Vm] = {}
         self.images: dict[str, StoredImage] = {}
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, ApiKey] = {}
+        self.users: dict[str, User] = {}
         self.snapshots: dict[str, Snapshot] = {}
 
     def add_vm(self, vm: Vm) -> None:
@@ -327,14 +421,45 @@ class MemoryStore:
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.snapshots.pop(snapshot_id, None)
 
-    def add_api_key(self, key_id: str, key_hash: str, label: str) -> None:
-        self.keys[key_hash] = key_id
+    def add_api_key(self, key: ApiKey) -> None:
+        if key.key_hash in self.keys:
+            raise StoreError("duplicate API key")
+        self.keys[key.key_hash] = key
 
-    def api_key_exists(self, key_hash: str) -> bool:
-        return key_hash in self.keys
+    def find_api_key(self, key_hash: str) -> ApiKey | None:
+        return self.keys.get(key_hash)
+
+    def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        return sorted((k for k in self.keys.values() if k.user_id == user_id), key=lambda k: k.created_at)
+
+    def delete_api_key(self, key_id: str) -> None:
+        self.keys = {h: k for h, k in self.keys.items() if k.id != key_id}
+
+    def delete_user_api_keys(self, user_id: str) -> int:
+        before = len(self.keys)
+        self.keys = {h: k for h, k in self.keys.items() if k.user_id != user_id}
+        return before - len(self.keys)
 
     def count_api_keys(self) -> int:
         return len(self.keys)
+
+    def add_user(self, user: User) -> None:
+        if self.get_user_by_name(user.username) is not None:
+            raise StoreError(f"user {user.username} exists")
+        self.users[user.id] = copy.deepcopy(user)
+
+    def save_user(self, user: User) -> None:
+        self.users[user.id] = copy.deepcopy(user)
+
+    def get_user(self, user_id: str) -> User | None:
+        user = self.users.get(user_id)
+        return copy.deepcopy(user) if user else None
+
+    def get_user_by_name(self, username: str) -> User | None:
+        return next((copy.deepcopy(u) for u in self.users.values() if u.username == username), None)
+
+    def list_users(self) -> list[User]:
+        return [copy.deepcopy(u) for u in self.users.values()]
 
     def close(self) -> None:
         pass

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from sheesh.api.deps import ServicesDep, rate_limited
+from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
 from sheesh.api.routers.vms import LIMITED
 from sheesh.api.schemas import ExecBody, ExecOut, RunTsBody, RunTsOut
 from sheesh.errors import InvalidInputError
@@ -27,7 +27,7 @@ def _check_timeout(svc: ServicesDep, timeout_ms: int | None) -> None:
     summary="Run a shell command (bash -lc) as uid/gid 1000",
     dependencies=[Depends(rate_limited("exec"))],
 )
-async def exec_vm(vm_id: str, body: ExecBody, svc: ServicesDep) -> ExecOut:
+async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut:
     _check_timeout(svc, body.timeout_ms)
     result = await svc.vms.exec(vm_id, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
     return ExecOut(
@@ -45,7 +45,7 @@ async def exec_vm(vm_id: str, body: ExecBody, svc: ServicesDep) -> ExecOut:
     response_model=RunTsOut,
     dependencies=[Depends(rate_limited("run_ts"))],
 )
-async def run_ts(vm_id: str, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
+async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
     _check_timeout(svc, body.timeout_ms)
     res = await svc.vms.run_ts(
         vm_id,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from sheesh.api.deps import ServicesDep, rate_limited
+from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
 from sheesh.api.routers.vms import LIMITED
 from sheesh.errors import InvalidInputError, PayloadTooLargeError
 
@@ -32,7 +32,7 @@ GZIP_TYPES = {"application/gzip", "application/x-gzip", "application/x-tar+gzip"
     },
 )
 async def upload(
-    vm_id: str,
+    vm_id: OwnedVmId,
     request: Request,
     svc: ServicesDep,
     dest: Annotated[str, Query(description="Destination directory under /workspace")],
@@ -63,7 +63,7 @@ def _check_dest(path: str) -> None:
     responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def download(
-    vm_id: str,
+    vm_id: OwnedVmId,
     svc: ServicesDep,
     path: Annotated[str, Query(description="Directory to download (under /workspace)")],
 ) -> StreamingResponse:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, StrictStr
 
-from sheesh.api.deps import ServicesDep
+from sheesh.api.deps import AdminDep, ServicesDep
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, ErrorOut, iso
 from sheesh.control.images import image_ready
@@ -56,7 +56,7 @@ async def list_images(svc: ServicesDep) -> list[ImageOut]:
 
 
 @router.post("", status_code=201, summary="Create image metadata (then upload kernel and rootfs)")
-async def create_image(body: CreateImageBody, svc: ServicesDep) -> ImageOut:
+async def create_image(body: CreateImageBody, svc: ServicesDep, _: AdminDep) -> ImageOut:
     return ImageOut.of(svc.images.create(body.name, body.description))
 
 
@@ -68,22 +68,22 @@ async def get_image(image_id: str, svc: ServicesDep) -> ImageOut:
 @router.put(
     "/{image_id}/kernel", summary="Upload the kernel (uncompressed x86-64 vmlinux with PVH note)", openapi_extra=BINARY
 )
-async def put_kernel(image_id: str, request: Request, svc: ServicesDep) -> ImageOut:
+async def put_kernel(image_id: str, request: Request, svc: ServicesDep, _: AdminDep) -> ImageOut:
     return ImageOut.of(await svc.images.upload(image_id, "kernel", request.stream()))
 
 
 @router.put("/{image_id}/rootfs", summary="Upload the root file system (ext4 image)", openapi_extra=BINARY)
-async def put_rootfs(image_id: str, request: Request, svc: ServicesDep) -> ImageOut:
+async def put_rootfs(image_id: str, request: Request, svc: ServicesDep, _: AdminDep) -> ImageOut:
     return ImageOut.of(await svc.images.upload(image_id, "rootfs", request.stream()))
 
 
 @router.post("/{image_id}/set-default", status_code=204, summary="Make this the default image")
-async def set_default(image_id: str, svc: ServicesDep) -> Response:
+async def set_default(image_id: str, svc: ServicesDep, _: AdminDep) -> Response:
     svc.images.set_default(image_id)
     return Response(status_code=204)
 
 
 @router.delete("/{image_id}", status_code=204, summary="Delete an image (409 while in use or default)")
-async def delete_image(image_id: str, svc: ServicesDep) -> Response:
+async def delete_image(image_id: str, svc: ServicesDep, _: AdminDep) -> Response:
     svc.images.delete(image_id)
     return Response(status_code=204)

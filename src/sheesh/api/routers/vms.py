@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from sheesh.api.deps import ServicesDep, rate_limited
+from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, rate_limited
 from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut
 from sheesh.control.vms import CreateVm
-from sheesh.errors import InvalidInputError
+from sheesh.errors import InvalidInputError, NotFoundError
 
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 503)}
 LIMITED: dict[int | str, dict[str, object]] = {**ERRORS, 429: {"model": ErrorOut}}
@@ -31,7 +31,9 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=ERRORS)
     responses=LIMITED,
     dependencies=[Depends(rate_limited("create"))],
 )
-async def create_vm(body: CreateVmBody, svc: ServicesDep) -> VmOut:
+async def create_vm(body: CreateVmBody, svc: ServicesDep, principal: PrincipalDep) -> VmOut:
+    if body.snapshot_id is not None and not principal.can_see(svc.vms.snapshot(body.snapshot_id).owner_id):
+        raise NotFoundError(f"snapshot {body.snapshot_id} not found")
     vm = await svc.vms.create(
         CreateVm(
             cpu=body.cpu,
@@ -41,42 +43,43 @@ async def create_vm(body: CreateVmBody, svc: ServicesDep) -> VmOut:
             image_id=body.image_id,
             snapshot_id=body.snapshot_id,
             disk_size_mb=body.disk_size_mb,
+            owner_id=principal.user_id,
         )
     )
     return VmOut.of(vm)
 
 
 @router.get("", summary="List VMs")
-async def list_vms(svc: ServicesDep) -> list[VmOut]:
-    return [VmOut.of(vm) for vm in svc.vms.list_vms()]
+async def list_vms(svc: ServicesDep, principal: PrincipalDep) -> list[VmOut]:
+    return [VmOut.of(vm) for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
 
 
 @router.get("/{vm_id}", summary="Get a VM")
-async def get_vm(vm_id: str, svc: ServicesDep) -> VmOut:
+async def get_vm(vm_id: OwnedVmId, svc: ServicesDep) -> VmOut:
     return VmOut.of(svc.vms.get(vm_id))
 
 
 @router.post("/{vm_id}/start", status_code=204, summary="Start a stopped VM")
-async def start_vm(vm_id: str, svc: ServicesDep) -> Response:
+async def start_vm(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
     await svc.vms.start(vm_id)
     return Response(status_code=204)
 
 
 @router.post("/{vm_id}/stop", status_code=204, summary="ACPI shutdown of the VM")
-async def stop_vm(vm_id: str, svc: ServicesDep) -> Response:
+async def stop_vm(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
     await svc.vms.stop(vm_id)
     return Response(status_code=204)
 
 
 @router.delete("/{vm_id}", status_code=204, summary="Destroy the VM: process, network and storage")
-async def delete_vm(vm_id: str, svc: ServicesDep) -> Response:
+async def delete_vm(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
     await svc.vms.delete(vm_id)
     return Response(status_code=204)
 
 
 @router.get("/{vm_id}/logs", summary="Tail of a VM log file")
 async def vm_logs(
-    vm_id: str,
+    vm_id: OwnedVmId,
     svc: ServicesDep,
     log_type: Annotated[str, Query(alias="type", description="Log file: " + ", ".join(LOG_TYPES))] = "firecracker.log",
     tail: Annotated[int, Query(ge=1, le=1000, description="Number of lines (max 1000)")] = 100,

@@ -1,0 +1,144 @@
+"""Users (/v1/users), API keys (/v1/api-keys), and rerobots-style token revocation (/revoke, /purge)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StrictStr, field_validator
+
+from sheesh.api.deps import AdminDep, PrincipalDep, ServicesDep, authenticate
+from sheesh.api.routers.vms import ERRORS
+from sheesh.api.schemas import Body, iso
+from sheesh.auth.passwords import verify_password
+from sheesh.errors import InvalidInputError
+from sheesh.models import ApiKey, Role, User
+
+router = APIRouter(tags=["accounts"], responses=ERRORS)
+_USERNAME = re.compile(r"^[a-z][a-z0-9_.-]{2,63}$")
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    role: str
+    createdAt: str
+    totpEnabled: bool
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            username=user.username,
+            role=user.role.value,
+            createdAt=iso(user.created_at),
+            totpEnabled=user.totp_enabled,
+        )
+
+
+class CreateUserBody(Body):
+    username: Annotated[StrictStr, Field(description="3-64 chars: a-z, 0-9, _ . -, starting with a letter")]
+    password: Annotated[StrictStr, Field(min_length=12, max_length=256)]
+    role: Role = Role.USER
+
+    @field_validator("username")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _USERNAME.match(value):
+            raise ValueError("username must be 3-64 characters of a-z, 0-9, _ . - starting with a letter")
+        return value
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    label: str
+    createdAt: str
+    expiresAt: str | None = None
+    sha256: str
+    key: str | None = Field(default=None, description="The key itself: returned once, at creation")
+
+    @classmethod
+    def of(cls, key: ApiKey, plaintext: str | None = None) -> ApiKeyOut:
+        return cls(
+            id=key.id,
+            label=key.label,
+            createdAt=iso(key.created_at),
+            expiresAt=iso(key.expires_at) if key.expires_at else None,
+            sha256=key.key_hash,
+            key=plaintext,
+        )
+
+
+class CreateKeyBody(Body):
+    label: Annotated[StrictStr, Field(min_length=1, max_length=128)] = "api"
+    expires_at: Annotated[datetime | None, Field(alias="expiresAt", description="ISO 8601, with time zone")] = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("expiresAt needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+        return value
+
+
+class PurgeBody(Body):
+    username: StrictStr
+    password: StrictStr
+
+
+@router.get("/v1/users/me", summary="The caller")
+async def me(principal: PrincipalDep, svc: ServicesDep) -> UserOut:
+    user = svc.store.get_user(principal.user_id)
+    assert user is not None
+    return UserOut.of(user)
+
+
+@router.get("/v1/users", summary="List users (admin)")
+async def list_users(_: AdminDep, svc: ServicesDep) -> list[UserOut]:
+    return [UserOut.of(u) for u in svc.store.list_users()]
+
+
+@router.post("/v1/users", status_code=201, summary="Create a user (admin)")
+async def create_user(body: CreateUserBody, _: AdminDep, svc: ServicesDep) -> UserOut:
+    return UserOut.of(svc.auth.create_user(body.username, body.password, body.role))
+
+
+@router.get("/v1/api-keys", summary="List the caller's API keys")
+async def list_keys(principal: PrincipalDep, svc: ServicesDep) -> list[ApiKeyOut]:
+    return [ApiKeyOut.of(k) for k in svc.auth.list_keys(principal.user_id)]
+
+
+@router.post("/v1/api-keys", status_code=201, summary="Create an API key (the key is shown only in this response)")
+async def create_key(principal: PrincipalDep, svc: ServicesDep, body: CreateKeyBody | None = None) -> ApiKeyOut:
+    body = body or CreateKeyBody()
+    key, plaintext = svc.auth.create_key(principal.user_id, body.label, body.expires_at)
+    return ApiKeyOut.of(key, plaintext)
+
+
+@router.delete("/v1/api-keys/{key_id}", status_code=204, summary="Delete an API key")
+async def delete_key(key_id: str, principal: PrincipalDep, svc: ServicesDep) -> Response:
+    svc.auth.delete_key(principal, key_id)
+    return Response(status_code=204)
+
+
+@router.post("/revoke/{sha256}", summary="Revoke the API key with this SHA-256 (a key can revoke itself)")
+async def revoke(sha256: str, principal: PrincipalDep, svc: ServicesDep) -> JSONResponse:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise InvalidInputError("expected the hex SHA-256 of the token")
+    svc.auth.revoke(principal, sha256)
+    return JSONResponse({"revoked": sha256.lower()})
+
+
+@router.post("/purge", summary="Delete all API keys of the user (username+password, or a token)")
+async def purge(request: Request, svc: ServicesDep, body: PurgeBody | None = None) -> JSONResponse:
+    if body is not None:  # the user and password pair wins over any token
+        user = svc.store.get_user_by_name(body.username)
+        if user is None or not verify_password(user.password_hash, body.password):
+            return JSONResponse({"message": "invalid username or password"}, status_code=403)
+        user_id = user.id
+    else:
+        user_id = authenticate(request, svc, None).user_id
+    return JSONResponse({"purged": svc.auth.purge(user_id)})
