@@ -27,7 +27,11 @@ def running_server(**env: str) -> Iterator[ServerProcess]:
     image = ImageBuilder(Settings().resolved_image_dir()).build()
     with tempfile.TemporaryDirectory(prefix="sheesh-bench-") as tmp:
         limits = '{"create": 100000, "exec": 100000, "run_ts": 100000, "upload": 100000, "download": 100000}'
-        env = {"SHEESH_RATE_LIMITS": limits, **env}  # measure the system, not the limiter
+        env = {
+            "SHEESH_RATE_LIMITS": limits,
+            "SHEESH_GLOBAL_RATE_LIMIT": "0",
+            **env,
+        }  # measure the system, not the limiter
         server = ServerProcess(Path(tmp) / "data", image.path.parent.parent, **env).start()
         try:
             yield server

@@ -34,6 +34,7 @@ class ServerProcess:
         }
         self.env.setdefault("SHEESH_ACCEL", "tcg")
         self.env.setdefault("SHEESH_TEMPLATES", "false")
+        self.env.setdefault("SHEESH_GLOBAL_RATE_LIMIT", "100000")  # suites run faster than 100 requests/min
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
 

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     port: int = 3000
     api_key: str | None = None
     instance_secret: str | None = None
+    signature_ttl_s: float = 15 * 60
+    cookie_ttl_s: float = 12 * 3600
+    login_max_failures: int = 5
+    login_lockout_s: float = 30.0
+    global_rate_limit: int = 100
+    """Requests per minute per token (or per client address when unauthenticated), every endpoint."""
     """Password of the ``admin`` user (base64, as in karma.run); generated and shown once when unset."""
     node_name: str = "local"
 

@@ -21,6 +21,10 @@ class NotFoundError(SheeshError):
     """The addressed resource does not exist or is not visible to the caller (HTTP 404)."""
 
 
+class ForbiddenError(SheeshError):
+    """Credentials were presented but are wrong, expired or insufficient (HTTP 403)."""
+
+
 class ConflictError(SheeshError):
     """The operation conflicts with the resource's current state (HTTP 409)."""
 

@@ -53,8 +53,20 @@ def presented_key(request: Request) -> str | None:
     return key or None
 
 
+SESSION_COOKIE = "rds_session"
+
+
 def authenticate(request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]) -> Principal:
+    """API key (three header conventions), else ``X-Karma-Signature``, else the ``rds_session`` cookie.
+    No credentials or an unknown key: 401. A tampered or expired signature or cookie: 403."""
     principal = svc.auth.principal_for_key(presented_key(request))
+    if principal is None:
+        signature = request.headers.get("x-karma-signature")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if signature or cookie:
+            kind, token = ("signature", signature) if signature else ("cookie", cookie or "")
+            claims = svc.sessions.verify(token, kind)
+            principal = svc.auth.principal_for_user(claims.user_id)
     if principal is None:
         raise HTTPException(status_code=401, detail="missing or invalid API key")
     request.state.principal = principal

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sheesh.errors import (
     ConflictError,
+    ForbiddenError,
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[SheeshError], int]] = [
     (InvalidInputError, 400),
+    (ForbiddenError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
     (PayloadTooLargeError, 413),

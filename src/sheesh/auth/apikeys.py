@@ -11,14 +11,19 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sheesh.auth.passwords import hash_password
-from sheesh.errors import ConflictError, InvalidInputError, NotFoundError
+from sheesh.auth.passwords import hash_password, verify_password
+from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, RateLimitedError
 from sheesh.models import ApiKey, Role, User
 from sheesh.store.repo import Store
 
 ADMIN = "admin"
+_DUMMY_HASH = hash_password("sheesh-timing-equaliser")
+
+
+class AuthenticationError(ForbiddenError):
+    """Wrong credentials (HTTP 403, as karma.run answers a bad password)."""
 
 
 def hash_key(key: str) -> str:
@@ -68,6 +73,34 @@ class ApiKeyAuth:
         user = User(f"usr-{secrets.token_hex(6)}", username, hash_password(password), role, datetime.now(UTC))
         self.store.add_user(user)
         return user
+
+    def check_password(self, username: str, password: str, max_failures: int, lockout_s: float) -> User:
+        """The user if the password matches. Failures are counted per user; from ``max_failures`` on, the
+        account locks for ``lockout_s`` doubling with each further failure (capped at one hour), and while
+        locked even the right password is refused (RateLimitedError), so guessing gains nothing."""
+        now = datetime.now(UTC)
+        user = self.store.get_user_by_name(username)
+        if user is None:
+            verify_password(_DUMMY_HASH, password)  # same cost as a real check: no username probing by timing
+            raise AuthenticationError("invalid username or password")
+        if user.locked_until is not None and user.locked_until > now:
+            wait = int((user.locked_until - now).total_seconds()) + 1
+            raise RateLimitedError(f"too many failed logins; retry in {wait}s", wait)
+        if not verify_password(user.password_hash, password):
+            user.failed_logins += 1
+            if user.failed_logins >= max_failures:
+                extra = min(3600.0, lockout_s * 2 ** (user.failed_logins - max_failures))
+                user.locked_until = now + timedelta(seconds=extra)
+            self.store.save_user(user)
+            raise AuthenticationError("invalid username or password")
+        if user.failed_logins or user.locked_until:
+            user.failed_logins, user.locked_until = 0, None
+            self.store.save_user(user)
+        return user
+
+    def principal_for_user(self, user_id: str) -> Principal | None:
+        user = self.store.get_user(user_id)
+        return Principal(user.id, user.username, user.role) if user else None
 
     # --- keys ------------------------------------------------------------------------------------------
     def principal_for_key(self, presented: str | None) -> Principal | None:

@@ -17,6 +17,8 @@ class Decision:
     remaining: int
     retry_after_s: int
     """Seconds until a slot frees up (0 when allowed)."""
+    reset_in_s: float = 0.0
+    """Seconds until the oldest counted request leaves the window (the budget is whole again by then)."""
 
 
 class RateLimiter:
@@ -39,9 +41,9 @@ class RateLimiter:
                 hits.popleft()
             if len(hits) >= limit:
                 retry = max(1, math.ceil(hits[0] + window - now))
-                return Decision(False, limit, 0, retry)
+                return Decision(False, limit, 0, retry, hits[0] + window - now)
             hits.append(now)
-            return Decision(True, limit, limit - len(hits), 0)
+            return Decision(True, limit, limit - len(hits), 0, hits[0] + window - now)
 
     def _prune(self, now: float, window: float) -> None:
         for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - window]:

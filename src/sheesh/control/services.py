@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
 from sheesh.auth.ratelimit import RateLimiter
+from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.images import ImageService
 from sheesh.control.node_client import NodeClient
@@ -22,6 +23,7 @@ class Services:
     vms: VmService
     auth: ApiKeyAuth
     images: ImageService
+    sessions: SessionSigner
     limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @classmethod
@@ -34,6 +36,7 @@ class Services:
             vms,
             ApiKeyAuth(store, settings.api_key, settings.instance_secret),
             ImageService(store, settings),
+            SessionSigner(load_or_create_key(settings.data_dir / "session.key")),
         )
 
     async def close(self) -> None:

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from sheesh.api.deps import AdminDep, PrincipalDep, ServicesDep, authenticate
+from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, iso
 from sheesh.auth.passwords import verify_password
-from sheesh.errors import InvalidInputError
+from sheesh.errors import ForbiddenError, InvalidInputError
 from sheesh.models import ApiKey, Role, User
 
 router = APIRouter(tags=["accounts"], responses=ERRORS)
@@ -142,3 +142,62 @@ async def purge(request: Request, svc: ServicesDep, body: PurgeBody | None = Non
     else:
         user_id = authenticate(request, svc, None).user_id
     return JSONResponse({"purged": svc.auth.purge(user_id)})
+
+
+class LoginBody(Body):
+    username: StrictStr
+    password: StrictStr
+    otp: StrictStr | None = None
+
+
+def _login(svc: ServicesDep, body: LoginBody) -> User:
+    settings = svc.settings
+    return svc.auth.check_password(body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
+
+
+def _codec(request: Request) -> None:
+    codec = request.headers.get("x-karma-codec", "json").strip().lower()
+    if codec != "json":
+        raise InvalidInputError(f"unsupported X-Karma-Codec {codec!r}: only json is available")
+
+
+@router.post("/auth", summary="Log in (karma.run): the response is a signature valid 15 minutes")
+async def karma_login(body: LoginBody, request: Request, svc: ServicesDep) -> JSONResponse:
+    _codec(request)
+    user = _login(svc, body)
+    return JSONResponse(svc.sessions.issue(user.id, "signature", svc.settings.signature_ttl_s))
+
+
+@router.get("/auth", summary="Renew a signature (send the current one as X-Karma-Signature)")
+async def karma_refresh(request: Request, svc: ServicesDep) -> JSONResponse:
+    _codec(request)
+    token = request.headers.get("x-karma-signature")
+    if not token:
+        raise ForbiddenError("X-Karma-Signature header required")
+    claims = svc.sessions.verify(token, "signature")
+    if svc.store.get_user(claims.user_id) is None:
+        raise ForbiddenError("user no longer exists")
+    return JSONResponse(svc.sessions.issue(claims.user_id, "signature", svc.settings.signature_ttl_s))
+
+
+@router.post("/auth/login", status_code=204, summary="Log in to the admin UI: sets the rds_session cookie")
+async def cookie_login(body: LoginBody, svc: ServicesDep) -> Response:
+    user = _login(svc, body)
+    ttl = svc.settings.cookie_ttl_s
+    response = Response(status_code=204)
+    response.set_cookie(
+        SESSION_COOKIE,
+        svc.sessions.issue(user.id, "cookie", ttl),
+        max_age=int(ttl),
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
+    return response
+
+
+@router.post("/auth/logout", status_code=204, summary="Clear the rds_session cookie")
+async def cookie_logout() -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response

@@ -1,0 +1,82 @@
+"""Stateless signed sessions: karma.run-style signatures (``X-Karma-Signature``, 15 minutes, renewed by
+``GET /auth``) and the admin UI's ``rds_session`` cookie. A token is ``base64url(payload).base64url(mac)``
+with HMAC-SHA256 under a per-instance key kept in the data dir."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sheesh.errors import ForbiddenError
+
+
+class InvalidSessionError(ForbiddenError):
+    """Tampered, malformed or expired session token (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class SessionClaims:
+    user_id: str
+    kind: str
+    expires_at: float
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The instance's signing key (32 random bytes, created once, mode 0600)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+
+class SessionSigner:
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def issue(self, user_id: str, kind: str, ttl_s: float) -> str:
+        payload = json.dumps(
+            {"u": user_id, "k": kind, "e": round(time.time() + ttl_s, 3), "n": secrets.token_hex(8)},
+            separators=(",", ":"),
+        ).encode()
+        mac = hmac.new(self._key, payload, hashlib.sha256).digest()
+        return f"{_b64(payload)}.{_b64(mac)}"
+
+    def verify(self, token: str, kind: str) -> SessionClaims:
+        try:
+            body, _, sig = token.strip().partition(".")
+            payload = _unb64(body)
+            mac = _unb64(sig)
+        except (ValueError, UnicodeError) as exc:
+            raise InvalidSessionError("malformed session token") from exc
+        if not hmac.compare_digest(mac, hmac.new(self._key, payload, hashlib.sha256).digest()):
+            raise InvalidSessionError("invalid session signature")
+        try:
+            claims = json.loads(payload)
+            result = SessionClaims(str(claims["u"]), str(claims["k"]), float(claims["e"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidSessionError("malformed session token") from exc
+        if result.kind != kind:
+            raise InvalidSessionError("session token of the wrong kind")
+        if result.expires_at <= time.time():
+            raise InvalidSessionError("session expired")
+        return result
