@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field, StrictStr, field_validator
 from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, iso
-from sheesh.auth.passwords import verify_password
-from sheesh.errors import ForbiddenError, InvalidInputError
+from sheesh.auth.passwords import hash_password, verify_password
+from sheesh.auth.totp import OtpRequiredError, new_secret, provisioning_uri, require_otp, valid
+from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError
 from sheesh.models import ApiKey, Role, User
 
 router = APIRouter(tags=["accounts"], responses=ERRORS)
@@ -151,8 +152,75 @@ class LoginBody(Body):
 
 
 def _login(svc: ServicesDep, body: LoginBody) -> User:
+    """Password (with lockout), then the one-time passcode when the user has 2FA on."""
     settings = svc.settings
-    return svc.auth.check_password(body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
+    user = svc.auth.check_password(body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
+    require_otp(user, body.otp)
+    return user
+
+
+def _current_user(svc: ServicesDep, principal: PrincipalDep) -> User:
+    user = svc.store.get_user(principal.user_id)
+    assert user is not None
+    return user
+
+
+class OtpBody(Body):
+    otp: StrictStr
+
+
+class TotpOut(BaseModel):
+    secret: str
+    otpauthUri: str
+
+
+class PasswordBody(Body):
+    current_password: Annotated[StrictStr, Field(alias="currentPassword")]
+    new_password: Annotated[StrictStr, Field(alias="newPassword", min_length=12, max_length=256)]
+    otp: StrictStr | None = None
+
+
+@router.post("/v1/auth/totp", status_code=201, summary="Start 2FA enrolment: returns the TOTP secret")
+async def totp_enrol(principal: PrincipalDep, svc: ServicesDep) -> TotpOut:
+    user = _current_user(svc, principal)
+    if user.totp_enabled:
+        raise ConflictError("2FA is already on; turn it off first")
+    user.totp_secret = new_secret()
+    svc.store.save_user(user)
+    return TotpOut(secret=user.totp_secret, otpauthUri=provisioning_uri(user, user.totp_secret))
+
+
+@router.post("/v1/auth/totp/verify", status_code=204, summary="Finish enrolment with a current passcode: 2FA on")
+async def totp_verify(body: OtpBody, principal: PrincipalDep, svc: ServicesDep) -> Response:
+    user = _current_user(svc, principal)
+    if user.totp_secret is None:
+        raise ConflictError("start enrolment first (POST /v1/auth/totp)")
+    if not valid(user.totp_secret, body.otp):
+        raise OtpRequiredError("invalid one-time passcode")
+    user.totp_enabled = True
+    svc.store.save_user(user)
+    return Response(status_code=204)
+
+
+@router.delete("/v1/auth/totp", status_code=204, summary="Turn 2FA off (needs a current passcode)")
+async def totp_disable(body: OtpBody, principal: PrincipalDep, svc: ServicesDep) -> Response:
+    user = _current_user(svc, principal)
+    require_otp(user, body.otp)
+    user.totp_enabled, user.totp_secret = False, None
+    svc.store.save_user(user)
+    return Response(status_code=204)
+
+
+@router.post("/v1/users/me/password", status_code=204, summary="Change the password (2FA-protected)")
+async def change_password(body: PasswordBody, principal: PrincipalDep, svc: ServicesDep) -> Response:
+    user = _current_user(svc, principal)
+    settings = svc.settings
+    svc.auth.check_password(user.username, body.current_password, settings.login_max_failures, settings.login_lockout_s)
+    require_otp(user, body.otp)  # even when the caller authenticated with an API key
+    user = _current_user(svc, principal)
+    user.password_hash = hash_password(body.new_password)
+    svc.store.save_user(user)
+    return Response(status_code=204)
 
 
 def _codec(request: Request) -> None:
