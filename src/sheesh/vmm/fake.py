@@ -20,7 +20,7 @@ from sheesh.vmm.driver import (
     SnapshotFiles,
     VmmError,
 )
-from sheesh.vmm.process import ManagedProcess, wait_for_paths
+from sheesh.vmm.process import ManagedProcess, ProcessTable, wait_for_paths
 
 
 class FakeDriver:
@@ -29,8 +29,7 @@ class FakeDriver:
     name = "fake"
 
     def __init__(self) -> None:
-        self._procs: dict[str, ManagedProcess] = {}
-        self._workdirs: dict[str, Path] = {}
+        self._table = ProcessTable()
         self.resized: dict[str, int] = {}
         self.fail_start = False
         self.powerdowns: list[str] = []
@@ -61,35 +60,26 @@ class FakeDriver:
         ]
         proc = ManagedProcess.spawn(argv, str(sock), spec.workdir / STDOUT_LOG, spec.workdir / STDERR_LOG)
         (spec.workdir / "vmm.pid").write_text(str(proc.pid))
-        self._procs[spec.vm_id] = proc
-        self._workdirs[spec.vm_id] = spec.workdir
+        self._table.add(spec.vm_id, proc, spec.workdir)
         await wait_for_paths([sock], proc, 10.0)
         return proc.pid
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
-        proc = ManagedProcess.adopt(workdir / "vmm.pid", str(workdir / AGENT_SOCKET))
-        if proc is None:
-            return False
-        self._procs[vm_id] = proc
-        self._workdirs[vm_id] = workdir
-        return True
+        return self._table.adopt(vm_id, workdir, workdir / "vmm.pid", str(workdir / AGENT_SOCKET))
 
     def is_running(self, vm_id: str) -> bool:
-        proc = self._procs.get(vm_id)
-        return proc is not None and proc.alive()
+        return self._table.alive(vm_id)
 
     async def powerdown(self, vm_id: str) -> None:
         self.powerdowns.append(vm_id)
-        if (proc := self._procs.get(vm_id)) is not None:
+        if (proc := self._table.get(vm_id)) is not None:
             proc.signal(signal.SIGTERM)
 
     async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
-        proc = self._procs.get(vm_id)
-        return proc is None or await proc.wait(timeout)
+        return await self._table.wait_stopped(vm_id, timeout)
 
     async def kill(self, vm_id: str) -> None:
-        proc = self._procs.pop(vm_id, None)
-        self._workdirs.pop(vm_id, None)
+        proc = self._table.pop(vm_id)
         if proc is not None:
             proc.signal(signal.SIGCONT)
             await proc.terminate(grace=0.5)
@@ -99,7 +89,7 @@ class FakeDriver:
 
     async def snapshot(self, vm_id: str, dest: Path) -> SnapshotFiles:
         """The fake's machine state is its workspace folder, archived."""
-        wd = self._workdirs.get(vm_id)
+        wd = self._table.workdir(vm_id)
         if wd is None or not self.is_running(vm_id):
             raise VmmError(f"VM {vm_id} is not running")
         dest.mkdir(parents=True, exist_ok=True)
@@ -109,11 +99,11 @@ class FakeDriver:
         return SnapshotFiles(dest / SNAPSHOT_STATE, None, dest / SNAPSHOT_DISK, 0.0)
 
     async def pause(self, vm_id: str) -> None:
-        if (proc := self._procs.get(vm_id)) is not None:
+        if (proc := self._table.get(vm_id)) is not None:
             proc.signal(signal.SIGSTOP)
 
     async def resume(self, vm_id: str) -> None:
-        if (proc := self._procs.get(vm_id)) is not None:
+        if (proc := self._table.get(vm_id)) is not None:
             proc.signal(signal.SIGCONT)
 
     async def resize_disk(self, vm_id: str, size_mb: int) -> None:

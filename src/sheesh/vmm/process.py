@@ -109,3 +109,41 @@ async def wait_for_paths(paths: list[Path], proc: ManagedProcess, timeout: float
         if loop.time() >= deadline:
             raise VmmError(f"timed out waiting for {', '.join(p.name for p in paths if not p.exists())}")
         await asyncio.sleep(0.005)
+
+
+class ProcessTable:
+    """The VM processes a driver owns, with their working folders (the part every driver shares)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[str, ManagedProcess] = {}
+        self._workdirs: dict[str, Path] = {}
+
+    def add(self, vm_id: str, proc: ManagedProcess, workdir: Path) -> None:
+        self._procs[vm_id] = proc
+        self._workdirs[vm_id] = workdir
+
+    def adopt(self, vm_id: str, workdir: Path, pidfile: Path, marker: str) -> bool:
+        """Track the process named by ``pidfile`` if it is alive and carries ``marker``."""
+        proc = ManagedProcess.adopt(pidfile, marker)
+        if proc is None:
+            return False
+        self.add(vm_id, proc, workdir)
+        return True
+
+    def get(self, vm_id: str) -> ManagedProcess | None:
+        return self._procs.get(vm_id)
+
+    def workdir(self, vm_id: str) -> Path | None:
+        return self._workdirs.get(vm_id)
+
+    def alive(self, vm_id: str) -> bool:
+        proc = self._procs.get(vm_id)
+        return proc is not None and proc.alive()
+
+    async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
+        proc = self._procs.get(vm_id)
+        return proc is None or await proc.wait(timeout)
+
+    def pop(self, vm_id: str) -> ManagedProcess | None:
+        self._workdirs.pop(vm_id, None)
+        return self._procs.pop(vm_id, None)

@@ -30,7 +30,7 @@ from sheesh.vmm.driver import (
     SnapshotFiles,
     VmmError,
 )
-from sheesh.vmm.process import ManagedProcess, wait_for_paths
+from sheesh.vmm.process import ManagedProcess, ProcessTable, wait_for_paths
 from sheesh.vmm.qemu.cmdline import (
     PIDFILE,
     QMP_SOCKET,
@@ -70,8 +70,7 @@ class QemuDriver:
         self.binary = shutil.which(binary) or binary
         self.qemu_img = shutil.which(qemu_img) or qemu_img
         self.ram_dir = ram_dir
-        self._procs: dict[str, ManagedProcess] = {}
-        self._workdirs: dict[str, Path] = {}
+        self._table = ProcessTable()
         self._host: HostFacts | None = None
         self._probe_lock = asyncio.Lock()
 
@@ -133,8 +132,7 @@ class QemuDriver:
         proc = ManagedProcess.spawn(
             build_argv(spec, host, self.ram_file(spec.vm_id)), str(wd / QMP_SOCKET), wd / STDOUT_LOG, wd / STDERR_LOG
         )
-        self._procs[spec.vm_id] = proc
-        self._workdirs[spec.vm_id] = wd
+        self._table.add(spec.vm_id, proc, wd)
         try:
             await wait_for_paths([wd / QMP_SOCKET, wd / PIDFILE], proc, 10.0)
             if spec.restore is not None:
@@ -172,20 +170,14 @@ class QemuDriver:
             await asyncio.sleep(0.002)
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
-        proc = ManagedProcess.adopt(workdir / PIDFILE, str(workdir / QMP_SOCKET))
-        if proc is None:
-            return False
-        self._procs[vm_id] = proc
-        self._workdirs[vm_id] = workdir
-        return True
+        return self._table.adopt(vm_id, workdir, workdir / PIDFILE, str(workdir / QMP_SOCKET))
 
     def is_running(self, vm_id: str) -> bool:
-        proc = self._procs.get(vm_id)
-        return proc is not None and proc.alive()
+        return self._table.alive(vm_id)
 
     @contextlib.asynccontextmanager
     async def _qmp(self, vm_id: str) -> Any:
-        wd = self._workdirs.get(vm_id)
+        wd = self._table.workdir(vm_id)
         if wd is None or not self.is_running(vm_id):
             raise VmmError(f"VM {vm_id} is not running")
         client = QMPClient(f"sheesh-{vm_id}")
@@ -218,7 +210,7 @@ class QemuDriver:
         await self._command(vm_id, "block_resize", {"device": "root", "size": size_mb * 1024 * 1024})
 
     async def snapshot(self, vm_id: str, dest: Path) -> SnapshotFiles:
-        wd = self._workdirs.get(vm_id)
+        wd = self._table.workdir(vm_id)
         if wd is None:
             raise VmmError(f"VM {vm_id} is not running")
         dest.mkdir(parents=True, exist_ok=True)
@@ -253,12 +245,10 @@ class QemuDriver:
         )
 
     async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
-        proc = self._procs.get(vm_id)
-        return proc is None or await proc.wait(timeout)
+        return await self._table.wait_stopped(vm_id, timeout)
 
     async def kill(self, vm_id: str) -> None:
-        proc = self._procs.pop(vm_id, None)
-        self._workdirs.pop(vm_id, None)
+        proc = self._table.pop(vm_id)
         if proc is not None:
             await proc.terminate(grace=1.0)
         self.ram_file(vm_id).unlink(missing_ok=True)
