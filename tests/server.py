@@ -23,6 +23,7 @@ class ServerProcess:
     def __init__(self, data_dir: Path, image_dir: Path, api_key: str = "vm-test-key", **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        self.node_port = free_port()
         self.api_key = api_key
         self.env = {
             **os.environ,
@@ -30,6 +31,7 @@ class ServerProcess:
             "SHEESH_IMAGE_DIR": str(image_dir),
             "SHEESH_API_KEY": api_key,
             "SHEESH_PORT": str(self.port),
+            "SHEESH_NODE_PORT": str(self.node_port),
             **env,
         }
         self.env.setdefault("SHEESH_ACCEL", "tcg")

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     """Requests per minute per token (or per client address when unauthenticated), every endpoint."""
     """Password of the ``admin`` user (base64, as in karma.run); generated and shown once when unset."""
     node_name: str = "local"
+    node_port: int = 1337
+    """Port of the node agent's WebSocket endpoints (/serial, ...)."""
+    node_public_host: str | None = None
+    """Host name clients use to reach the node (default: the listen address)."""
+    agent_token_ttl_s: float = 60.0
 
     vmm: Literal["qemu", "fake"] = "qemu"
     """``fake`` runs "VMs" as host processes with the guest agent (development and API fuzzing only)."""

@@ -76,3 +76,27 @@ def test_password_change_checks_the_current_password(alice: tuple[TestClient, di
     r = c.post("/v1/users/me/password", json={"currentPassword": PASSWORD, "newPassword": "short"}, headers=key)
     assert r.status_code == 400
     assert c.post("/v1/auth/totp/verify", json={"otp": "123456"}, headers=key).status_code == 409
+
+
+def test_agent_token_is_owner_only_and_2fa_protected(alice: tuple[TestClient, dict[str, str]]) -> None:
+    c, key = alice
+    vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=key).json()["id"]
+    got = c.get(f"/v1/vms/{vm}", headers=key).json()
+    assert got["nodePort"] == 1337 and got["nodeHost"]
+    r = c.get(f"/v1/vms/{vm}/agentToken", headers=key)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["url"].startswith("ws://") and body["url"].endswith(":1337") and body["token"]
+    assert c.get(f"/v1/vms/{vm}/agentToken", headers=ADMIN).status_code == 200  # admins see all
+    c.post("/v1/users", json={"username": "bob", "password": PASSWORD}, headers=ADMIN)
+    svc = c.app.state.services  # type: ignore[attr-defined]
+    bob = {"X-API-Key": svc.auth.create_key(svc.store.get_user_by_name("bob").id, "k")[1]}
+    assert c.get(f"/v1/vms/{vm}/agentToken", headers=bob).status_code == 404
+
+    secret = c.post("/v1/auth/totp", headers=key).json()["secret"]
+    totp = pyotp.TOTP(secret)
+    c.post("/v1/auth/totp/verify", json={"otp": totp.now()}, headers=key)
+    r = c.get(f"/v1/vms/{vm}/agentToken", headers=key)
+    assert r.status_code == 403 and "one-time passcode" in r.json()["message"]
+    assert c.get(f"/v1/vms/{vm}/agentToken", params={"otp": totp.now()}, headers=key).status_code == 200
+    assert c.get(f"/v1/vms/{vm}/agentToken", headers={**key, "X-OTP": totp.now()}).status_code == 200

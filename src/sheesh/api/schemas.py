@@ -63,9 +63,11 @@ class VmOut(BaseModel):
     node: str
     error: str | None = None
     snapshotId: str | None = None
+    nodeHost: str | None = None
+    nodePort: int | None = None
 
     @classmethod
-    def of(cls, vm: Vm) -> VmOut:
+    def of(cls, vm: Vm, node_host: str | None = None, node_port: int | None = None) -> VmOut:
         return cls(
             id=vm.id,
             state=vm.state.value,
@@ -81,6 +83,8 @@ class VmOut(BaseModel):
             node=vm.node,
             error=vm.error,
             snapshotId=vm.snapshot_id,
+            nodeHost=node_host,
+            nodePort=node_port,
         )
 
 

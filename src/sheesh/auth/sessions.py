@@ -23,9 +23,16 @@ class InvalidSessionError(ForbiddenError):
 
 @dataclass(frozen=True)
 class SessionClaims:
-    user_id: str
+    """``subject`` is a user id (signatures, cookies) or a VM id (one-time agent tokens)."""
+
+    subject: str
     kind: str
     expires_at: float
+    nonce: str = ""
+
+    @property
+    def user_id(self) -> str:
+        return self.subject
 
 
 def _b64(data: bytes) -> str:
@@ -72,7 +79,7 @@ class SessionSigner:
             raise InvalidSessionError("invalid session signature")
         try:
             claims = json.loads(payload)
-            result = SessionClaims(str(claims["u"]), str(claims["k"]), float(claims["e"]))
+            result = SessionClaims(str(claims["u"]), str(claims["k"]), float(claims["e"]), str(claims.get("n", "")))
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidSessionError("malformed session token") from exc
         if result.kind != kind:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 import typer
+import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -26,10 +31,10 @@ def serve(
     port: int = typer.Option(None, help="Listen port (default from SHEESH_PORT or 3000)"),
 ) -> None:
     """Run the control plane with an embedded local node agent."""
-    import uvicorn
-
     from sheesh.api.app import create_app
     from sheesh.bootstrap import build_services
+    from sheesh.node.agent import NodeAgent
+    from sheesh.node.ws import create_node_app
 
     settings = Settings()
     if host:
@@ -46,7 +51,44 @@ def serve(
         console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
     for line in services.auth.bootstrap():
         console.print(f"[bold green]{line}[/bold green]")
-    uvicorn.run(create_app(services), host=settings.host, port=settings.port, log_level="info")
+    api = create_app(services)
+    if not isinstance(services.node, NodeAgent):  # pragma: no cover - only local nodes are embedded
+        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+        return
+    node_app = create_node_app(services.node, services.sessions)
+    asyncio.run(
+        _serve_both(
+            [
+                uvicorn.Config(api, host=settings.host, port=settings.port, log_level="info"),
+                uvicorn.Config(node_app, host=settings.host, port=settings.node_port, log_level="info"),
+            ]
+        )
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (``_serve_both`` stops all servers together)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_both(configs: list[uvicorn.Config]) -> None:
+    """The control-plane API and the node's WebSocket port in one process; SIGINT/SIGTERM stop both."""
+    servers = [_Server(config) for config in configs]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @image_app.command("build")

@@ -81,6 +81,7 @@ def guest_files() -> dict[str, bytes]:
         "opt/sheesh/protocol.py": Path(guest_protocol.__file__).read_bytes(),
         "opt/sheesh/files.py": Path(guest_files_module.__file__).read_bytes(),
         "etc/sheesh/rc.sysinit": (files / "rc.sysinit").read_bytes(),
+        "etc/sheesh/console": (files / "console").read_bytes(),
         "etc/inittab": (files / "inittab").read_bytes(),
         "initramfs/init": (files / "initramfs-init").read_bytes(),
     }

@@ -49,6 +49,8 @@ class SnapshotFiles:
 
 # Files a driver keeps in a VM's workdir (shared names so logs can be served driver-independently).
 AGENT_SOCKET = "agent.sock"
+SERIAL_SOCKET = "serial.sock"
+"""Stream socket carrying the VM's serial console (one client at a time)."""
 SERIAL_LOG = "serial.log"
 STDOUT_LOG = "vmm.stdout.log"
 STDERR_LOG = "vmm.stderr.log"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import BaseModel, Field
 
 from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, rate_limited
-from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut
+from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut, iso
+from sheesh.auth.totp import require_otp
 from sheesh.control.vms import CreateVm
 from sheesh.errors import InvalidInputError, NotFoundError
 
@@ -54,9 +57,35 @@ async def list_vms(svc: ServicesDep, principal: PrincipalDep) -> list[VmOut]:
     return [VmOut.of(vm) for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
 
 
-@router.get("/{vm_id}", summary="Get a VM")
+@router.get("/{vm_id}", summary="Get a VM (with the node host/port of its console endpoints)")
 async def get_vm(vm_id: OwnedVmId, svc: ServicesDep) -> VmOut:
-    return VmOut.of(svc.vms.get(vm_id))
+    settings = svc.settings
+    return VmOut.of(svc.vms.get(vm_id), settings.node_public_host or settings.host, settings.node_port)
+
+
+class AgentTokenOut(BaseModel):
+    token: str
+    expiresAt: str
+    url: str = Field(description="Base URL of the node's WebSocket endpoints, e.g. url + '/serial?token=...'")
+
+
+@router.get("/{vm_id}/agentToken", summary="One-time token for the node's console endpoints (2FA-protected)")
+async def agent_token(
+    vm_id: OwnedVmId,
+    svc: ServicesDep,
+    principal: PrincipalDep,
+    otp: Annotated[str | None, Query(description="One-time passcode, when 2FA is on")] = None,
+    x_otp: Annotated[str | None, Header(alias="X-OTP")] = None,
+) -> AgentTokenOut:
+    user = svc.store.get_user(principal.user_id)
+    if user is not None:
+        require_otp(user, otp or x_otp)
+    settings = svc.settings
+    ttl = settings.agent_token_ttl_s
+    token = svc.sessions.issue(vm_id, "agent", ttl)
+    expires = datetime.now(UTC) + timedelta(seconds=ttl)
+    url = f"ws://{settings.node_public_host or settings.host}:{settings.node_port}"
+    return AgentTokenOut(token=token, expiresAt=iso(expires), url=url)
 
 
 @router.post("/{vm_id}/start", status_code=204, summary="Start a stopped VM")

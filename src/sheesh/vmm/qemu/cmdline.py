@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sheesh.guest.protocol import PORT_NAME
-from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, MachineSpec
+from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, SERIAL_SOCKET, MachineSpec
 
 QMP_SOCKET = "qmp.sock"
-SERIAL_SOCKET = "serial.sock"
 PIDFILE = "qemu.pid"
 DISK_FILE = "disk.qcow2"
 
