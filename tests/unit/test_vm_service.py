@@ -94,3 +94,13 @@ async def test_reconcile_and_recover(settings: Settings) -> None:
     node.running.clear()
     await svc.vms.recover()
     assert svc.vms.get(b.id).state == VmState.STOPPED
+
+
+async def test_recover_removes_leftovers_without_records(settings: Settings) -> None:
+    svc, node = fake_services(settings)
+    vm = await svc.vms.create(REQ)
+    node.leftovers |= {"tpl-0123456789ab", "vm-crashed"}
+    await svc.vms.recover()
+    assert ("destroy", "tpl-0123456789ab") in node.calls and ("destroy", "vm-crashed") in node.calls
+    assert ("destroy", vm.id) not in node.calls
+    assert node.local_vms() == [vm.id]

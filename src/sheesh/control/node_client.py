@@ -33,6 +33,10 @@ class NodeClient(Protocol):
 
     def is_running(self, vm_id: str) -> bool: ...
 
+    def local_vms(self) -> list[str]:
+        """Ids of all VM folders the node holds (to find leftovers without a record)."""
+        ...
+
     async def reattach(self, vm_id: str) -> bool:
         """Adopt a still-running VM after a control-plane restart."""
         ...
@@ -87,6 +91,7 @@ class FakeNodeClient:
         self.exec_result: ExecResult | None = None
         self.uploads: dict[tuple[str, str], bytes] = {}
         self.snapshots: set[str] = set()
+        self.leftovers: set[str] = set()
         self.specs: dict[str, NodeVmSpec] = {}
 
     def _record(self, op: str, vm_id: str) -> None:
@@ -113,9 +118,13 @@ class FakeNodeClient:
     async def destroy(self, vm_id: str) -> None:
         self._record("destroy", vm_id)
         self.running.discard(vm_id)
+        self.leftovers.discard(vm_id)
 
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self.running
+
+    def local_vms(self) -> list[str]:
+        return sorted(self.running | self.leftovers)
 
     async def reattach(self, vm_id: str) -> bool:
         self._record("reattach", vm_id)

@@ -326,7 +326,13 @@ class VmService:
                     self._set_state(vm, VmState.STOPPED)
 
     async def recover(self) -> None:
-        """After a restart: re-attach live VMs, mark dead ones STOPPED, finish interrupted deletes."""
+        """After a restart: re-attach live VMs, mark dead ones STOPPED, finish interrupted deletes, and
+        remove VM folders without a record (a crash during a create, delete or template build)."""
+        known = {vm.id for vm in self.store.list_vms()}
+        for orphan in self.node.local_vms():
+            if orphan not in known:
+                log.info("removing leftover VM folder %s", orphan)
+                await self.node.destroy(orphan)
         for vm in self.store.list_vms():
             if vm.state == VmState.DELETING:
                 await self.node.destroy(vm.id)

@@ -262,6 +262,12 @@ class NodeAgent:
     def is_running(self, vm_id: str) -> bool:
         return self.driver.is_running(vm_id)
 
+    def local_vms(self) -> list[str]:
+        """Ids of every VM folder on this node (records or not)."""
+        if not self.vms_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.vms_dir.iterdir() if p.is_dir())
+
     async def reattach(self, vm_id: str) -> bool:
         """Adopt a VM left running by an earlier manager process; True if it is alive."""
         return await self.driver.attach(vm_id, self.workdir(vm_id))
