@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from sheesh.api.deps import OwnedSnapshotId, OwnedVmId, PrincipalDep, ServicesDep
-from sheesh.api.routers.vms import ERRORS
-from sheesh.api.schemas import ForkBody, ForkOut, SnapshotOut, VmOut
+from sheesh.api.routers.vms import ERRORS, vm_out
+from sheesh.api.schemas import ForkBody, ForkOut, SnapshotOut
 
 router = APIRouter(tags=["snapshots"], responses=ERRORS)
 
@@ -47,4 +47,4 @@ async def resume_vm(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
 @router.post("/v1/vms/{vm_id}/fork", status_code=201, summary="Clone a live VM into N new VMs")
 async def fork_vm(vm_id: OwnedVmId, svc: ServicesDep, body: ForkBody | None = None) -> ForkOut:
     snap, vms = await svc.vms.fork(vm_id, (body or ForkBody()).count)
-    return ForkOut(snapshotId=snap.id, vms=[VmOut.of(v) for v in vms])
+    return ForkOut(snapshotId=snap.id, vms=[vm_out(svc, v) for v in vms])

@@ -13,6 +13,7 @@ from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut, iso
 from sheesh.auth.totp import require_otp
 from sheesh.control.vms import CreateVm
 from sheesh.errors import InvalidInputError, NotFoundError
+from sheesh.models import Vm
 
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 503)}
 LIMITED: dict[int | str, dict[str, object]] = {**ERRORS, 429: {"model": ErrorOut}}
@@ -25,6 +26,12 @@ LOG_TYPES = {
     "vmm.stderr.log": "stderr",
 }
 router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=ERRORS)
+
+
+def vm_out(svc: ServicesDep, vm: Vm) -> VmOut:
+    """A VM as the API shows it, with the address of its node's console endpoints."""
+    settings = svc.settings
+    return VmOut.of(vm, settings.node_public_host or settings.host, settings.node_port)
 
 
 @router.post(
@@ -49,18 +56,17 @@ async def create_vm(body: CreateVmBody, svc: ServicesDep, principal: PrincipalDe
             owner_id=principal.user_id,
         )
     )
-    return VmOut.of(vm)
+    return vm_out(svc, vm)
 
 
 @router.get("", summary="List VMs")
 async def list_vms(svc: ServicesDep, principal: PrincipalDep) -> list[VmOut]:
-    return [VmOut.of(vm) for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
+    return [vm_out(svc, vm) for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
 
 
 @router.get("/{vm_id}", summary="Get a VM (with the node host/port of its console endpoints)")
 async def get_vm(vm_id: OwnedVmId, svc: ServicesDep) -> VmOut:
-    settings = svc.settings
-    return VmOut.of(svc.vms.get(vm_id), settings.node_public_host or settings.host, settings.node_port)
+    return vm_out(svc, svc.vms.get(vm_id))
 
 
 class AgentTokenOut(BaseModel):
