@@ -65,6 +65,7 @@ def test_images_default_and_keys(store: Store, tmp_path: Path) -> None:
     found = store.find_api_key("abc")
     assert found is not None and found.user_id == "usr-1" and found.expires_at == now + timedelta(days=1)
     assert store.find_api_key("abd") is None
+    assert store.get_api_key("key-2") is not None and store.get_api_key("key-9") is None
     assert [k.id for k in store.list_api_keys("usr-1")] == ["key-1"]
     assert store.count_api_keys() == 2
     assert store.delete_user_api_keys("usr-1") == 1 and store.find_api_key("abc") is None

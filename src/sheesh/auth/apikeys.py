@@ -132,13 +132,10 @@ class ApiKeyAuth:
         return self.store.list_api_keys(user_id)
 
     def delete_key(self, principal: Principal, key_id: str) -> None:
-        owned = {k.id for k in self.store.list_api_keys(principal.user_id)}
-        if key_id not in owned and not (principal.is_admin and self._key_exists(key_id)):
+        key = self.store.get_api_key(key_id)
+        if key is None or not principal.can_see(key.user_id):
             raise NotFoundError(f"API key {key_id} not found")
         self.store.delete_api_key(key_id)
-
-    def _key_exists(self, key_id: str) -> bool:
-        return any(key_id in {k.id for k in self.store.list_api_keys(u.id)} for u in self.store.list_users())
 
     def revoke(self, principal: Principal, sha256_hex: str) -> None:
         """Revoke the key with this SHA-256 (hex); a key may revoke itself; admins may revoke any."""

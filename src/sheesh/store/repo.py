@@ -52,6 +52,7 @@ class Store(Protocol):
 
     def add_api_key(self, key: ApiKey) -> None: ...
     def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+    def get_api_key(self, key_id: str) -> ApiKey | None: ...
     def list_api_keys(self, user_id: str) -> list[ApiKey]: ...
     def delete_api_key(self, key_id: str) -> None: ...
     def delete_user_api_keys(self, user_id: str) -> int: ...
@@ -298,6 +299,11 @@ class SqlStore:
             row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
             return _key_from_row(row) if row else None
 
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        with self._session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            return _key_from_row(row) if row else None
+
     def list_api_keys(self, user_id: str) -> list[ApiKey]:
         with self._session() as s:
             rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.user_id == user_id).order_by(ApiKeyRow.created_at))
@@ -428,6 +434,9 @@ class MemoryStore:
 
     def find_api_key(self, key_hash: str) -> ApiKey | None:
         return self.keys.get(key_hash)
+
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        return next((k for k in self.keys.values() if k.id == key_id), None)
 
     def list_api_keys(self, user_id: str) -> list[ApiKey]:
         return sorted((k for k in self.keys.values() if k.user_id == user_id), key=lambda k: k.created_at)
