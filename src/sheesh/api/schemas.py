@@ -43,6 +43,14 @@ class CreateVmBody(Body):
         return out
 
 
+def workspace_path(path: str) -> str | None:
+    """``path`` normalised if it is /workspace or below it (absolute, no escaping ``..``), else None."""
+    norm = posixpath.normpath(path)
+    if path.startswith("/") and (norm == "/workspace" or norm.startswith("/workspace/")):
+        return norm
+    return None
+
+
 def iso(dt: datetime) -> str:
     dt = dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
@@ -106,8 +114,8 @@ class ExecBody(Body):
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, value: str) -> str:
-        norm = posixpath.normpath(value)
-        if not value.startswith("/") or not (norm == "/workspace" or norm.startswith("/workspace/")):
+        norm = workspace_path(value)
+        if norm is None:
             raise ValueError("cwd must be /workspace or a directory under it")
         return norm
 
@@ -152,8 +160,8 @@ class RunTsBody(Body):
         if self.code is not None and len(self.code.encode()) > MAX_CODE_BYTES:
             raise ValueError(f"code is longer than {MAX_CODE_BYTES} bytes")
         if self.path is not None:
-            norm = posixpath.normpath(self.path)
-            if not self.path.startswith("/") or not norm.startswith("/workspace/") or not norm.endswith(".ts"):
+            norm = workspace_path(self.path)
+            if norm is None or not norm.endswith(".ts"):
                 raise ValueError("path must be a .ts file under /workspace")
         return self
 

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,16 +218,15 @@ class NodeAgent:
         await asyncio.to_thread(shutil.rmtree, self.snapshots_dir / snapshot_id, True)
 
     async def pause(self, vm_id: str) -> None:
-        self._require_running(vm_id)
-        try:
-            await self.driver.pause(vm_id)
-        except VmmError as exc:
-            raise NodeError(exc.message) from exc
+        await self._vcpus(vm_id, self.driver.pause)
 
     async def resume(self, vm_id: str) -> None:
+        await self._vcpus(vm_id, self.driver.resume)
+
+    async def _vcpus(self, vm_id: str, action: Callable[[str], Awaitable[None]]) -> None:
         self._require_running(vm_id)
         try:
-            await self.driver.resume(vm_id)
+            await action(vm_id)
         except VmmError as exc:
             raise NodeError(exc.message) from exc
 

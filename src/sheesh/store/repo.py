@@ -68,7 +68,7 @@ class Store(Protocol):
 
 
 def _vm_from_row(row: VmRow) -> Vm:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    created = _utc(row.created_at)
     return Vm(
         id=row.id,
         state=VmState(row.state),
@@ -161,7 +161,7 @@ def _user_from_row(row: UserRow) -> User:
 
 
 def _image_from_row(row: ImageRow) -> StoredImage:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    created = _utc(row.created_at)
     image = Image(row.id, row.name, row.description, row.rootfs_size_mb, row.is_default, created)
     return StoredImage(image, Path(row.path))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -10,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
 from sheesh.api.routers.vms import LIMITED
+from sheesh.api.schemas import workspace_path
 from sheesh.errors import InvalidInputError, PayloadTooLargeError
 
 router = APIRouter(prefix="/v1/vms", tags=["files"], responses={**LIMITED, 413: LIMITED[400]})
@@ -50,8 +50,7 @@ async def upload(
 
 
 def _check_dest(path: str) -> None:
-    norm = posixpath.normpath(path)
-    if not path.startswith("/") or not (norm == "/workspace" or norm.startswith("/workspace/")):
+    if workspace_path(path) is None:
         raise InvalidInputError("path must be /workspace or a directory under it")
 
 
