@@ -14,7 +14,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exec sudo -E "$0" "$@"
 fi
 
-APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio kmod python3-venv python3-dev gcc)
+APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso python3-venv python3-dev gcc)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

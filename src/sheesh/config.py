@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     image_kernel_max_bytes: int = 256 * 1024 * 1024
     image_rootfs_max_bytes: int = 16 * 1024 * 1024 * 1024
     upload_max_expanded_bytes: int = 1024 * 1024 * 1024
+    media_max_bytes: int = 10 * 1000**3
+    """Largest ISO (download or upload) or cloud image (download) the node accepts for a full VM: 10 GB."""
     rate_limits: dict[str, int] = Field(
         default_factory=lambda: {"create": 30, "exec": 60, "run_ts": 60, "upload": 30, "download": 60}
     )

@@ -37,6 +37,14 @@ def can_transition(src: VmState, dst: VmState) -> bool:
     return dst in TRANSITIONS[src]
 
 
+class VmKind(enum.StrEnum):
+    """``sandbox``: a microVM with the guest agent (exec, files, snapshots). ``full``: a VPS-style PC (BIOS,
+    VGA on VNC, CD-ROM) that can boot ISOs and cloud images; the agent only while it runs the sheesh image."""
+
+    SANDBOX = "sandbox"
+    FULL = "full"
+
+
 class ProvisionMode(enum.StrEnum):
     BOOT = "boot"
     SNAPSHOT = "snapshot"
@@ -62,6 +70,7 @@ class Vm:
     snapshot_id: str | None = None
     """The snapshot this VM was restored from (its disk and RAM build on it)."""
     owner_id: str | None = None
+    kind: VmKind = VmKind.SANDBOX
 
 
 class SnapshotKind(enum.StrEnum):

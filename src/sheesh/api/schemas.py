@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from sheesh.models import Snapshot, Vm
+from sheesh.models import Snapshot, Vm, VmKind
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CMD_BYTES = 256 * 1024
@@ -30,6 +30,13 @@ class CreateVmBody(Body):
     image_id: Annotated[StrictStr | None, Field(alias="imageId", max_length=64)] = None
     snapshot_id: Annotated[StrictStr | None, Field(alias="snapshotId", max_length=64)] = None
     disk_size_mb: Annotated[StrictInt | None, Field(alias="diskSizeMb", ge=1)] = None
+    kind: Annotated[
+        VmKind,
+        Field(
+            description="sandbox (default): microVM with exec, files and snapshots. full: VPS-style PC with "
+            "BIOS, VGA (VNC console), CD-ROM; can boot ISOs and cloud-init images via the node agent"
+        ),
+    ] = VmKind.SANDBOX
 
     @field_validator("allow_ips")
     @classmethod
@@ -73,6 +80,7 @@ class VmOut(BaseModel):
     snapshotId: str | None = None
     nodeHost: str | None = None
     nodePort: int | None = None
+    kind: str = VmKind.SANDBOX.value
 
     @classmethod
     def of(cls, vm: Vm, node_host: str | None = None, node_port: int | None = None) -> VmOut:
@@ -93,6 +101,7 @@ class VmOut(BaseModel):
             snapshotId=vm.snapshot_id,
             nodeHost=node_host,
             nodePort=node_port,
+            kind=vm.kind.value,
         )
 
 

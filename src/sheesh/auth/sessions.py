@@ -1,6 +1,7 @@
 """Stateless signed sessions: karma.run-style signatures (``X-Karma-Signature``, 15 minutes, renewed by
 ``GET /auth``) and the admin UI's ``rds_session`` cookie. A token is ``base64url(payload).base64url(mac)``
-with HMAC-SHA256 under a per-instance key kept in the data dir."""
+with HMAC-SHA256 under a per-instance key kept in the data dir. The payload starts with random bytes (the
+nonce), so every token's leading characters are unpredictable (Kyun's VNC password is the first 8)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sheesh.errors import ForbiddenError
+
+NONCE_BYTES = 12
 
 
 class InvalidSessionError(ForbiddenError):
@@ -61,10 +64,8 @@ class SessionSigner:
         self._key = key
 
     def issue(self, user_id: str, kind: str, ttl_s: float) -> str:
-        payload = json.dumps(
-            {"u": user_id, "k": kind, "e": round(time.time() + ttl_s, 3), "n": secrets.token_hex(8)},
-            separators=(",", ":"),
-        ).encode()
+        claims = {"u": user_id, "k": kind, "e": round(time.time() + ttl_s, 3)}
+        payload = secrets.token_bytes(NONCE_BYTES) + json.dumps(claims, separators=(",", ":")).encode()
         mac = hmac.new(self._key, payload, hashlib.sha256).digest()
         return f"{_b64(payload)}.{_b64(mac)}"
 
@@ -78,8 +79,8 @@ class SessionSigner:
         if not hmac.compare_digest(mac, hmac.new(self._key, payload, hashlib.sha256).digest()):
             raise InvalidSessionError("invalid session signature")
         try:
-            claims = json.loads(payload)
-            result = SessionClaims(str(claims["u"]), str(claims["k"]), float(claims["e"]), str(claims.get("n", "")))
+            claims = json.loads(payload[NONCE_BYTES:])
+            result = SessionClaims(str(claims["u"]), str(claims["k"]), float(claims["e"]), payload[:NONCE_BYTES].hex())
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidSessionError("malformed session token") from exc
         if result.kind != kind:

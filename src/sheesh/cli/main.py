@@ -34,6 +34,7 @@ def serve(
     from sheesh.api.app import create_app
     from sheesh.bootstrap import build_services
     from sheesh.node.agent import NodeAgent
+    from sheesh.node.media import MediaService
     from sheesh.node.ws import create_node_app
 
     settings = Settings()
@@ -55,7 +56,8 @@ def serve(
     if not isinstance(services.node, NodeAgent):  # pragma: no cover - only local nodes are embedded
         uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
         return
-    node_app = create_node_app(services.node, services.sessions)
+    media = MediaService(services.node, settings.media_max_bytes, settings.max_disk_size_mb)
+    node_app = create_node_app(services.node, services.sessions, media)
     asyncio.run(
         _serve_both(
             [

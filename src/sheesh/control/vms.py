@@ -27,6 +27,7 @@ from sheesh.models import (
     Snapshot,
     SnapshotKind,
     Vm,
+    VmKind,
     VmState,
     can_transition,
 )
@@ -56,6 +57,7 @@ class CreateVm:
     snapshot_id: str | None = None
     disk_size_mb: int | None = None
     owner_id: str | None = None
+    kind: VmKind = VmKind.SANDBOX
 
 
 @dataclass
@@ -95,6 +97,7 @@ class VmService:
             vm.disk_size_mb,
             snapshot_id=source.id if source else None,
             snapshot_disk_mb=source.disk_size_mb if source else None,
+            kind=vm.kind,
         )
 
     def list_vms(self) -> list[Vm]:
@@ -111,6 +114,9 @@ class VmService:
         there is one (``provisionMode`` "snapshot"), else booted (and a template is built for next time).
         On failure nothing is left behind."""
         source: Snapshot | None = None
+        full = req.kind == VmKind.FULL
+        if full and req.snapshot_id is not None:
+            raise InvalidInputError("full VMs boot from the image or their own disk, not from a snapshot")
         if req.snapshot_id is not None:
             source = self.snapshot(req.snapshot_id)
             if (req.cpu, req.mem_mb) != (source.cpu, source.mem_mb):
@@ -127,7 +133,7 @@ class VmService:
             raise InvalidInputError(f"diskSizeMb must be >= the {what} size ({base_mb} MiB)")
         if disk_mb > self.settings.max_disk_size_mb:
             raise InvalidInputError(f"diskSizeMb must be <= {self.settings.max_disk_size_mb}")
-        if source is None and self.settings.templates:
+        if source is None and self.settings.templates and not full:
             source = self.templates.find(image.image.id, req.cpu, req.mem_mb)
             if source is None:
                 self.templates.ensure(image.image.id, req.cpu, req.mem_mb)
@@ -149,6 +155,7 @@ class VmService:
                 node=self.node.name,
                 snapshot_id=source.id if source else None,
                 owner_id=req.owner_id,
+                kind=req.kind,
             )
             self.store.add_vm(vm)
         async with self._locked(vm.id) as vm:
@@ -177,6 +184,8 @@ class VmService:
         async with self._locked(vm_id) as vm:
             if vm.state not in (VmState.RUNNING, VmState.PAUSED):
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a running or paused VM can be snapshotted")
+            if vm.kind == VmKind.FULL:
+                raise ConflictError(f"VM {vm_id} is a full VM; snapshots and forks are for sandbox VMs")
             snap_id = f"snap-{secrets.token_hex(6)}"
             save_ms = await self.node.snapshot(vm_id, snap_id, sync_guest=vm.state == VmState.RUNNING)
             snap = Snapshot(

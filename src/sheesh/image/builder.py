@@ -47,6 +47,8 @@ GUEST_MODULES = [
     "evdev",
     "button",
 ]
+FULL_VM_MODULES = ["bochs", "ahci", "sr_mod", "isofs"]
+"""Loaded only in full VMs (kernel argument ``sheesh.full=1``): VGA console (bochs DRM), SATA CD-ROM, ISO 9660."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Recipe:
     packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "procps", "ca-certificates")
     kernel_package: str = "linux-image-amd64"
     modules: tuple[str, ...] = tuple(GUEST_MODULES)
+    full_vm_modules: tuple[str, ...] = tuple(FULL_VM_MODULES)
     deno_package: str = "@deno/linux-x64-glibc@2.9.6"
     rootfs_size_mb: int = 512
     uid: int = 1000
@@ -82,6 +85,7 @@ def guest_files() -> dict[str, bytes]:
         "opt/sheesh/files.py": Path(guest_files_module.__file__).read_bytes(),
         "etc/sheesh/rc.sysinit": (files / "rc.sysinit").read_bytes(),
         "etc/sheesh/console": (files / "console").read_bytes(),
+        "etc/sheesh/vt-console": (files / "vt-console").read_bytes(),
         "etc/inittab": (files / "inittab").read_bytes(),
         "initramfs/init": (files / "initramfs-init").read_bytes(),
     }
@@ -311,6 +315,12 @@ class ImageBuilder:
                 cpio.file_from(f"lib/modules/{name}", moddir / rel)
                 names.append(name)
             cpio.file("modules.order", ("\n".join(names) + "\n").encode())
+            full_names = []
+            for rel in module_load_order(moddir / "modules.dep", list(self.recipe.full_vm_modules)):
+                if rel not in order:
+                    cpio.file_from(f"lib/modules/{Path(rel).name}", moddir / rel)
+                    full_names.append(Path(rel).name)
+            cpio.file("modules.full", ("\n".join(full_names) + "\n").encode())
             cpio.close()
 
     def _customise(self, tree: Path) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sheesh.errors import NotFoundError, SheeshError, UnavailableError
-from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
+from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult, VmKind
 from sheesh.node.errors import NodeError
 from sheesh.node.guest_client import GuestClient
 from sheesh.vmm.driver import (
@@ -39,6 +41,15 @@ from sheesh.vmm.driver import (
 
 log = logging.getLogger(__name__)
 DISK_FILE = "disk.qcow2"
+SPEC_FILE = "vm.json"
+"""The node's copy of the VM's spec (kind, shape, image files), so media operations can restart a VM the
+node re-attached after a restart."""
+CDROM_FILE = "cdrom.iso"
+"""Full VMs: the ISO in the CD-ROM drive (downloaded or uploaded)."""
+SEED_FILE = "seed.iso"
+"""Full VMs: the cloud-init NoCloud seed of an installed cloud image."""
+INSTALLED_MARK = "installed"
+"""Full VMs: present once the disk holds a user's OS (a cloud image); the firmware boots it."""
 EXEC_GRACE_S = 5.0
 TRANSFER_CHUNK = 256 * 1024
 TRANSFER_TIMEOUT_S = 60.0
@@ -86,6 +97,18 @@ class NodeVmSpec:
     disk_size_mb: int
     snapshot_id: str | None = None
     snapshot_disk_mb: int | None = None
+    kind: VmKind = VmKind.SANDBOX
+
+    def to_json(self) -> str:
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeVmSpec:
+        raw = json.loads(text)
+        for key in ("kernel", "initrd", "rootfs"):
+            raw[key] = Path(raw[key])
+        raw["kind"] = VmKind(raw.get("kind", VmKind.SANDBOX))
+        return cls(**raw)
 
 
 class NodeAgent:
@@ -109,6 +132,7 @@ class NodeAgent:
         self.name = name
         self._specs: dict[str, NodeVmSpec] = {}
         self._guests: dict[str, GuestClient] = {}
+        self._restarting: set[str] = set()
 
     def workdir(self, vm_id: str) -> Path:
         return self.vms_dir / vm_id
@@ -120,19 +144,55 @@ class NodeAgent:
             self._guests[vm_id] = client
         return client
 
+    def _remember(self, spec: NodeVmSpec) -> None:
+        self._specs[spec.vm_id] = spec
+        (self.workdir(spec.vm_id) / SPEC_FILE).write_text(spec.to_json())
+
+    def spec_of(self, vm_id: str) -> NodeVmSpec:
+        """The spec the VM was last created or started with; NotFoundError if the node does not hold it."""
+        spec = self._specs.get(vm_id)
+        if spec is not None:
+            return spec
+        try:
+            spec = NodeVmSpec.from_json((self.workdir(vm_id) / SPEC_FILE).read_text())
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise NotFoundError(f"VM {vm_id} is not on node {self.name}") from exc
+        self._specs[vm_id] = spec
+        return spec
+
+    def machine_spec(self, spec: NodeVmSpec, restore: RestoreSource | None = None) -> MachineSpec:
+        """How to run the VM now. Full VMs: the ISO in the drive and the seed, if any; the firmware boots
+        when there is an ISO to boot or an installed OS, else the sheesh kernel boots the disk."""
+        wd = self.workdir(spec.vm_id)
+        disk = wd / DISK_FILE
+        args = (spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, disk, wd)
+        if spec.kind != VmKind.FULL:
+            return MachineSpec(*args, restore=restore)
+        cdrom = wd / CDROM_FILE
+        seed = wd / SEED_FILE
+        return MachineSpec(
+            *args,
+            full=True,
+            firmware_boot=cdrom.exists() or (wd / INSTALLED_MARK).exists(),
+            cdrom=cdrom if cdrom.exists() else None,
+            seed=seed if seed.exists() else None,
+        )
+
     async def _boot(self, spec: NodeVmSpec, restore: RestoreSource | None = None) -> None:
         """Start the machine and wait for its agent; a restored machine's first request is the identity
-        refresh (fresh entropy, current time, new boot id), which doubles as the readiness probe."""
-        wd = self.workdir(spec.vm_id)
+        refresh (fresh entropy, current time, new boot id), which doubles as the readiness probe. A full VM
+        booting its firmware (an ISO or an installed OS) has no agent: it is up once the process runs."""
         started = time.monotonic()
-        machine = MachineSpec(
-            spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, wd / DISK_FILE, wd, restore=restore
-        )
+        machine = self.machine_spec(spec, restore)
         try:
             await self.driver.start(machine)
         except VmmError as exc:
             raise NodeError(f"VM {spec.vm_id} failed to start: {exc.message}") from exc
         running = time.monotonic()
+        if machine.firmware_boot:
+            took = (running - started) * 1000
+            log.info("%s: firmware boot (cdrom %s), VMM up in %.0f ms", spec.vm_id, machine.cdrom, took)
+            return
         try:
             probe: dict[str, Any] = {}
             if restore is not None:
@@ -157,7 +217,7 @@ class NodeAgent:
         agent answers. A restored VM gets fresh entropy, the current time and a new boot id."""
         wd = self.workdir(spec.vm_id)
         wd.mkdir(parents=True, exist_ok=True)
-        self._specs[spec.vm_id] = spec
+        self._remember(spec)
         if spec.snapshot_id is not None:
             await self._restore(spec, spec.snapshot_id)
             return
@@ -234,7 +294,7 @@ class NodeAgent:
         """Boot an existing (stopped) VM from its disk."""
         if not (self.workdir(spec.vm_id) / DISK_FILE).exists():
             raise NotFoundError(f"disk of VM {spec.vm_id} is missing on node {self.name}")
-        self._specs[spec.vm_id] = spec
+        self._remember(spec)
         await self._boot(spec)
 
     async def stop(self, vm_id: str) -> None:
@@ -259,7 +319,40 @@ class NodeAgent:
         await self.driver.kill(vm_id)
 
     def is_running(self, vm_id: str) -> bool:
-        return self.driver.is_running(vm_id)
+        """Whether the VM's machine runs (a VM the node is restarting counts as running)."""
+        return self.driver.is_running(vm_id) or vm_id in self._restarting
+
+    async def replace_machine(self, vm_id: str, change: Callable[[], None]) -> bool:
+        """Apply ``change`` (to the VM's files) with the machine off: a running VM is killed first and
+        booted again after (the control plane keeps seeing it running). Returns whether it was restarted."""
+        spec = dataclasses.replace(self.spec_of(vm_id), snapshot_id=None, snapshot_disk_mb=None)
+        if not self.driver.is_running(vm_id):
+            await asyncio.to_thread(change)
+            return False
+        self._restarting.add(vm_id)
+        try:
+            await self._drop(vm_id)
+            await asyncio.to_thread(change)
+            await self._boot(spec)
+        finally:
+            self._restarting.discard(vm_id)
+        return True
+
+    async def change_cdrom(self, vm_id: str, iso: Path | None) -> None:
+        """Put ``iso`` (None: nothing) into a running full VM's CD-ROM drive; a stopped VM gets it at start
+        from its files."""
+        if self.driver.is_running(vm_id):
+            try:
+                await self.driver.change_cdrom(vm_id, iso)
+            except VmmError as exc:
+                raise NodeError(f"cannot change the CD-ROM of {vm_id}: {exc.message}") from exc
+
+    async def set_vnc_password(self, vm_id: str, password: str) -> None:
+        self._require_running(vm_id)
+        try:
+            await self.driver.set_vnc_password(vm_id, password)
+        except VmmError as exc:
+            raise NodeError(f"cannot set the VNC password of {vm_id}: {exc.message}") from exc
 
     def local_vms(self) -> list[str]:
         """Ids of every VM folder on this node (records or not)."""

@@ -5,24 +5,43 @@ Every endpoint takes a one-time token bound to one VM as ``?token=``: issued by 
 token gets the connection accepted and closed with code 1008 and the reason.
 
 - ``/serial``: the VM's serial console, bytes passed through unchanged in both directions (xterm.js style).
+- ``/vnc``: the display of a full VM as a raw RFB stream (noVNC); the VNC password is the token's first
+  8 characters, set on the VM's VNC server when the connection is admitted.
+- ``/downloadIso?isoUrl=``, ``/cloudInit?imageUrl=[&password=&sshKey=]``: long operations reporting stages
+  ``<n><message>`` and progress ``!PR<percent>``; a failure sends ``!ERR<message>``; the connection closes
+  with 1000 on success only.
+- ``/uploadIso``: the server sends ``gib`` for each chunk it wants; the client sends binary chunks of at
+  most 1 MiB and the text ``EOF`` at the end; closes with 1000 once the ISO is mounted.
+
+Media endpoints need a full VM (``kind: "full"``) but not a running one: a stopped VM gets the media at
+its next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sheesh.auth.sessions import InvalidSessionError, SessionSigner
+from sheesh.errors import SheeshError
 from sheesh.node.agent import NodeAgent
-from sheesh.vmm.driver import SERIAL_SOCKET
+from sheesh.node.media import MAX_UPLOAD_CHUNK, MediaBusyError, MediaError, MediaService
+from sheesh.vmm.driver import SERIAL_SOCKET, VNC_SOCKET
 
+log = logging.getLogger(__name__)
 TOKEN_KIND = "agent"
+NORMAL = 1000
 POLICY_VIOLATION = 1008
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
 
@@ -46,39 +65,171 @@ class TokenRedeemer:
         return claims.subject
 
 
-def create_node_app(node: NodeAgent, signer: SessionSigner) -> Starlette:
-    redeemer = TokenRedeemer(signer)
-    consoles: dict[str, asyncio.Lock] = {}
+class _WsReporter:
+    """Stage and progress messages of a media operation, in the Kyun format."""
 
-    async def admit(ws: WebSocket) -> str | None:
-        await ws.accept()
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def stage(self, number: int, message: str) -> None:
+        await self.ws.send_text(f"{number}{message}")
+
+    async def progress(self, percent: int) -> None:
+        await self.ws.send_text(f"!PR{percent}")
+
+
+async def _fail(ws: WebSocket, message: str, code: int) -> None:
+    """``!ERR<message>``, then close with ``code`` (never 1000)."""
+    with contextlib.suppress(Exception):
+        await ws.send_text(f"!ERR{message}")
+    with contextlib.suppress(Exception):
+        await ws.close(code, message[:120])
+
+
+def _close_code(exc: SheeshError) -> int:
+    if isinstance(exc, MediaBusyError):
+        return TRY_AGAIN_LATER
+    return POLICY_VIOLATION if isinstance(exc, (MediaError, InvalidSessionError)) else INTERNAL_ERROR
+
+
+class _Endpoints:
+    """The handlers of one node app; ``media`` holds the ISO and image limits."""
+
+    def __init__(self, node: NodeAgent, signer: SessionSigner, media: MediaService) -> None:
+        self.node = node
+        self.redeemer = TokenRedeemer(signer)
+        self.media = media
+        self.consoles: dict[str, asyncio.Lock] = {}
+
+    async def admit(
+        self, ws: WebSocket, *, running: bool = True, full: bool = False, report: bool = False
+    ) -> str | None:
+        """Accept, redeem the token and check the VM; on failure close (``report``: after ``!ERR``)."""
+        offered = ws.scope.get("subprotocols") or []
+        await ws.accept(subprotocol="binary" if "binary" in offered else None)
         try:
-            vm_id = redeemer.redeem(ws.query_params.get("token"))
-        except InvalidSessionError as exc:
-            await ws.close(POLICY_VIOLATION, exc.message)
-            return None
-        if not node.is_running(vm_id):
-            await ws.close(POLICY_VIOLATION, f"VM {vm_id} is not running")
+            vm_id = self.redeemer.redeem(ws.query_params.get("token"))
+            if full:
+                self.media.full_vm(vm_id)
+            if running and not self.node.is_running(vm_id):
+                raise MediaError(f"VM {vm_id} is not running")
+        except SheeshError as exc:
+            if report:
+                await _fail(ws, exc.message, POLICY_VIOLATION)
+            else:
+                await ws.close(POLICY_VIOLATION, exc.message[:120])
             return None
         return vm_id
 
-    async def serial(ws: WebSocket) -> None:
-        vm_id = await admit(ws)
+    async def serial(self, ws: WebSocket) -> None:
+        vm_id = await self.admit(ws)
         if vm_id is None:
             return
-        lock = consoles.setdefault(vm_id, asyncio.Lock())
+        lock = self.consoles.setdefault(vm_id, asyncio.Lock())
         if lock.locked():
             await ws.close(TRY_AGAIN_LATER, "the serial console is in use by another connection")
             return
         async with lock:
             try:
-                reader, writer = await asyncio.open_unix_connection(str(node.workdir(vm_id) / SERIAL_SOCKET))
+                reader, writer = await asyncio.open_unix_connection(str(self.node.workdir(vm_id) / SERIAL_SOCKET))
             except OSError:
                 await ws.close(POLICY_VIOLATION, "the VM has no serial console")
                 return
             await _bridge(ws, reader, writer)
 
-    return Starlette(routes=[WebSocketRoute("/serial", serial)])
+    async def vnc(self, ws: WebSocket) -> None:
+        vm_id = await self.admit(ws, full=True)
+        if vm_id is None:
+            return
+        try:
+            await self.node.set_vnc_password(vm_id, ws.query_params["token"][:8])
+            reader, writer = await asyncio.open_unix_connection(str(self.node.workdir(vm_id) / VNC_SOCKET))
+        except (SheeshError, OSError) as exc:
+            await ws.close(INTERNAL_ERROR, f"the VM's display is not available: {exc}"[:120])
+            return
+        await _bridge(ws, reader, writer)
+
+    async def download_iso(self, ws: WebSocket) -> None:
+        vm_id = await self.admit(ws, running=False, full=True, report=True)
+        if vm_id is not None:
+            await _operation(ws, self.media.download_iso(vm_id, ws.query_params.get("isoUrl"), _WsReporter(ws)))
+
+    async def cloud_init(self, ws: WebSocket) -> None:
+        vm_id = await self.admit(ws, running=False, full=True, report=True)
+        if vm_id is not None:
+            q = ws.query_params
+            await _operation(
+                ws, self.media.cloud_init(vm_id, q.get("imageUrl"), q.get("password"), q.get("sshKey"), _WsReporter(ws))
+            )
+
+    async def upload_iso(self, ws: WebSocket) -> None:
+        vm_id = await self.admit(ws, running=False, full=True, report=True)
+        if vm_id is not None:
+            await _operation(ws, _receive_iso(ws, self.media, vm_id))
+
+
+def create_node_app(node: NodeAgent, signer: SessionSigner, media: MediaService | None = None) -> Starlette:
+    """The node's WebSocket app; ``media`` sets the ISO and image limits (defaults: 10 GB, 64 GiB disks)."""
+    ep = _Endpoints(node, signer, media or MediaService(node))
+    return Starlette(
+        routes=[
+            WebSocketRoute("/serial", ep.serial),
+            WebSocketRoute("/vnc", ep.vnc),
+            WebSocketRoute("/downloadIso", ep.download_iso),
+            WebSocketRoute("/uploadIso", ep.upload_iso),
+            WebSocketRoute("/cloudInit", ep.cloud_init),
+        ]
+    )
+
+
+async def _operation(ws: WebSocket, run: Coroutine[Any, Any, None]) -> None:
+    """Run a media operation: close 1000 when it succeeds, ``!ERR`` and an error code when it fails. A
+    client that goes away cancels it (partial files are removed)."""
+    task = asyncio.create_task(run)
+    try:
+        await task
+    except SheeshError as exc:
+        await _fail(ws, exc.message, _close_code(exc))
+        return
+    except WebSocketDisconnect:
+        return
+    except Exception as exc:
+        log.exception("media operation failed")
+        await _fail(ws, f"internal error: {type(exc).__name__}", INTERNAL_ERROR)
+        return
+    with contextlib.suppress(Exception):
+        await ws.close(NORMAL)
+
+
+async def _receive_iso(ws: WebSocket, media: MediaService, vm_id: str) -> None:
+    """The ``gib`` / chunk / ``EOF`` upload loop, then mount."""
+    async with media.operation(vm_id):
+        path = media.upload_path(vm_id)
+        total = 0
+        try:
+            with open(path, "wb") as fh:
+                while True:
+                    await ws.send_text("gib")
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        raise WebSocketDisconnect(message.get("code", 1005))
+                    data = message.get("bytes")
+                    if data is None:
+                        if message.get("text") == "EOF":
+                            break
+                        raise MediaError("expected a binary chunk of the ISO or EOF")
+                    if len(data) > MAX_UPLOAD_CHUNK:
+                        raise MediaError(f"chunks must be at most {MAX_UPLOAD_CHUNK} bytes")
+                    total += len(data)
+                    if total > media.max_bytes:
+                        raise MediaError(f"the ISO is larger than the maximum of {media.max_bytes} bytes")
+                    media.check_space(vm_id, len(data))
+                    await asyncio.to_thread(fh.write, data)
+            if total == 0:
+                raise MediaError("no data received before EOF")
+            await media.mount_upload(vm_id)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 async def _bridge(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

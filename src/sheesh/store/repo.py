@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from sheesh.models import ApiKey, Image, ProvisionMode, Role, Snapshot, SnapshotKind, User, Vm, VmState
+from sheesh.models import ApiKey, Image, ProvisionMode, Role, Snapshot, SnapshotKind, User, Vm, VmKind, VmState
 from sheesh.store.errors import StoreError
 from sheesh.store.tables import ApiKeyRow, ImageRow, SnapshotRow, UserRow, VmRow
 
@@ -85,6 +85,7 @@ def _vm_from_row(row: VmRow) -> Vm:
         error=row.error,
         snapshot_id=row.snapshot_id,
         owner_id=row.owner_id,
+        kind=VmKind(row.kind),
     )
 
 
@@ -105,6 +106,7 @@ def _vm_values(vm: Vm) -> dict[str, object]:
         "error": vm.error,
         "snapshot_id": vm.snapshot_id,
         "owner_id": vm.owner_id,
+        "kind": vm.kind.value,
     }
 
 

@@ -31,6 +31,7 @@ class VmRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), default="sandbox")
 
 
 class ImageRow(Base):

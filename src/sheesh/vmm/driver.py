@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +36,27 @@ class MachineSpec:
     workdir: Path
     kernel_args: tuple[str, ...] = ()
     restore: RestoreSource | None = None
+    full: bool = False
+    """A full (VPS-style) machine: PC chipset with firmware, VGA on a VNC socket, a CD-ROM drive."""
+    firmware_boot: bool = False
+    """Full machines only: let the firmware boot the CD-ROM or the disk instead of ``kernel``."""
+    cdrom: Path | None = None
+    """Full machines only: ISO in the CD-ROM drive at start."""
+    seed: Path | None = None
+    """Full machines only: a cloud-init NoCloud seed ISO attached as a second read-only drive."""
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """What ``inspect_disk`` found in an image file."""
+
+    format: str
+    virtual_size: int
+    backing_file: str | None
+
+
+ProgressFn = Callable[[int], Awaitable[None]]
+"""Awaited with a percentage as long work advances."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,8 @@ class SnapshotFiles:
 AGENT_SOCKET = "agent.sock"
 SERIAL_SOCKET = "serial.sock"
 """Stream socket carrying the VM's serial console (one client at a time)."""
+VNC_SOCKET = "vnc.sock"
+"""Full machines: the VGA display's RFB (VNC) server, password-protected."""
 SERIAL_LOG = "serial.log"
 STDOUT_LOG = "vmm.stdout.log"
 STDERR_LOG = "vmm.stderr.log"
@@ -110,4 +134,21 @@ class VmmDriver(Protocol):
 
     async def resize_disk(self, vm_id: str, size_mb: int) -> None:
         """Grow the VM's disk while it runs (the guest sees a capacity change)."""
+        ...
+
+    async def change_cdrom(self, vm_id: str, iso: Path | None) -> None:
+        """Put ``iso`` into the running full VM's CD-ROM drive (``None`` ejects), as a media change."""
+        ...
+
+    async def set_vnc_password(self, vm_id: str, password: str) -> None:
+        """Set the password of the running full VM's VNC server (only the first 8 characters count)."""
+        ...
+
+    async def convert_disk(self, source: Path, fmt: str, dest: Path, size_mb: int, progress: ProgressFn) -> None:
+        """Write ``source`` (in QEMU format ``fmt``) as a standalone qcow2 disk ``dest`` of at least
+        ``size_mb``; ``progress(percent)`` is called as the copy advances."""
+        ...
+
+    async def inspect_disk(self, path: Path) -> DiskInfo:
+        """Format, virtual size and backing file of an image file (untrusted input)."""
         ...

@@ -16,7 +16,9 @@ from sheesh.vmm.driver import (
     SNAPSHOT_STATE,
     STDERR_LOG,
     STDOUT_LOG,
+    DiskInfo,
     MachineSpec,
+    ProgressFn,
     SnapshotFiles,
     VmmError,
 )
@@ -33,6 +35,9 @@ class FakeDriver:
         self.resized: dict[str, int] = {}
         self.fail_start = False
         self.powerdowns: list[str] = []
+        self.cdroms: dict[str, Path | None] = {}
+        self.vnc_passwords: dict[str, str] = {}
+        self.specs: dict[str, MachineSpec] = {}
 
     async def create_disk(self, base: Path, disk: Path, size_mb: int) -> None:
         disk.write_text(json.dumps({"base": str(base), "size_mb": size_mb}))
@@ -41,6 +46,8 @@ class FakeDriver:
         if self.fail_start:
             self.fail_start = False
             raise VmmError("fake start failure")
+        self.specs[spec.vm_id] = spec
+        self.cdroms[spec.vm_id] = spec.cdrom
         workspace = spec.workdir / "workspace"
         workspace.mkdir(exist_ok=True)
         if spec.restore is not None:
@@ -108,3 +115,26 @@ class FakeDriver:
 
     async def resize_disk(self, vm_id: str, size_mb: int) -> None:
         self.resized[vm_id] = size_mb
+
+    async def change_cdrom(self, vm_id: str, iso: Path | None) -> None:
+        if not self.is_running(vm_id):
+            raise VmmError(f"VM {vm_id} is not running")
+        self.cdroms[vm_id] = iso
+
+    async def set_vnc_password(self, vm_id: str, password: str) -> None:
+        if not self.is_running(vm_id):
+            raise VmmError(f"VM {vm_id} is not running")
+        self.vnc_passwords[vm_id] = password[:8]
+
+    async def inspect_disk(self, path: Path) -> DiskInfo:
+        """Fake images are JSON ``{"format", "virtual_size", "backing_file"}``; anything else is raw."""
+        try:
+            meta = json.loads(path.read_bytes())
+            return DiskInfo(str(meta["format"]), int(meta["virtual_size"]), meta.get("backing_file"))
+        except (ValueError, KeyError, TypeError):
+            return DiskInfo("raw", path.stat().st_size, None)
+
+    async def convert_disk(self, source: Path, fmt: str, dest: Path, size_mb: int, progress: ProgressFn) -> None:
+        for percent in (0, 50, 100):
+            await progress(percent)
+        dest.write_text(json.dumps({"base": None, "converted_from": fmt, "size_mb": size_mb}))

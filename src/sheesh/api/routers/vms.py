@@ -54,6 +54,7 @@ async def create_vm(body: CreateVmBody, svc: ServicesDep, principal: PrincipalDe
             snapshot_id=body.snapshot_id,
             disk_size_mb=body.disk_size_mb,
             owner_id=principal.user_id,
+            kind=body.kind,
         )
     )
     return vm_out(svc, vm)

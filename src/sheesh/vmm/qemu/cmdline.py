@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sheesh.guest.protocol import PORT_NAME
-from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, SERIAL_SOCKET, MachineSpec
+from sheesh.vmm.driver import AGENT_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET, MachineSpec
 
 QMP_SOCKET = "qmp.sock"
+CDROM_ID = "cdrom0"
+"""QOM id of a full machine's CD-ROM drive (target of ``blockdev-change-medium``)."""
 PIDFILE = "qemu.pid"
 DISK_FILE = "disk.qcow2"
 
@@ -23,14 +25,17 @@ class HostFacts:
 def kernel_cmdline(spec: MachineSpec, tsc_khz: int) -> str:
     """Kernel arguments: serial console, root on the virtio disk, no reboot loops, fixed TSC (microvm hangs
     without ``tsc_early_khz``)."""
+    # full machines: the VGA console too (the last console= is /dev/console), and the full-VM modules
+    machine = ["sheesh.full=1"] if spec.full else ["8250.nr_uarts=1"]
     args = [
+        *(["console=tty0"] if spec.full else []),
         "console=ttyS0",
         "root=/dev/vda",
         "rw",
         "panic=-1",
         "quiet",
         f"tsc_early_khz={tsc_khz}",
-        "8250.nr_uarts=1",
+        *machine,
         "random.trust_cpu=on",
         *spec.kernel_args,
     ]
@@ -64,16 +69,16 @@ def memory_backend(spec: MachineSpec, ram_file: Path) -> tuple[Path, bool]:
     return ram_file, True
 
 
-def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
-    """The full argv of a microVM: RAM from a file, virtio-blk root overlay, virtio-rng, virtio-serial
-    agent port, serial console on a socket with a log file, QMP on a socket, pid file; a restore waits for
-    its incoming migration (``-incoming defer``)."""
-    wd = spec.workdir
-    accel = "kvm" if host.accel == "kvm" else "tcg,tb-size=32"
-    mem_path, shared = memory_backend(spec, ram_file)
-    incoming = ["-incoming", "defer"] if spec.restore is not None else []
+def _accel(host: HostFacts) -> str:
+    return "kvm" if host.accel == "kvm" else "tcg,tb-size=32"
+
+
+def _kernel(spec: MachineSpec, host: HostFacts) -> list[str]:
+    return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(spec, host.tsc_khz)]
+
+
+def _ram(spec: MachineSpec, mem_path: Path, shared: bool) -> list[str]:
     return [
-        *_microvm(host.binary, "rtc=on,memory-backend=ram", accel),
         "-name",
         f"sheesh-{spec.vm_id},process=sheesh-{spec.vm_id}",
         "-object",
@@ -82,24 +87,12 @@ def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
         str(spec.cpu),
         "-m",
         f"{spec.mem_mb}M",
-        "-kernel",
-        str(spec.kernel),
-        "-initrd",
-        str(spec.initrd),
-        "-append",
-        kernel_cmdline(spec, host.tsc_khz),
-        "-drive",
-        f"id=root,file={spec.disk},format=qcow2,if=none,discard=unmap",
-        "-device",
-        "virtio-blk-device,drive=root",
-        "-device",
-        "virtio-rng-device",
-        "-device",
-        "virtio-serial-device",
-        "-chardev",
-        f"socket,id=agent,path={wd / AGENT_SOCKET},server=on,wait=off",
-        "-device",
-        f"virtserialport,chardev=agent,name={PORT_NAME}",
+    ]
+
+
+def _consoles(wd: Path) -> list[str]:
+    """Serial console on a socket with a log file, QMP on a socket, pid file."""
+    return [
         "-chardev",
         f"socket,id=serial0,path={wd / SERIAL_SOCKET},server=on,wait=off,logfile={wd / SERIAL_LOG},logappend=on",
         "-serial",
@@ -108,7 +101,99 @@ def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
         f"unix:{wd / QMP_SOCKET},server=on,wait=off",
         "-pidfile",
         str(wd / PIDFILE),
+    ]
+
+
+def _agent_port(wd: Path, bus_device: str) -> list[str]:
+    return [
+        "-device",
+        bus_device,
+        "-chardev",
+        f"socket,id=agent,path={wd / AGENT_SOCKET},server=on,wait=off",
+        "-device",
+        f"virtserialport,chardev=agent,name={PORT_NAME}",
+    ]
+
+
+def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
+    """The argv of a machine: a microVM, or a full machine when ``spec.full`` (see ``build_full_argv``).
+
+    MicroVM: RAM from a file, virtio-blk root overlay, virtio-rng, virtio-serial agent port, serial console on
+    a socket with a log file, QMP on a socket, pid file; a restore waits for its incoming migration
+    (``-incoming defer``)."""
+    if spec.full:
+        return build_full_argv(spec, host, ram_file)
+    wd = spec.workdir
+    mem_path, shared = memory_backend(spec, ram_file)
+    incoming = ["-incoming", "defer"] if spec.restore is not None else []
+    return [
+        *_microvm(host.binary, "rtc=on,memory-backend=ram", _accel(host)),
+        *_ram(spec, mem_path, shared),
+        *_kernel(spec, host),
+        "-drive",
+        f"id=root,file={spec.disk},format=qcow2,if=none,discard=unmap",
+        "-device",
+        "virtio-blk-device,drive=root",
+        "-device",
+        "virtio-rng-device",
+        *_agent_port(wd, "virtio-serial-device"),
+        *_consoles(wd),
         *incoming,
+    ]
+
+
+def build_full_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
+    """A full (VPS-style) machine: q35 with SeaBIOS, standard VGA served on a password-protected VNC Unix
+    socket, virtio-blk disk, an IDE CD-ROM (``CDROM_ID``, empty unless ``spec.cdrom``) and, with
+    ``spec.seed``, a second CD-ROM holding a cloud-init seed. Reboots stay inside the process.
+
+    ``spec.firmware_boot``: the firmware boots the CD-ROM if it holds a disc, else the disk (an installed
+    OS). Otherwise the sheesh kernel boots directly on the disk and the guest agent port is attached."""
+    wd = spec.workdir
+    mem_path, shared = memory_backend(spec, ram_file)
+    cdrom = f",file={spec.cdrom},format=raw" if spec.cdrom is not None else ""
+    order = ["0", "1"] if spec.firmware_boot else []
+    seed = (
+        [
+            "-drive",
+            f"if=none,id=seed0,media=cdrom,readonly=on,file={spec.seed},format=raw",
+            "-device",
+            "ide-cd,drive=seed0,bus=ide.2",
+        ]
+        if spec.seed is not None
+        else []
+    )
+    return [
+        host.binary,
+        "-M",
+        "q35,memory-backend=ram",
+        "-nodefaults",
+        "-no-user-config",
+        "-accel",
+        _accel(host),
+        "-cpu",
+        "max",
+        *_ram(spec, mem_path, shared),
+        *(_kernel(spec, host) if not spec.firmware_boot else []),
+        "-drive",
+        f"id=root,file={spec.disk},format=qcow2,if=none,discard=unmap",
+        "-device",
+        "virtio-blk-pci,drive=root" + (f",bootindex={order[1]}" if order else ""),
+        "-drive",
+        f"if=none,id=cd0,media=cdrom,readonly=on{cdrom}",
+        "-device",
+        f"ide-cd,drive=cd0,id={CDROM_ID},bus=ide.1" + (f",bootindex={order[0]}" if order else ""),
+        *seed,
+        "-device",
+        "virtio-rng-pci",
+        *(_agent_port(wd, "virtio-serial-pci") if not spec.firmware_boot else []),
+        "-vga",
+        "std",
+        "-display",
+        "none",
+        "-vnc",
+        f"unix:{wd / VNC_SOCKET},password=on",
+        *_consoles(wd),
     ]
 
 

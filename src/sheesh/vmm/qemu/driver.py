@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -26,12 +27,15 @@ from sheesh.vmm.driver import (
     SNAPSHOT_STATE,
     STDERR_LOG,
     STDOUT_LOG,
+    DiskInfo,
     MachineSpec,
+    ProgressFn,
     SnapshotFiles,
     VmmError,
 )
 from sheesh.vmm.process import ManagedProcess, ProcessTable, wait_for_paths
 from sheesh.vmm.qemu.cmdline import (
+    CDROM_ID,
     PIDFILE,
     QMP_SOCKET,
     HostFacts,
@@ -42,6 +46,10 @@ from sheesh.vmm.qemu.cmdline import (
 )
 
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+SAFE_FORMATS = frozenset({"raw", "qcow2", "qcow", "vdi", "vhdx", "vpc", "qed", "parallels", "dmg"})
+"""Image formats accepted from users: single-file formats only (a VMDK descriptor, for one, can name any
+host file as an extent)."""
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 async def _run(argv: list[str], what: str) -> None:
@@ -243,6 +251,65 @@ class QemuDriver:
             dest / SNAPSHOT_DISK,
             (time.monotonic() - started) * 1000,
         )
+
+    async def change_cdrom(self, vm_id: str, iso: Path | None) -> None:
+        if iso is None:
+            await self._command(vm_id, "blockdev-open-tray", {"id": CDROM_ID, "force": True})
+            await self._command(vm_id, "blockdev-remove-medium", {"id": CDROM_ID})
+            return
+        args = {"id": CDROM_ID, "filename": str(iso), "format": "raw", "read-only-mode": "read-only"}
+        await self._command(vm_id, "blockdev-change-medium", args)
+
+    async def set_vnc_password(self, vm_id: str, password: str) -> None:
+        await self._command(vm_id, "change-vnc-password", {"password": password[:8]})
+
+    async def inspect_disk(self, path: Path) -> DiskInfo:
+        argv = [self.qemu_img, "info", "--output=json", str(path)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise VmmError("qemu-img info timed out") from exc
+        if proc.returncode != 0:
+            raise VmmError(f"not a disk image QEMU can read: {err.decode(errors='replace').strip()}")
+        info = json.loads(out)
+        fmt = str(info.get("format", ""))
+        if fmt not in SAFE_FORMATS:
+            raise VmmError(f"image format {fmt!r} is not accepted (one of: {', '.join(sorted(SAFE_FORMATS))})")
+        specific = info.get("format-specific", {}).get("data", {})
+        if isinstance(specific, dict) and specific.get("data-file"):
+            raise VmmError("images with an external data file are not accepted")
+        backing = info.get("backing-filename") or info.get("full-backing-filename")
+        return DiskInfo(fmt, int(info.get("virtual-size", 0)), str(backing) if backing else None)
+
+    async def convert_disk(self, source: Path, fmt: str, dest: Path, size_mb: int, progress: ProgressFn) -> None:
+        argv = [self.qemu_img, "convert", "-p", "-f", fmt, "-O", "qcow2", str(source), str(dest)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        last = -1
+        try:
+            buf = b""
+            while chunk := await proc.stdout.read(256):
+                buf += chunk
+                *done, buf = re.split(rb"[\r\n]", buf)
+                for line in done:
+                    if (m := _PROGRESS.search(line)) and int(float(m.group(1))) != last:
+                        last = int(float(m.group(1)))
+                        await progress(last)
+            err = await proc.stderr.read()
+            await proc.wait()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise VmmError(f"qemu-img convert failed: {err.decode(errors='replace').strip()}")
+        info = await self.inspect_disk(dest)
+        if info.virtual_size < size_mb * 1024 * 1024:
+            await _run([self.qemu_img, "resize", "-q", "-f", "qcow2", str(dest), f"{size_mb}M"], "qemu-img resize")
 
     async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
         return await self._table.wait_stopped(vm_id, timeout)
