@@ -2,12 +2,20 @@
 # Set up sheesh on a fresh Debian/Ubuntu machine and start it.
 #   scripts/setup.sh            install system packages, Python deps, build the guest image, start `sheesh serve`
 #   scripts/setup.sh --no-start same, without starting the service
+#   scripts/setup.sh --no-start --test-deps   also the packages only tests need (Chromium for the console test)
 # Idempotent: packages already present and a cached guest image are not fetched again. Runs as root (via sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 START=1
-[[ "${1:-}" == "--no-start" ]] && START=0
+TEST_DEPS=0
+for arg in "$@"; do
+    case $arg in
+    --no-start) START=0 ;;
+    --test-deps) TEST_DEPS=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+    esac
+done
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "==> sheesh runs VMs as root: re-running with sudo"
@@ -15,6 +23,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso python3-venv python3-dev gcc)
+((TEST_DEPS)) && APT_PACKAGES+=(chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -41,6 +50,9 @@ fi
 
 echo "==> guest image"
 .venv/bin/sheesh image build
+
+echo "==> browser console assets"
+.venv/bin/sheesh web fetch
 
 if ((START)); then
     echo "==> starting sheesh on http://${SHEESH_HOST:-127.0.0.1}:${SHEESH_PORT:-3000} (Ctrl-C to stop)"

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -k api
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --no-start
+scripts/setup.sh --no-start --test-deps
 echo "==> ruff"
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench

@@ -65,11 +65,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that stop reading early (size limits) are expected
+
+
 @contextmanager
 def http_server(root: Path) -> Iterator[str]:
     """Serve ``root`` on a loopback port; yields the base URL."""
     handler = functools.partial(_QuietHandler, directory=str(root))
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     """``fake`` runs "VMs" as host processes with the guest agent (development and API fuzzing only)."""
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     image_dir: Path | None = None
+    web_dir: Path | None = None
     boot_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
     exec_max_timeout_ms: int = 15 * 60 * 1000
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
 
     def resolved_image_dir(self) -> Path:
         return self.image_dir or self.data_dir / "images"
+
+    def resolved_web_dir(self) -> Path:
+        """Where ``sheesh web fetch`` puts the browser consoles' JavaScript (xterm.js, noVNC)."""
+        return self.web_dir or self.data_dir / "web"
 
     @property
     def vms_dir(self) -> Path:

@@ -42,6 +42,22 @@ def test_create_matches_seed_shape(client: tuple[TestClient, FakeNodeClient]) ->
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["createdAt"])
     assert c.get(f"/v1/vms/{body['id']}", headers=KEY).json() == body
     assert [v["id"] for v in c.get("/v1/vms", headers=KEY).json()] == [body["id"]]
+    assert body["kind"] == "sandbox"
+
+
+def test_full_vms_boot_and_have_no_snapshots(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, node = client
+    r = c.post("/v1/vms", json={**GOOD, "kind": "full"}, headers=KEY)
+    assert r.status_code == 201 and r.json()["kind"] == "full" and r.json()["provisionMode"] == "boot"
+    vm = r.json()["id"]
+    assert node.specs[vm].kind == "full"
+    r = c.post(f"/v1/vms/{vm}/snapshots", headers=KEY)
+    assert r.status_code == 409 and "full VM" in r.json()["message"]
+    assert c.post(f"/v1/vms/{vm}/fork", json={"count": 1}, headers=KEY).status_code == 409
+    sandbox = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
+    snap = c.post(f"/v1/vms/{sandbox}/snapshots", headers=KEY).json()["id"]
+    r = c.post("/v1/vms", json={**GOOD, "kind": "full", "snapshotId": snap}, headers=KEY)
+    assert r.status_code == 400 and "not from a snapshot" in r.json()["message"]
 
 
 @pytest.mark.parametrize(
@@ -59,6 +75,7 @@ def test_create_matches_seed_shape(client: tuple[TestClient, FakeNodeClient]) ->
         ({**GOOD, "diskSizeMb": 0}, "diskSizeMb"),
         ({**GOOD, "bogus": 1}, "unknown field"),
         ({"cpu": 1, "memMb": 256}, "allowIps"),
+        ({**GOOD, "kind": "vps"}, "kind"),
     ],
 )
 def test_create_rejects_bad_input(

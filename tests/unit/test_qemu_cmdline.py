@@ -1,8 +1,9 @@
+import dataclasses
 from pathlib import Path
 
 from sheesh.guest.protocol import PORT_NAME
 from sheesh.vmm.driver import MachineSpec, RestoreSource
-from sheesh.vmm.qemu.cmdline import HostFacts, build_argv, overlay_argv
+from sheesh.vmm.qemu.cmdline import CDROM_ID, HostFacts, build_argv, overlay_argv
 
 SPEC = MachineSpec("vm-1", 2, 256, Path("/img/vmlinux"), Path("/img/initrd.cpio"), Path("/w/disk.qcow2"), Path("/w"))
 
@@ -53,3 +54,33 @@ def test_overlay_uses_backing_file() -> None:
     assert argv[argv.index("-F") + 1] == "raw"
     argv = overlay_argv("qemu-img", Path("/s/disk.qcow2"), Path("/w/disk.qcow2"), None, "qcow2")
     assert argv[-2:] == ["/s/disk.qcow2", "/w/disk.qcow2"] and argv[argv.index("-F") + 1] == "qcow2"
+
+
+def test_full_machine_boots_the_sheesh_kernel_with_display_and_empty_cdrom() -> None:
+    spec = dataclasses.replace(SPEC, full=True)
+    argv = build_argv(spec, HostFacts("qemu", "tcg", 1), Path("/shm/vm-1.ram"))
+    assert _arg(argv, "-M") == ["q35,memory-backend=ram"]
+    assert "-no-reboot" not in argv, "a full VM reboots in place"
+    append = _arg(argv, "-append")[0]
+    assert "sheesh.full=1" in append and append.index("console=tty0") < append.index("console=ttyS0")
+    devices = _arg(argv, "-device")
+    assert "virtio-blk-pci,drive=root" in devices and f"ide-cd,drive=cd0,id={CDROM_ID},bus=ide.1" in devices
+    assert f"virtserialport,chardev=agent,name={PORT_NAME}" in devices and "virtio-serial-pci" in devices
+    assert _arg(argv, "-drive")[1] == "if=none,id=cd0,media=cdrom,readonly=on"
+    assert _arg(argv, "-vga") == ["std"] and _arg(argv, "-vnc") == ["unix:/w/vnc.sock,password=on"]
+
+
+def test_full_machine_firmware_boot_prefers_the_cdrom_and_attaches_the_seed() -> None:
+    spec = dataclasses.replace(
+        SPEC, full=True, firmware_boot=True, cdrom=Path("/w/cdrom.iso"), seed=Path("/w/seed.iso")
+    )
+    argv = build_argv(spec, HostFacts("qemu", "tcg", 1), Path("/shm/vm-1.ram"))
+    assert "-kernel" not in argv and "-append" not in argv
+    devices = _arg(argv, "-device")
+    assert f"ide-cd,drive=cd0,id={CDROM_ID},bus=ide.1,bootindex=0" in devices
+    assert "virtio-blk-pci,drive=root,bootindex=1" in devices
+    assert "ide-cd,drive=seed0,bus=ide.2" in devices
+    assert not any("virtserialport" in d for d in devices), "no agent outside the sheesh kernel"
+    drives = _arg(argv, "-drive")
+    assert "if=none,id=cd0,media=cdrom,readonly=on,file=/w/cdrom.iso,format=raw" in drives
+    assert "if=none,id=seed0,media=cdrom,readonly=on,file=/w/seed.iso,format=raw" in drives

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from sheesh import __version__
 from sheesh.api import errors, ratelimit
 from sheesh.api.deps import authenticate
-from sheesh.api.routers import accounts, docs, execution, files, images, snapshots, vms
+from sheesh.api.routers import accounts, console, docs, execution, files, images, snapshots, vms
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -61,4 +61,5 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(accounts.router)
     docs.install(app)
+    console.install(app, svc.settings.resolved_web_dir())
     return app

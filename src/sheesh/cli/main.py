@@ -20,8 +20,10 @@ from sheesh.errors import SheeshError
 app = typer.Typer(help="sheesh: self-hosted isolated microVMs", no_args_is_help=True)
 image_app = typer.Typer(help="Guest images", no_args_is_help=True)
 key_app = typer.Typer(help="API keys", no_args_is_help=True)
+web_app = typer.Typer(help="Browser console assets", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(key_app, name="apikey")
+app.add_typer(web_app, name="web")
 console = Console(stderr=True)
 
 
@@ -129,6 +131,16 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even when cached
     image = register_builtin(store, built)
     store.close()
     console.print(f"image {image.id} ready at {built.path} (kernel {built.kernel_version})")
+
+
+@web_app.command("fetch")
+def web_fetch() -> None:
+    """Fetch the browser consoles' JavaScript (xterm.js, noVNC; pinned npm packages) into the data dir."""
+    from sheesh.web.assets import fetch_assets
+
+    dest = Settings().resolved_web_dir()
+    fetched = fetch_assets(dest)
+    console.print(f"console assets in {dest}: " + (", ".join(fetched) if fetched else "up to date"))
 
 
 @key_app.command("create")

@@ -10,13 +10,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sheesh.node.errors import NodeError
+from sheesh.node.errors import MediaError
 
 FREE_SPACE_MARGIN = 256 * 1024 * 1024
 """Space a download must leave free on the node's disk."""
 
 
-class FetchError(NodeError):
+class FetchError(MediaError):
     """A download failed; the message is safe to show to the user."""
 
 

@@ -23,7 +23,7 @@ import pycdlib
 
 from sheesh.models import VmKind
 from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, NodeAgent, NodeVmSpec
-from sheesh.node.errors import NodeError
+from sheesh.node.errors import MediaError
 from sheesh.node.fetch import FREE_SPACE_MARGIN, check_url, fetch
 from sheesh.vmm.driver import VmmError
 
@@ -31,10 +31,6 @@ MIB = 1024 * 1024
 ISO_MAGIC_OFFSET = 0x8001
 """ISO 9660: the primary volume descriptor at sector 16 begins with type byte 1 and ``CD001``."""
 MAX_UPLOAD_CHUNK = MIB
-
-
-class MediaError(NodeError):
-    """A media operation failed for a reason the user can act on (message sent as ``!ERR``)."""
 
 
 class MediaBusyError(MediaError):

@@ -31,9 +31,10 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sheesh.auth.sessions import InvalidSessionError, SessionSigner
-from sheesh.errors import SheeshError
+from sheesh.errors import SheeshError, UnavailableError
 from sheesh.node.agent import NodeAgent
-from sheesh.node.media import MAX_UPLOAD_CHUNK, MediaBusyError, MediaError, MediaService
+from sheesh.node.errors import MediaError
+from sheesh.node.media import MAX_UPLOAD_CHUNK, MediaBusyError, MediaService
 from sheesh.vmm.driver import SERIAL_SOCKET, VNC_SOCKET
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class _Endpoints:
             if full:
                 self.media.full_vm(vm_id)
             if running and not self.node.is_running(vm_id):
-                raise MediaError(f"VM {vm_id} is not running")
+                raise UnavailableError(f"VM {vm_id} is not running")
         except SheeshError as exc:
             if report:
                 await _fail(ws, exc.message, POLICY_VIOLATION)

@@ -1,0 +1,1 @@
+"""Browser consoles served by the control plane: xterm.js for /serial, noVNC for /vnc."""
