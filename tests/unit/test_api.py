@@ -53,8 +53,12 @@ def test_full_vms_boot_and_have_no_snapshots(client: tuple[TestClient, FakeNodeC
     assert node.specs[vm].kind == "full"
     r = c.post(f"/v1/vms/{vm}/snapshots", headers=KEY)
     assert r.status_code == 409 and "full VM" in r.json()["message"]
+    assert c.delete(f"/v1/vms/{vm}/cdrom", headers=KEY).status_code == 204
+    assert ("eject_cdrom", vm) in node.calls
     assert c.post(f"/v1/vms/{vm}/fork", json={"count": 1}, headers=KEY).status_code == 409
     sandbox = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
+    r = c.delete(f"/v1/vms/{sandbox}/cdrom", headers=KEY)
+    assert r.status_code == 409 and "only full VMs" in r.json()["message"]
     snap = c.post(f"/v1/vms/{sandbox}/snapshots", headers=KEY).json()["id"]
     r = c.post("/v1/vms", json={**GOOD, "kind": "full", "snapshotId": snap}, headers=KEY)
     assert r.status_code == 400 and "not from a snapshot" in r.json()["message"]

@@ -144,8 +144,12 @@ def test_download_and_upload_iso_then_boot_them(full_server: ServerProcess, medi
         assert code == 1000, messages
         assert messages[0] == "1Downloading ISO" and messages[-2:] == ["2Checking ISO", "3Mounting ISO"]
         assert "!PR100" in messages
-        size = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "cat /sys/block/sr0/size"}).json()["stdout"]
-        assert int(size) > 0
+        sr0 = {"cmd": "cat /sys/block/sr0/size"}
+        assert int(c.post(f"/v1/vms/{vm}/exec", json=sr0).json()["stdout"]) > 0
+        assert c.delete(f"/v1/vms/{vm}/cdrom").status_code == 204  # live eject (QMP)
+        assert not (full_server.data_dir / "vms" / vm / "cdrom.iso").exists()
+        url = _node_url(full_server, c, vm, f"/downloadIso?isoUrl={base}/a.iso")
+        assert asyncio.run(_conversation(url))[1] == 1000
         _restart(c, vm)
         _wait_serial(c, vm, "SHEESH-ISO-A-BOOTED")
 

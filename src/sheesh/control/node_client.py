@@ -70,6 +70,10 @@ class NodeClient(Protocol):
         """Validate ``path`` and return the tar.gz byte stream of it."""
         ...
 
+    async def eject_cdrom(self, vm_id: str) -> None:
+        """Take the ISO out of a full VM's CD-ROM drive (live if it runs). Idempotent."""
+        ...
+
     def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         """Last lines of the VM's ``serial``, ``stdout`` or ``stderr`` log."""
         ...
@@ -158,6 +162,9 @@ class FakeNodeClient:
             yield payload
 
         return stream()
+
+    async def eject_cdrom(self, vm_id: str) -> None:
+        self._record("eject_cdrom", vm_id)
 
     def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return [f"{kind} line {i}" for i in range(5)][-lines:]

@@ -320,6 +320,15 @@ class VmService:
         await self._running(vm_id, "download")
         return await self.node.download(vm_id, path)
 
+    async def eject_cdrom(self, vm_id: str) -> None:
+        """Eject the ISO of a full VM (inserted through the node's /downloadIso or /uploadIso)."""
+        async with self._locked(vm_id) as vm:
+            if vm.kind != VmKind.FULL:
+                raise ConflictError(f"VM {vm_id} is a sandbox VM; only full VMs have a CD-ROM drive")
+            if vm.state in (VmState.CREATING, VmState.DELETING):
+                raise ConflictError(f"VM {vm_id} is {vm.state}")
+            await self.node.eject_cdrom(vm_id)
+
     def logs(self, vm_id: str, kind: str, lines: int) -> list[str]:
         self.get(vm_id)
         return self.node.log_tail(vm_id, kind, lines)

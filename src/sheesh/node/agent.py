@@ -170,6 +170,8 @@ class NodeAgent:
             return MachineSpec(*args, restore=restore)
         cdrom = wd / CDROM_FILE
         seed = wd / SEED_FILE
+        if cdrom.exists():  # an ISO may install onto the disk: from now on the firmware boots the VM
+            (wd / INSTALLED_MARK).touch()
         return MachineSpec(
             *args,
             full=True,
@@ -346,6 +348,12 @@ class NodeAgent:
                 await self.driver.change_cdrom(vm_id, iso)
             except VmmError as exc:
                 raise NodeError(f"cannot change the CD-ROM of {vm_id}: {exc.message}") from exc
+
+    async def eject_cdrom(self, vm_id: str) -> None:
+        """Remove a full VM's ISO (live from a running VM); the next start boots its disk."""
+        self.spec_of(vm_id)
+        await self.change_cdrom(vm_id, None)
+        (self.workdir(vm_id) / CDROM_FILE).unlink(missing_ok=True)
 
     async def set_vnc_password(self, vm_id: str, password: str) -> None:
         self._require_running(vm_id)

@@ -113,6 +113,14 @@ async def delete_vm(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
+@router.delete("/{vm_id}/cdrom", status_code=204, summary="Eject the ISO of a full VM")
+async def eject_cdrom(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
+    """Full VMs only: take the ISO (from the node's /downloadIso or /uploadIso) out of the CD-ROM drive, live
+    if the VM runs; the next start boots the VM's disk."""
+    await svc.vms.eject_cdrom(vm_id)
+    return Response(status_code=204)
+
+
 @router.get("/{vm_id}/logs", summary="Tail of a VM log file")
 async def vm_logs(
     vm_id: OwnedVmId,
