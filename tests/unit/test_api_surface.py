@@ -151,3 +151,12 @@ def test_public_docs_swagger_openapi(client: tuple[TestClient, FakeNodeClient, s
     assert c.get("/docs/api.md").text.startswith("# API reference")
     assert c.get("/docs/..%2Fsecret").status_code == 404
     assert c.get("/docs/nope").status_code == 404
+
+
+def test_console_pages_need_their_assets(client: tuple[TestClient, FakeNodeClient, str]) -> None:
+    c, _, _ = client
+    r = c.get("/console/vnc?token=x")
+    assert r.status_code == 503 and "sheesh web fetch" in r.json()["message"]
+    js = c.get("/console/page.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert "const SHEESH_NODE_PORT = 1337;" in js.text and "function sheeshNodeUrl" in js.text
