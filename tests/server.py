@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -86,3 +88,14 @@ class ServerProcess:
                 continue
             if str(pidfile.parent).encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, image_dir: Path, **env: str) -> Iterator[ServerProcess]:
+    """A started server that is stopped, and whose VMs are killed, on exit."""
+    srv = ServerProcess(data_dir, image_dir, **env).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.kill_vms()

@@ -10,7 +10,7 @@ import pytest
 
 from sheesh.config import Settings
 from sheesh.image.builder import BuiltImage, ImageBuilder
-from tests.server import ServerProcess
+from tests.server import ServerProcess, running_server
 
 
 @pytest.fixture(scope="session")
@@ -23,19 +23,11 @@ def guest_image() -> BuiltImage:
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
     """One server for a whole module (tests that only need a running VM, not a fresh manager)."""
-    srv = ServerProcess(tmp_path_factory.mktemp("shared") / "data", guest_image.path.parent.parent).start()
-    try:
+    with running_server(tmp_path_factory.mktemp("shared") / "data", guest_image.path.parent.parent) as srv:
         yield srv
-    finally:
-        srv.stop()
-        srv.kill_vms()
 
 
 @pytest.fixture
 def server(tmp_path: Path, guest_image: BuiltImage) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path / "data", guest_image.path.parent.parent).start()
-    try:
+    with running_server(tmp_path / "data", guest_image.path.parent.parent) as srv:
         yield srv
-    finally:
-        srv.stop()
-        srv.kill_vms()

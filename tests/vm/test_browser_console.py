@@ -13,7 +13,7 @@ import websockets
 from sheesh.config import Settings
 from sheesh.image.builder import BuiltImage
 from tests.browser import Browser, Page, chromium_binary
-from tests.server import ServerProcess
+from tests.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.vm
 
@@ -38,15 +38,11 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
-    web = Settings().resolved_web_dir()
-    srv = ServerProcess(
-        tmp_path_factory.mktemp("console") / "data", guest_image.path.parent.parent, SHEESH_WEB_DIR=str(web)
-    ).start()
-    try:
+    web = str(Settings().resolved_web_dir())
+    with running_server(
+        tmp_path_factory.mktemp("console") / "data", guest_image.path.parent.parent, SHEESH_WEB_DIR=web
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
-        srv.kill_vms()
 
 
 def test_xterm_and_novnc_pages_show_the_consoles(

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sheesh.image.builder import BuiltImage
 from tests.media import RfbClient, http_server, make_disk, make_iso, make_overlay
-from tests.server import ServerProcess
+from tests.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.vm
 
@@ -27,17 +27,10 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module")
 def full_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
     """A server whose stop timeout is short: a VM halted in boot code ignores ACPI and is killed."""
-    srv = ServerProcess(
-        tmp_path_factory.mktemp("full") / "data",
-        guest_image.path.parent.parent,
-        SHEESH_STOP_TIMEOUT_S="2",
-        SHEESH_MEDIA_MAX_BYTES=str(8 * 1024 * 1024),
-    ).start()
-    try:
+    data = tmp_path_factory.mktemp("full") / "data"
+    limits = {"SHEESH_STOP_TIMEOUT_S": "2", "SHEESH_MEDIA_MAX_BYTES": str(8 * 1024 * 1024)}
+    with running_server(data, guest_image.path.parent.parent, **limits) as srv:
         yield srv
-    finally:
-        srv.stop()
-        srv.kill_vms()
 
 
 @pytest.fixture(scope="module")
