@@ -1,0 +1,97 @@
+"""Benchmark: full VMs and the node's media endpoints. Prints numbers.
+
+- full VM create -> first exec (cold boot of the sheesh kernel on q35 with SeaBIOS)
+- /uploadIso and /downloadIso throughput of an ISO of --iso-mb MB (loopback HTTP for the download)
+- /cloudInit of a qcow2 image with --image-mb MB of data: download + convert + seed + restart, end to end
+Usage: .venv/bin/python bench/media.py [--iso-mb 256] [--image-mb 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import websockets
+from _common import running_server
+from tests.media import http_server, make_disk, make_iso
+
+
+async def _talk(url: str, upload: bytes | None = None) -> tuple[int, int]:
+    """Close code and number of progress messages of one media connection."""
+    chunk, offset, progress = 1024 * 1024, 0, 0
+    async with websockets.connect(url, max_size=None) as ws:
+        async for msg in ws:
+            progress += isinstance(msg, str) and msg.startswith("!PR")
+            if msg == "gib" and upload is not None:
+                if offset >= len(upload):
+                    await ws.send("EOF")
+                else:
+                    await ws.send(upload[offset : offset + chunk])
+                    offset += chunk
+        assert ws.close_code is not None
+        return ws.close_code, progress
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--iso-mb", type=int, default=256)
+    parser.add_argument("--image-mb", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sheesh-media-") as tmp:
+        root = Path(tmp)
+        iso = make_iso(root / "bench.iso", "BENCH-ISO", pad_mb=args.iso_mb)
+        image = make_disk(root / "bench.qcow2", "BENCH-DISK", size_mb=max(64, args.image_mb))
+        raw = root / "data.raw"  # fill the image with incompressible data so the copy is real work
+        with open(raw, "wb") as fh:
+            fh.write(b"\0" * 512 + os.urandom(args.image_mb * 1024 * 1024 - 512))
+        subprocess.run(
+            ["qemu-img", "dd", "-f", "raw", "-O", "qcow2", f"if={raw}", f"of={image}", "conv=notrunc"],
+            check=False,
+            capture_output=True,
+        )
+        iso_bytes = iso.read_bytes()
+        env = {"SHEESH_MEDIA_MAX_BYTES": str(16 * 1024**3)}
+        with running_server(**env) as server, server.client() as c, http_server(root) as base:
+            node = f"ws://127.0.0.1:{server.node_port}"
+            t0 = time.perf_counter()
+            vm = (
+                c.post("/v1/vms", json={"cpu": 1, "memMb": 512, "allowIps": [], "kind": "full", "diskSizeMb": 2048})
+                .raise_for_status()
+                .json()["id"]
+            )
+            c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}).raise_for_status()
+            print(f"full VM create -> first exec: {(time.perf_counter() - t0) * 1000:.0f} ms")
+
+            def token() -> str:
+                return str(c.get(f"/v1/vms/{vm}/agentToken").raise_for_status().json()["token"])
+
+            mb = len(iso_bytes) / 1e6
+            t0 = time.perf_counter()
+            code, _ = asyncio.run(_talk(f"{node}/uploadIso?token={token()}", iso_bytes))
+            took = time.perf_counter() - t0
+            print(f"uploadIso {mb:.0f} MB: {took:.2f} s ({mb / took:.0f} MB/s), close {code}")
+            t0 = time.perf_counter()
+            code, progress = asyncio.run(_talk(f"{node}/downloadIso?token={token()}&isoUrl={base}/bench.iso"))
+            took = time.perf_counter() - t0
+            print(
+                f"downloadIso {mb:.0f} MB: {took:.2f} s ({mb / took:.0f} MB/s), {progress} progress messages, "
+                f"close {code}"
+            )
+            t0 = time.perf_counter()
+            code, progress = asyncio.run(_talk(f"{node}/cloudInit?token={token()}&imageUrl={base}/bench.qcow2"))
+            took = time.perf_counter() - t0
+            size = image.stat().st_size / 1e6
+            print(
+                f"cloudInit {size:.0f} MB qcow2 (download, convert, seed, restart): {took:.2f} s, "
+                f"{progress} progress messages, close {code}"
+            )
+            c.delete(f"/v1/vms/{vm}")
+
+
+if __name__ == "__main__":
+    main()
