@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.server import ServerProcess
+from tests.server import running_server as tests_running_server
 
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
@@ -32,9 +33,5 @@ def running_server(**env: str) -> Iterator[ServerProcess]:
             "SHEESH_GLOBAL_RATE_LIMIT": "0",
             **env,
         }  # measure the system, not the limiter
-        server = ServerProcess(Path(tmp) / "data", image.path.parent.parent, **env).start()
-        try:
+        with tests_running_server(Path(tmp) / "data", image.path.parent.parent, **env) as server:
             yield server
-        finally:
-            server.stop()
-            server.kill_vms()

@@ -22,6 +22,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
+    _instances = 0
+
     def __init__(self, data_dir: Path, image_dir: Path, api_key: str = "vm-test-key", **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -36,6 +38,11 @@ class ServerProcess:
             "SHEESH_NODE_PORT": str(self.node_port),
             **env,
         }
+        # every server its own bridge, nftables tables and guest network; no forwarding to real interfaces
+        ServerProcess._instances += 1
+        self.env.setdefault("SHEESH_BRIDGE", f"sht{os.getpid() % 10000}x{ServerProcess._instances}")
+        self.env.setdefault("SHEESH_GUEST_NETWORK", f"10.{20 + (os.getpid() + ServerProcess._instances) % 200}.0.0/16")
+        self.env.setdefault("SHEESH_NET_UPLINKS", '["lo"]')
         self.env.setdefault("SHEESH_ACCEL", "tcg")
         self.env.setdefault("SHEESH_TEMPLATES", "false")
         self.env.setdefault("SHEESH_GLOBAL_RATE_LIMIT", "100000")  # suites run faster than 100 requests/min
@@ -89,6 +96,15 @@ class ServerProcess:
             if str(pidfile.parent).encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
 
+    def network_down(self) -> None:
+        """Remove this server's bridge, taps and nftables tables (``sheesh network down``)."""
+        subprocess.run(
+            [sys.executable, "-c", "from sheesh.cli.main import main; main()", "network", "down"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
 
 @contextlib.contextmanager
 def running_server(data_dir: Path, image_dir: Path, **env: str) -> Iterator[ServerProcess]:
@@ -99,3 +115,4 @@ def running_server(data_dir: Path, image_dir: Path, **env: str) -> Iterator[Serv
     finally:
         srv.stop()
         srv.kill_vms()
+        srv.network_down()

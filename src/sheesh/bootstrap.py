@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 from sheesh.config import Settings
 from sheesh.control.images import register_builtin
 from sheesh.control.services import Services
 from sheesh.image.builder import ImageBuilder
 from sheesh.node.agent import NodeAgent
+from sheesh.node.network import HostNetwork, LinuxNetwork, NetConfig
 from sheesh.store.repo import SqlStore
 from sheesh.vmm.driver import VmmDriver
 from sheesh.vmm.fake import FakeDriver
 from sheesh.vmm.qemu import QemuDriver
+
+log = logging.getLogger(__name__)
+
+
+def host_network(settings: Settings) -> HostNetwork | None:
+    """Linux networking unless switched off; ``auto`` needs root, ip, bridge and nft, and a real VMM."""
+    if settings.network == "off" or (settings.network == "auto" and settings.vmm == "fake"):
+        return None
+    config = NetConfig(settings.bridge, settings.guest_network, tuple(settings.net_uplinks))
+    if settings.network == "auto" and not (os.geteuid() == 0 and LinuxNetwork.available()):
+        log.warning("VM networking is off: it needs root and iproute2 + nftables (SHEESH_NETWORK=on to insist)")
+        return None
+    return LinuxNetwork(config)
 
 
 def build_services(settings: Settings, driver: VmmDriver | None = None) -> Services:
@@ -25,6 +42,7 @@ def build_services(settings: Settings, driver: VmmDriver | None = None) -> Servi
         stop_timeout_s=settings.stop_timeout_s,
         name=settings.node_name,
         snapshots_dir=settings.data_dir / "snapshots",
+        network=host_network(settings),
     )
     built = ImageBuilder(settings.resolved_image_dir()).cached()
     if built is not None:

@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     )
     """Requests per minute per API key (or client address) for each limited endpoint."""
     guest_network: str = "172.16.0.0/16"
+    """VM addresses; the first is the bridge's (the guests' gateway), the last is reserved for templates."""
+    network: Literal["auto", "on", "off"] = "auto"
+    """VM networking (bridge, taps, nftables): ``auto`` = on when running as root with ip, bridge and nft."""
+    bridge: str = "sheesh0"
+    """Bridge name, also the name of sheesh's nftables tables (one per sheesh instance on a host)."""
+    net_uplinks: list[str] = Field(default_factory=list)
+    """Interfaces VMs reach the outside through (forwarding, NAT); default: the default route's."""
+    port_forward_range: tuple[int, int] = (20000, 29999)
+    """Node ports handed out by ``POST /v1/vms/:id/ports``."""
     reconcile_interval_s: float = 2.0
     templates: bool = True
     """Serve creates from per-shape template snapshots (first create of a shape boots and builds one)."""

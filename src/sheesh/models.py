@@ -45,6 +45,29 @@ class VmKind(enum.StrEnum):
     FULL = "full"
 
 
+class FirewallAction(enum.StrEnum):
+    ACCEPT = "ACCEPT"
+    DROP = "DROP"
+    REJECT = "REJECT"
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """Inbound rule of a VM: traffic from ``src`` (CIDR) gets ``action``; the first match wins, default drop."""
+
+    src: str
+    action: FirewallAction
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """Traffic to ``host_port`` on the node goes to ``guest_port`` of the VM."""
+
+    guest_port: int
+    host_port: int
+    protocol: str = "tcp"
+
+
 class ProvisionMode(enum.StrEnum):
     BOOT = "boot"
     SNAPSHOT = "snapshot"
@@ -71,6 +94,8 @@ class Vm:
     """The snapshot this VM was restored from (its disk and RAM build on it)."""
     owner_id: str | None = None
     kind: VmKind = VmKind.SANDBOX
+    firewall: list[FirewallRule] = field(default_factory=list)
+    ports: list[PortForward] = field(default_factory=list)
 
 
 class SnapshotKind(enum.StrEnum):

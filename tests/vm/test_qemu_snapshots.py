@@ -12,7 +12,7 @@ import pytest
 from qemu.qmp import QMPClient
 
 from sheesh.image.builder import BuiltImage
-from tests.server import ServerProcess
+from tests.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.vm
 SHAPE = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -20,14 +20,9 @@ SHAPE = {"cpu": 1, "memMb": 256, "allowIps": []}
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        tmp_path_factory.mktemp("snap") / "data", guest_image.path.parent.parent, SHEESH_TEMPLATES="true"
-    ).start()
-    try:
+    data = tmp_path_factory.mktemp("snap") / "data"
+    with running_server(data, guest_image.path.parent.parent, SHEESH_TEMPLATES="true") as server:
         yield server
-    finally:
-        server.stop()
-        server.kill_vms()
 
 
 def _sh(c: httpx.Client, vm: str, cmd: str) -> str:

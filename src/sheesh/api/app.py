@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from sheesh import __version__
 from sheesh.api import errors, ratelimit
 from sheesh.api.deps import authenticate
-from sheesh.api.routers import accounts, console, docs, execution, files, images, snapshots, vms
+from sheesh.api.routers import accounts, console, docs, execution, files, images, network, snapshots, vms
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.state.services = svc
     errors.install(app)
     ratelimit.install(app, svc.limiter, lambda: svc.settings.global_rate_limit)
-    for module in (vms, execution, files, snapshots, images):
+    for module in (vms, execution, files, snapshots, images, network):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(accounts.router)
     docs.install(app)

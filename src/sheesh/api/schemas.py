@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from sheesh.models import Snapshot, Vm, VmKind
+from sheesh.models import FirewallAction, PortForward, Snapshot, Vm, VmKind
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CMD_BYTES = 256 * 1024
@@ -63,6 +63,52 @@ def iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+class FirewallRuleBody(Body):
+    src: Annotated[
+        StrictStr | None,
+        Field(description="Source network (IPv4 CIDR); default: the address this request came from, as /32"),
+    ] = None
+    action: Annotated[FirewallAction, Field(description="ACCEPT, DROP or REJECT")] = FirewallAction.ACCEPT
+
+    @field_validator("src")
+    @classmethod
+    def _src(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid CIDR") from None
+        if net.version != 4:
+            raise ValueError("src must be an IPv4 network")
+        return str(net)
+
+
+class FirewallRuleOut(BaseModel):
+    src: str
+    action: str
+
+
+class FirewallOut(BaseModel):
+    vmId: str
+    rules: list[FirewallRuleOut]
+
+
+class PortBody(Body):
+    guest_port: Annotated[StrictInt, Field(alias="guestPort", ge=1, le=65535, description="Port inside the VM")]
+    protocol: Annotated[str, Field(pattern="^(tcp|udp)$", description="tcp (default) or udp")] = "tcp"
+
+
+class PortOut(BaseModel):
+    guestPort: int
+    hostPort: int
+    protocol: str
+
+    @classmethod
+    def of(cls, port: PortForward) -> PortOut:
+        return cls(guestPort=port.guest_port, hostPort=port.host_port, protocol=port.protocol)
+
+
 class VmOut(BaseModel):
     id: str
     state: str
@@ -81,6 +127,7 @@ class VmOut(BaseModel):
     nodeHost: str | None = None
     nodePort: int | None = None
     kind: str = VmKind.SANDBOX.value
+    ports: list[PortOut] = Field(default_factory=list)
 
     @classmethod
     def of(cls, vm: Vm, node_host: str | None = None, node_port: int | None = None) -> VmOut:
@@ -102,6 +149,7 @@ class VmOut(BaseModel):
             nodeHost=node_host,
             nodePort=node_port,
             kind=vm.kind.value,
+            ports=[PortOut.of(p) for p in vm.ports],
         )
 
 

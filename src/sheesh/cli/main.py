@@ -21,9 +21,11 @@ app = typer.Typer(help="sheesh: self-hosted isolated microVMs", no_args_is_help=
 image_app = typer.Typer(help="Guest images", no_args_is_help=True)
 key_app = typer.Typer(help="API keys", no_args_is_help=True)
 web_app = typer.Typer(help="Browser console assets", no_args_is_help=True)
+net_app = typer.Typer(help="VM networking on this host", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(key_app, name="apikey")
 app.add_typer(web_app, name="web")
+app.add_typer(net_app, name="network")
 console = Console(stderr=True)
 
 
@@ -141,6 +143,16 @@ def web_fetch() -> None:
     dest = Settings().resolved_web_dir()
     fetched = fetch_assets(dest)
     console.print(f"console assets in {dest}: " + (", ".join(fetched) if fetched else "up to date"))
+
+
+@net_app.command("down")
+def network_down() -> None:
+    """Remove sheesh's bridge, every VM tap on it and its nftables tables (VMs lose their network)."""
+    from sheesh.node.network import NetConfig, teardown
+
+    settings = Settings()
+    asyncio.run(teardown(NetConfig(settings.bridge, settings.guest_network)))
+    console.print(f"removed bridge {settings.bridge} and its nftables tables")
 
 
 @key_app.command("create")

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from sheesh.errors import NotFoundError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
 from sheesh.node.agent import NodeVmSpec
+from sheesh.node.network import VmNet
 
 
 class NodeClient(Protocol):
@@ -70,6 +71,10 @@ class NodeClient(Protocol):
         """Validate ``path`` and return the tar.gz byte stream of it."""
         ...
 
+    async def update_network(self, vm_id: str, net: VmNet) -> None:
+        """Replace the VM's traffic policy (allowlist, firewall, port forwards); live if its tap is up."""
+        ...
+
     async def eject_cdrom(self, vm_id: str) -> None:
         """Take the ISO out of a full VM's CD-ROM drive (live if it runs). Idempotent."""
         ...
@@ -97,6 +102,7 @@ class FakeNodeClient:
         self.snapshots: set[str] = set()
         self.leftovers: set[str] = set()
         self.specs: dict[str, NodeVmSpec] = {}
+        self.networks: dict[str, VmNet] = {}
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -165,6 +171,10 @@ class FakeNodeClient:
 
     async def eject_cdrom(self, vm_id: str) -> None:
         self._record("eject_cdrom", vm_id)
+
+    async def update_network(self, vm_id: str, net: VmNet) -> None:
+        self._record("update_network", vm_id)
+        self.networks[vm_id] = net
 
     def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return [f"{kind} line {i}" for i in range(5)][-lines:]

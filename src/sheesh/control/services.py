@@ -28,7 +28,8 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
-        vms = VmService(store, node, settings, Templates(store, node))
+        templates = Templates(store, node, guest_network=settings.guest_network)
+        vms = VmService(store, node, settings, templates)
         return cls(
             settings,
             store,

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sheesh.control.images import resolve_image
+from sheesh.control.ipam import template_ip
 from sheesh.control.node_client import NodeClient
 from sheesh.errors import SheeshError
 from sheesh.models import ExecRequest, Snapshot, SnapshotKind
 from sheesh.node.agent import NodeVmSpec
+from sheesh.node.network import VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class Templates:
     store: Store
     node: NodeClient
     warm_timeout_s: float = 30.0
+    guest_network: str | None = None
+    """Template VMs get the pool's reserved template address (clones take their own at restore)."""
     _building: dict[Shape, asyncio.Task[None]] = field(default_factory=dict)
 
     def find(self, image_id: str, cpu: int, mem_mb: int) -> Snapshot | None:
@@ -67,8 +71,16 @@ class Templates:
         vm_id = f"tpl-{secrets.token_hex(6)}"
         snap_id = f"snap-tpl-{secrets.token_hex(6)}"
         disk_mb = max(DEFAULT_DISK_MB, image.image.rootfs_size_mb)  # the common size: no resize on restore
+        net = VmNet(vm_id, template_ip(self.guest_network)) if self.guest_network else None
         spec = NodeVmSpec(
-            vm_id, cpu, mem_mb, image.path / "vmlinux", image.path / "initrd.cpio", image.path / "rootfs.ext4", disk_mb
+            vm_id,
+            cpu,
+            mem_mb,
+            image.path / "vmlinux",
+            image.path / "initrd.cpio",
+            image.path / "rootfs.ext4",
+            disk_mb,
+            net=net,
         )
         try:
             await self.node.create(spec)

@@ -14,13 +14,15 @@ from datetime import UTC, datetime
 
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
-from sheesh.control.ipam import allocate_ip
+from sheesh.control.ipam import allocate_ip, free_port
 from sheesh.control.node_client import NodeClient
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, SheeshError
 from sheesh.models import (
     ExecRequest,
     ExecResult,
+    FirewallRule,
+    PortForward,
     ProvisionMode,
     RunTsRequest,
     RunTsResult,
@@ -32,11 +34,19 @@ from sheesh.models import (
     can_transition,
 )
 from sheesh.node.agent import NodeVmSpec
+from sheesh.node.network import VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
 
+MAX_FIREWALL_RULES = 64
+MAX_PORT_FORWARDS = 16
 _ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.PAUSED)
+
+
+def vm_net(vm: Vm) -> VmNet:
+    """The node's view of a VM's address and traffic policy."""
+    return VmNet(vm.id, vm.guest_ip, tuple(vm.allow_ips), vm.outbound_internet, tuple(vm.firewall), tuple(vm.ports))
 
 
 def _single_hosts(cidrs: list[str]) -> list[str]:
@@ -98,6 +108,7 @@ class VmService:
             snapshot_id=source.id if source else None,
             snapshot_disk_mb=source.disk_size_mb if source else None,
             kind=vm.kind,
+            net=vm_net(vm),
         )
 
     def list_vms(self) -> list[Vm]:
@@ -319,6 +330,50 @@ class VmService:
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
         await self._running(vm_id, "download")
         return await self.node.download(vm_id, path)
+
+    async def add_firewall_rule(self, vm_id: str, rule: FirewallRule) -> list[FirewallRule]:
+        """Append an inbound rule (first match wins; traffic matching none is dropped)."""
+        async with self._locked(vm_id) as vm:
+            if len(vm.firewall) >= MAX_FIREWALL_RULES:
+                raise InvalidInputError(f"a VM has at most {MAX_FIREWALL_RULES} firewall rules")
+            vm.firewall = [*vm.firewall, rule]
+            await self._apply_network(vm)
+            return vm.firewall
+
+    async def clear_firewall(self, vm_id: str) -> None:
+        """Remove every inbound rule: all inbound traffic is dropped."""
+        async with self._locked(vm_id) as vm:
+            vm.firewall = []
+            await self._apply_network(vm)
+
+    async def add_port(self, vm_id: str, guest_port: int, protocol: str) -> PortForward:
+        """Forward a free node port (from ``port_forward_range``) to ``guest_port`` of the VM."""
+        async with self._locked(vm_id) as vm:
+            if len(vm.ports) >= MAX_PORT_FORWARDS:
+                raise InvalidInputError(f"a VM has at most {MAX_PORT_FORWARDS} port forwards")
+            if any(p.guest_port == guest_port and p.protocol == protocol for p in vm.ports):
+                raise ConflictError(f"{protocol} port {guest_port} of VM {vm_id} is already forwarded")
+            async with self._alloc:
+                taken = {p.host_port for v in self.store.list_vms() for p in v.ports}
+                forward = PortForward(
+                    guest_port, free_port(self.settings.port_forward_range, taken, protocol), protocol
+                )
+                vm.ports = [*vm.ports, forward]
+                await self._apply_network(vm)
+            return forward
+
+    async def remove_port(self, vm_id: str, host_port: int) -> None:
+        async with self._locked(vm_id) as vm:
+            if not any(p.host_port == host_port for p in vm.ports):
+                raise NotFoundError(f"VM {vm_id} has no port forward on node port {host_port}")
+            vm.ports = [p for p in vm.ports if p.host_port != host_port]
+            await self._apply_network(vm)
+
+    async def _apply_network(self, vm: Vm) -> None:
+        """Save the VM's policy and push it to the node (which applies it now if the VM's tap is up)."""
+        self.store.save_vm(vm)
+        if vm.state not in (VmState.CREATING, VmState.DELETING):
+            await self.node.update_network(vm.id, vm_net(vm))
 
     async def eject_cdrom(self, vm_id: str) -> None:
         """Eject the ISO of a full VM (inserted through the node's /downloadIso or /uploadIso)."""

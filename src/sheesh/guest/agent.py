@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import ipaddress
 import json
 import os
 import re
@@ -53,6 +54,8 @@ _TRANSFER_OPS = frozenset(
 )
 _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="req")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+BUSYBOX = "/bin/busybox"
 
 
 class RequestError(Exception):
@@ -384,6 +387,44 @@ def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]
     return {"boot_id": config.boot_id, "done": done}
 
 
+def net_commands(dev: str, req: dict[str, Any]) -> list[list[str]]:
+    """The ``ip`` commands giving ``dev`` the MAC, address and default route of ``req``
+    (``mac``, ``ip``, ``prefix``, ``gateway``); RequestError if any is malformed."""
+    try:
+        addr = ipaddress.IPv4Interface(f"{req['ip']}/{int(req['prefix'])}")
+        gateway = ipaddress.IPv4Address(str(req["gateway"]))
+        mac = str(req["mac"]).lower()
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RequestError(f"bad network settings: {exc}") from None
+    if not _MAC.match(mac):
+        raise RequestError(f"bad MAC address {mac!r}")
+    ip = [BUSYBOX, "ip"]
+    return [
+        [*ip, "link", "set", "dev", dev, "down"],
+        [*ip, "link", "set", "dev", dev, "address", mac],
+        [*ip, "addr", "flush", "dev", dev],
+        [*ip, "addr", "add", str(addr), "dev", dev],
+        [*ip, "link", "set", "dev", dev, "up"],
+        [*ip, "route", "replace", "default", "via", str(gateway), "dev", dev],
+    ]
+
+
+def configure_network(req: dict[str, Any]) -> dict[str, Any]:
+    """Set up the VM's network interface (the first one besides ``lo``) as the host assigned it: after a
+    boot and after every restore (clones must not keep the template's MAC and address)."""
+    devices = sorted(d for d in os.listdir("/sys/class/net") if d != "lo") if os.path.isdir("/sys/class/net") else []
+    if not devices:
+        raise RequestError("the VM has no network interface")
+    commands = net_commands(devices[0], req)
+    if os.geteuid() != 0:
+        return {"device": devices[0], "done": False}
+    for argv in commands:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RequestError(f"{' '.join(argv[1:])}: {proc.stderr.strip()}")
+    return {"device": devices[0], "done": True}
+
+
 def _env_list(pairs: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for pair in pairs:
@@ -483,6 +524,8 @@ class Agent:
             return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id, "warm": warm}, None
         if op == "refresh":
             return refresh_identity(self.config, req), None
+        if op == "net":
+            return configure_network(req), None
         if op == "resize_fs":
             subprocess.Popen(["resize2fs", "/dev/vda"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return {}, None

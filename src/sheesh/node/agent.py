@@ -25,6 +25,7 @@ from sheesh.errors import NotFoundError, SheeshError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult, VmKind
 from sheesh.node.errors import NodeError
 from sheesh.node.guest_client import GuestClient
+from sheesh.node.network import HostNetwork, VmNet
 from sheesh.vmm.driver import (
     AGENT_SOCKET,
     SERIAL_LOG,
@@ -98,9 +99,14 @@ class NodeVmSpec:
     snapshot_id: str | None = None
     snapshot_disk_mb: int | None = None
     kind: VmKind = VmKind.SANDBOX
+    net: VmNet | None = None
+    """Address and traffic policy (used when the node has networking)."""
 
     def to_json(self) -> str:
-        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()})
+        raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        raw = {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}
+        raw["net"] = json.loads(self.net.to_json()) if self.net is not None else None
+        return json.dumps(raw)
 
     @classmethod
     def from_json(cls, text: str) -> NodeVmSpec:
@@ -108,6 +114,7 @@ class NodeVmSpec:
         for key in ("kernel", "initrd", "rootfs"):
             raw[key] = Path(raw[key])
         raw["kind"] = VmKind(raw.get("kind", VmKind.SANDBOX))
+        raw["net"] = VmNet.from_json(json.dumps(raw["net"])) if raw.get("net") else None
         return cls(**raw)
 
 
@@ -123,6 +130,7 @@ class NodeAgent:
         stop_timeout_s: float = 15.0,
         name: str = "local",
         snapshots_dir: Path | None = None,
+        network: HostNetwork | None = None,
     ) -> None:
         self.vms_dir = vms_dir
         self.snapshots_dir = snapshots_dir or vms_dir.parent / "snapshots"
@@ -133,6 +141,9 @@ class NodeAgent:
         self._specs: dict[str, NodeVmSpec] = {}
         self._guests: dict[str, GuestClient] = {}
         self._restarting: set[str] = set()
+        self.network = network
+        self._nets: dict[str, VmNet] = {}
+        """VMs whose taps and rules are in place."""
 
     def workdir(self, vm_id: str) -> Path:
         return self.vms_dir / vm_id
@@ -143,6 +154,46 @@ class NodeAgent:
             client = GuestClient(self.workdir(vm_id) / AGENT_SOCKET)
             self._guests[vm_id] = client
         return client
+
+    async def _plug(self, spec: NodeVmSpec) -> None:
+        """The VM's tap and its rules, before its machine starts."""
+        if self.network is None or spec.net is None:
+            return
+        try:
+            await self.network.add_tap(spec.net)
+            self._nets[spec.vm_id] = spec.net
+            await self.network.apply(list(self._nets.values()))
+        except NodeError:
+            self._nets.pop(spec.vm_id, None)
+            raise
+
+    async def _configure_guest_net(self, spec: NodeVmSpec) -> None:
+        if self.network is None or spec.net is None:
+            return
+        gateway = self.network.config.gateway
+        await self._guest(spec.vm_id).call(
+            "net",
+            10,
+            ip=spec.net.ip,
+            prefix=gateway.network.prefixlen,
+            gateway=str(gateway.ip),
+            mac=spec.net.mac,
+        )
+
+    async def _unplug(self, vm_id: str, net: VmNet | None) -> None:
+        if self.network is None or net is None:
+            return
+        if self._nets.pop(vm_id, None) is not None:
+            await self.network.apply(list(self._nets.values()))
+        await self.network.remove_tap(net)
+
+    async def update_network(self, vm_id: str, net: VmNet) -> None:
+        """New traffic policy (allowlist, firewall, ports) for a VM; applied at once if its tap is up."""
+        spec = dataclasses.replace(self.spec_of(vm_id), net=net)
+        self._remember(spec)
+        if self.network is not None and vm_id in self._nets:
+            self._nets[vm_id] = net
+            await self.network.apply(list(self._nets.values()))
 
     def _remember(self, spec: NodeVmSpec) -> None:
         self._specs[spec.vm_id] = spec
@@ -166,14 +217,18 @@ class NodeAgent:
         wd = self.workdir(spec.vm_id)
         disk = wd / DISK_FILE
         args = (spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, disk, wd)
+        nic: dict[str, Any] = {}
+        if self.network is not None and spec.net is not None:
+            nic = {"tap": spec.net.tap, "mac": spec.net.mac}
         if spec.kind != VmKind.FULL:
-            return MachineSpec(*args, restore=restore)
+            return MachineSpec(*args, restore=restore, **nic)
         cdrom = wd / CDROM_FILE
         seed = wd / SEED_FILE
         if cdrom.exists():  # an ISO may install onto the disk: from now on the firmware boots the VM
             (wd / INSTALLED_MARK).touch()
         return MachineSpec(
             *args,
+            **nic,
             full=True,
             firmware_boot=cdrom.exists() or (wd / INSTALLED_MARK).exists(),
             cdrom=cdrom if cdrom.exists() else None,
@@ -186,6 +241,7 @@ class NodeAgent:
         booting its firmware (an ISO or an installed OS) has no agent: it is up once the process runs."""
         started = time.monotonic()
         machine = self.machine_spec(spec, restore)
+        await self._plug(spec)
         try:
             await self.driver.start(machine)
         except VmmError as exc:
@@ -203,6 +259,7 @@ class NodeAgent:
             await self._guest(spec.vm_id).wait_ready(
                 self.boot_timeout_s, alive=lambda: self.driver.is_running(spec.vm_id), **probe
             )
+            await self._configure_guest_net(spec)
         except UnavailableError as exc:
             await self._drop(spec.vm_id)
             tail = self.serial_tail(spec.vm_id, 15)
@@ -309,8 +366,13 @@ class NodeAgent:
         await self._drop(vm_id)
 
     async def destroy(self, vm_id: str) -> None:
-        """Kill the VM and remove all its files."""
+        """Kill the VM, remove its tap and rules and all its files."""
         await self._drop(vm_id)
+        net = self._nets.get(vm_id)
+        if net is None:
+            with contextlib.suppress(SheeshError):
+                net = self.spec_of(vm_id).net
+        await self._unplug(vm_id, net)
         self._specs.pop(vm_id, None)
         await asyncio.to_thread(shutil.rmtree, self.workdir(vm_id), True)
 
@@ -369,8 +431,13 @@ class NodeAgent:
         return sorted(p.name for p in self.vms_dir.iterdir() if p.is_dir())
 
     async def reattach(self, vm_id: str) -> bool:
-        """Adopt a VM left running by an earlier manager process; True if it is alive."""
-        return await self.driver.attach(vm_id, self.workdir(vm_id))
+        """Adopt a VM left running by an earlier manager process (its tap and rules are put back in place);
+        True if it is alive."""
+        alive = await self.driver.attach(vm_id, self.workdir(vm_id))
+        if alive:
+            with contextlib.suppress(NotFoundError):
+                await self._plug(self.spec_of(vm_id))
+        return alive
 
     async def _run(self, vm_id: str, op: str, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
         """A process-running guest op: the guest enforces ``timeout_ms``; we wait a grace period longer."""

@@ -15,7 +15,21 @@ from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from sheesh.models import ApiKey, Image, ProvisionMode, Role, Snapshot, SnapshotKind, User, Vm, VmKind, VmState
+from sheesh.models import (
+    ApiKey,
+    FirewallAction,
+    FirewallRule,
+    Image,
+    PortForward,
+    ProvisionMode,
+    Role,
+    Snapshot,
+    SnapshotKind,
+    User,
+    Vm,
+    VmKind,
+    VmState,
+)
 from sheesh.store.errors import StoreError
 from sheesh.store.tables import ApiKeyRow, ImageRow, SnapshotRow, UserRow, VmRow
 
@@ -86,6 +100,8 @@ def _vm_from_row(row: VmRow) -> Vm:
         snapshot_id=row.snapshot_id,
         owner_id=row.owner_id,
         kind=VmKind(row.kind),
+        firewall=[FirewallRule(str(src), FirewallAction(action)) for src, action in row.firewall or []],
+        ports=[PortForward(int(g), int(h), str(proto)) for g, h, proto in row.ports or []],
     )
 
 
@@ -107,6 +123,8 @@ def _vm_values(vm: Vm) -> dict[str, object]:
         "snapshot_id": vm.snapshot_id,
         "owner_id": vm.owner_id,
         "kind": vm.kind.value,
+        "firewall": [[r.src, r.action.value] for r in vm.firewall],
+        "ports": [[p.guest_port, p.host_port, p.protocol] for p in vm.ports],
     }
 
 

@@ -32,6 +32,8 @@ class VmRow(Base):
     snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(16), default="sandbox")
+    firewall: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    ports: Mapped[list[Any]] = mapped_column(JSON, default=list)
 
 
 class ImageRow(Base):

@@ -36,6 +36,9 @@ class MachineSpec:
     workdir: Path
     kernel_args: tuple[str, ...] = ()
     restore: RestoreSource | None = None
+    tap: str | None = None
+    """Host tap interface of the VM's virtio NIC (none: no network device)."""
+    mac: str | None = None
     full: bool = False
     """A full (VPS-style) machine: PC chipset with firmware, VGA on a VNC socket, a CD-ROM drive."""
     firmware_boot: bool = False

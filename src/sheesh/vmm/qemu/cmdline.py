@@ -115,6 +115,18 @@ def _agent_port(wd: Path, bus_device: str) -> list[str]:
     ]
 
 
+def _nic(spec: MachineSpec, device: str) -> list[str]:
+    """The virtio NIC on the node's tap (QEMU opens the existing tap; it never runs scripts)."""
+    if spec.tap is None:
+        return []
+    return [
+        "-netdev",
+        f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+        "-device",
+        f"{device},netdev=net0" + (f",mac={spec.mac}" if spec.mac else ""),
+    ]
+
+
 def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
     """The argv of a machine: a microVM, or a full machine when ``spec.full`` (see ``build_full_argv``).
 
@@ -136,6 +148,7 @@ def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
         "virtio-blk-device,drive=root",
         "-device",
         "virtio-rng-device",
+        *_nic(spec, "virtio-net-device"),
         *_agent_port(wd, "virtio-serial-device"),
         *_consoles(wd),
         *incoming,
@@ -186,6 +199,7 @@ def build_full_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[
         *seed,
         "-device",
         "virtio-rng-pci",
+        *_nic(spec, "virtio-net-pci"),
         *(_agent_port(wd, "virtio-serial-pci") if not spec.firmware_boot else []),
         "-vga",
         "std",
