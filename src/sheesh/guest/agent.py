@@ -78,6 +78,9 @@ class AgentConfig:
     deno: str = "/usr/local/bin/deno"
     poweroff: Callable[[], None] = field(default=lambda: None)
     boot_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    in_vm: bool = True
+    """False when the agent serves a Unix socket on a host (tests, the fake VMM): it must not change the
+    machine it runs on (network, clock, RNG)."""
 
     def owner(self) -> tuple[int, int] | None:
         """uid/gid that files written for the user get (None: leave as the agent's own)."""
@@ -373,14 +376,15 @@ def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]
     take a new boot id. Steps needing root are skipped (and reported) when the agent is not root."""
     done: list[str] = []
     seed = base64.b64decode(str(req.get("seed", "")))
-    if seed and os.geteuid() == 0:
+    system = config.in_vm and os.geteuid() == 0
+    if seed and system:
         with open("/dev/urandom", "wb") as rnd:
             fcntl.ioctl(rnd, _RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
             with contextlib.suppress(OSError):
                 fcntl.ioctl(rnd, _RNDRESEEDCRNG)
         done.append("rng")
     now_ns = req.get("time_ns")
-    if isinstance(now_ns, int) and os.geteuid() == 0:
+    if isinstance(now_ns, int) and system:
         time.clock_settime_ns(time.CLOCK_REALTIME, now_ns)
         done.append("clock")
     config.boot_id = uuid.uuid4().hex
@@ -409,14 +413,14 @@ def net_commands(dev: str, req: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def configure_network(req: dict[str, Any]) -> dict[str, Any]:
+def configure_network(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
     """Set up the VM's network interface (the first one besides ``lo``) as the host assigned it: after a
     boot and after every restore (clones must not keep the template's MAC and address)."""
     devices = sorted(d for d in os.listdir("/sys/class/net") if d != "lo") if os.path.isdir("/sys/class/net") else []
     if not devices:
         raise RequestError("the VM has no network interface")
     commands = net_commands(devices[0], req)
-    if os.geteuid() != 0:
+    if not config.in_vm or os.geteuid() != 0:
         return {"device": devices[0], "done": False}
     for argv in commands:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -525,7 +529,7 @@ class Agent:
         if op == "refresh":
             return refresh_identity(self.config, req), None
         if op == "net":
-            return configure_network(req), None
+            return configure_network(self.config, req), None
         if op == "resize_fs":
             subprocess.Popen(["resize2fs", "/dev/vda"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return {}, None
@@ -698,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             home=args.workspace,
             user=os.environ.get("USER", "user"),
             poweroff=lambda: os._exit(0),
+            in_vm=False,
         )
         if not args.same_user:
             config.uid, config.gid = 1000, 1000

@@ -33,7 +33,10 @@ async def add_firewall_rule(
     body = body or FirewallRuleBody()
     src = body.src
     if src is None:
-        caller = ipaddress.ip_address(request.client.host) if request.client else None
+        try:
+            caller = ipaddress.ip_address(request.client.host) if request.client else None
+        except ValueError:
+            caller = None
         if not isinstance(caller, ipaddress.IPv4Address):
             raise InvalidInputError("src is required: the request did not come from an IPv4 address")
         src = f"{caller}/32"

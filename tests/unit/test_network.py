@@ -1,0 +1,193 @@
+"""VM networking without touching the host: the nftables script, names, address pool, the node's use of the
+host-network seam (FakeNetwork), the guest's ip commands, and the firewall / ports API on fakes."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from sheesh.api.app import create_app
+from sheesh.config import Settings
+from sheesh.control.ipam import allocate_ip, free_port, template_ip
+from sheesh.control.node_client import FakeNodeClient
+from sheesh.guest.agent import RequestError, net_commands
+from sheesh.models import FirewallAction, FirewallRule, PortForward
+from sheesh.node.agent import NodeAgent, NodeVmSpec
+from sheesh.node.network import FakeNetwork, NetConfig, VmNet, render_ruleset
+from sheesh.vmm.fake import FakeDriver
+from tests.fakes import fake_services
+
+KEY = {"X-API-Key": "test-key"}
+CFG = NetConfig("shtest0", "10.77.0.0/16")
+A = VmNet(
+    "vm-aaa",
+    "10.77.0.2",
+    ("10.77.0.1/32", "192.168.5.0/24", "192.168.5.7/32", "fd00::/8"),
+    False,
+    (FirewallRule("10.0.0.0/8", FirewallAction.ACCEPT), FirewallRule("0.0.0.0/0", FirewallAction.REJECT)),
+    (PortForward(8000, 20001), PortForward(53, 20002, "udp")),
+)
+B = VmNet("vm-bbb", "10.77.0.3", (), True)
+
+
+def test_names_fit_and_are_unique() -> None:
+    assert len(A.tap) <= 15 and A.tap != B.tap and A.tap.startswith("sh")
+    assert A.mac == "52:54:0a:4d:00:02" and B.mac == "52:54:0a:4d:00:03"
+    assert str(CFG.gateway) == "10.77.0.1/16"
+    assert VmNet.from_json(A.to_json()) == A
+
+
+def test_ruleset_encodes_each_policy() -> None:
+    text = render_ruleset(CFG, [B, A])
+    assert text.startswith("table inet shtest0 {}\ndelete table inet shtest0\n")
+    # overlapping allowlist entries merged, IPv6 entries ignored; allowlisted host services reachable
+    allow = 'iifname "shtest0" ip saddr 10.77.0.2 ip daddr { 10.77.0.1/32, 192.168.5.0/24 } accept'
+    assert text.count(allow) == 2 and "fd00" not in text
+    assert 'iifname "shtest0" ip saddr 10.77.0.3 oifname != "shtest0" accept' in text
+    assert "ip saddr 10.77.0.2 oifname" not in text, "no internet without outboundInternet"
+    assert "elements = { 10.77.0.3 }" in text and 'ip saddr @internet oifname != "shtest0" masquerade' in text
+    chain = text[text.index(f"chain in-{A.tap}") :]
+    chain = chain[: chain.index("}")]
+    assert chain.index("10.0.0.0/8 accept") < chain.index("0.0.0.0/0 meta l4proto tcp reject with tcp reset")
+    assert chain.rstrip().endswith("drop")
+    assert text.count("fib daddr type local tcp dport 20001 dnat ip to 10.77.0.2:8000") == 2
+    assert "udp dport 20002 dnat ip to 10.77.0.2:53" in text
+    assert f'iifname "{A.tap}" ether type ip ip saddr != 10.77.0.2 drop' in text
+    # the forward chain: replies first, then egress, then the default drops
+    forward = text[text.index("chain forward") :]
+    assert forward.index("ct state established,related accept") < forward.index(allow) < forward.index("drop")
+
+
+def test_empty_ruleset_has_no_internet_set() -> None:
+    text = render_ruleset(CFG, [])
+    assert "set internet" not in text and "masquerade" not in text
+    assert 'iifname "shtest0" drop' in text
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft is installed by scripts/setup.sh")
+def test_ruleset_is_valid_nftables() -> None:
+    for vms in ([], [A], [A, B]):
+        proc = subprocess.run(
+            ["nft", "-c", "-f", "-"], input=render_ruleset(CFG, vms), capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_pool_reserves_gateway_and_template_address() -> None:
+    assert template_ip("10.9.0.0/29") == "10.9.0.6"
+    used: set[str] = set()
+    for _ in range(4):
+        used.add(allocate_ip("10.9.0.0/29", used))
+    assert used == {"10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5"}
+
+
+def test_free_port_skips_taken_and_busy_ports() -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert free_port((port, port + 2), {port + 1}) == port + 2
+
+
+def test_guest_ip_commands() -> None:
+    req = {"ip": "10.77.0.2", "prefix": 16, "gateway": "10.77.0.1", "mac": "52:54:0A:4D:00:02"}
+    cmds = net_commands("eth0", req)
+    assert cmds[1][-1] == "52:54:0a:4d:00:02"
+    assert ["/bin/busybox", "ip", "addr", "add", "10.77.0.2/16", "dev", "eth0"] in cmds
+    assert cmds[-1] == ["/bin/busybox", "ip", "route", "replace", "default", "via", "10.77.0.1", "dev", "eth0"]
+    for bad in ({**req, "ip": "x"}, {**req, "mac": "52:54"}, {**req, "prefix": "a"}):
+        with pytest.raises(RequestError):
+            net_commands("eth0", bad)
+
+
+async def test_node_plugs_updates_and_unplugs(tmp_path: Path) -> None:
+    network = FakeNetwork(CFG)
+    node = NodeAgent(tmp_path / "vms", FakeDriver(), network=network)
+    spec = NodeVmSpec("vm-aaa", 1, 256, Path("k"), Path("i"), Path("r"), 1024, net=A)
+    (tmp_path / "vms" / "vm-aaa").mkdir(parents=True)
+    (tmp_path / "vms" / "vm-aaa" / "disk.qcow2").write_text("{}")
+    machine = node.machine_spec(spec)
+    assert (machine.tap, machine.mac) == (A.tap, A.mac)
+    await node.start(spec)
+    try:
+        assert network.taps == {A.tap} and network.applied == [A]
+        # the fake guest agent is not root: the net op answered without changing the host
+        assert NodeVmSpec.from_json((tmp_path / "vms" / "vm-aaa" / "vm.json").read_text()).net == A
+        changed = VmNet(A.vm_id, A.ip, firewall=(FirewallRule("1.2.3.4/32", FirewallAction.DROP),))
+        await node.update_network("vm-aaa", changed)
+        assert network.applied == [changed]
+        assert node.spec_of("vm-aaa").net == changed
+    finally:
+        await node.destroy("vm-aaa")
+    assert network.taps == set() and network.applied == []
+
+
+def test_firewall_and_ports_api(settings: Settings) -> None:
+    svc, node = fake_services(settings)
+    with TestClient(create_app(svc)) as c:
+        vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=KEY).json()["id"]
+        r = c.post(f"/v1/vms/{vm}/firewall", headers=KEY)  # empty body: the caller's address, which has no IP here
+        assert r.status_code == 400 and "src is required" in r.json()["message"]
+        r = c.post(f"/v1/vms/{vm}/firewall", json={"src": "10.1.2.3", "action": "REJECT"}, headers=KEY)
+        assert r.status_code == 200 and r.json()["rules"][-1] == {"src": "10.1.2.3/32", "action": "REJECT"}
+        for body, fragment in [
+            ({"src": "10.0.0.0/33"}, "CIDR"),
+            ({"src": "::1/128"}, "IPv4"),
+            ({"src": "10.0.0.0/8", "action": "ALLOW"}, "action"),
+        ]:
+            r = c.post(f"/v1/vms/{vm}/firewall", json=body, headers=KEY)
+            assert r.status_code == 400 and fragment in r.json()["message"], r.text
+        assert node.networks[vm].firewall[-1] == FirewallRule("10.1.2.3/32", FirewallAction.REJECT)
+        assert c.delete(f"/v1/vms/{vm}/firewall", headers=KEY).status_code == 204
+        assert c.get(f"/v1/vms/{vm}/firewall", headers=KEY).json()["rules"] == []
+        assert node.networks[vm].firewall == ()
+
+        first = c.post(f"/v1/vms/{vm}/ports", json={"guestPort": 22}, headers=KEY)
+        assert first.status_code == 201
+        second = c.post(f"/v1/vms/{vm}/ports", json={"guestPort": 53, "protocol": "udp"}, headers=KEY).json()
+        assert second["hostPort"] != first.json()["hostPort"] and second["protocol"] == "udp"
+        assert c.post(f"/v1/vms/{vm}/ports", json={"guestPort": 22}, headers=KEY).status_code == 409
+        for body in ({"guestPort": 0}, {"guestPort": 70000}, {"guestPort": 22, "protocol": "icmp"}, {}):
+            assert c.post(f"/v1/vms/{vm}/ports", json=body, headers=KEY).status_code == 400
+        assert c.get(f"/v1/vms/{vm}", headers=KEY).json()["ports"] == [first.json(), second]
+        assert c.delete(f"/v1/vms/{vm}/ports/{second['hostPort']}", headers=KEY).status_code == 204
+        assert c.delete(f"/v1/vms/{vm}/ports/{second['hostPort']}", headers=KEY).status_code == 404
+        assert [p.guest_port for p in node.networks[vm].ports] == [22]
+        assert c.get("/v1/vms/vm-nope/firewall", headers=KEY).status_code == 404
+
+
+def test_empty_post_lets_the_caller_in(settings: Settings) -> None:
+    svc, _ = fake_services(settings)
+    with TestClient(create_app(svc), client=("192.0.2.7", 4242)) as c:
+        vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=KEY).json()["id"]
+        r = c.post(f"/v1/vms/{vm}/firewall", headers=KEY)
+        assert r.status_code == 200 and r.json()["rules"] == [{"src": "192.0.2.7/32", "action": "ACCEPT"}]
+
+
+def test_limits_on_rules_and_ports(settings: Settings) -> None:
+    svc, _ = fake_services(settings)
+    with TestClient(create_app(svc)) as c:
+        vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=KEY).json()["id"]
+        for i in range(64):
+            assert c.post(f"/v1/vms/{vm}/firewall", json={"src": f"10.0.{i}.0/24"}, headers=KEY).status_code == 200
+        r = c.post(f"/v1/vms/{vm}/firewall", json={"src": "10.1.0.0/24"}, headers=KEY)
+        assert r.status_code == 400 and "at most 64" in r.json()["message"]
+        for port in range(1, 17):
+            assert c.post(f"/v1/vms/{vm}/ports", json={"guestPort": port}, headers=KEY).status_code == 201
+        r = c.post(f"/v1/vms/{vm}/ports", json={"guestPort": 99}, headers=KEY)
+        assert r.status_code == 400 and "at most 16" in r.json()["message"]
+
+
+def test_fake_node_client_gets_the_policy_at_create(settings: Settings) -> None:
+    svc, node = fake_services(settings)
+    assert isinstance(node, FakeNodeClient)
+    with TestClient(create_app(svc)) as c:
+        body = {"cpu": 1, "memMb": 256, "allowIps": ["10.0.0.0/8"], "outboundInternet": True}
+        vm = c.post("/v1/vms", json=body, headers=KEY).json()
+    net = node.specs[vm["id"]].net
+    assert net is not None and net.ip == vm["guestIp"] and net.allow_ips == ("10.0.0.0/8",) and net.outbound_internet
