@@ -22,7 +22,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exec sudo -E "$0" "$@"
 fi
 
-APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso python3-venv python3-dev gcc)
+APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso iproute2 nftables python3-venv python3-dev gcc)
 ((TEST_DEPS)) && APT_PACKAGES+=(chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
