@@ -10,7 +10,7 @@ from sheesh.control.images import register_builtin
 from sheesh.control.services import Services
 from sheesh.image.builder import ImageBuilder
 from sheesh.node.agent import NodeAgent
-from sheesh.node.network import HostNetwork, LinuxNetwork, NetConfig
+from sheesh.node.network import HostNetwork, LinuxNetwork, NetConfig, host_nameservers
 from sheesh.store.repo import SqlStore
 from sheesh.vmm.driver import VmmDriver
 from sheesh.vmm.fake import FakeDriver
@@ -23,7 +23,8 @@ def host_network(settings: Settings) -> HostNetwork | None:
     """Linux networking unless switched off; ``auto`` needs root, ip, bridge and nft, and a real VMM."""
     if settings.network == "off" or (settings.network == "auto" and settings.vmm == "fake"):
         return None
-    config = NetConfig(settings.bridge, settings.guest_network, tuple(settings.net_uplinks))
+    dns = tuple(settings.guest_dns) if settings.guest_dns is not None else host_nameservers()
+    config = NetConfig(settings.bridge, settings.guest_network, tuple(settings.net_uplinks), dns)
     if settings.network == "auto" and not (os.geteuid() == 0 and LinuxNetwork.available()):
         log.warning("VM networking is off: it needs root and iproute2 + nftables (SHEESH_NETWORK=on to insist)")
         return None

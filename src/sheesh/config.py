@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     """Bridge name, also the name of sheesh's nftables tables (one per sheesh instance on a host)."""
     net_uplinks: list[str] = Field(default_factory=list)
     """Interfaces VMs reach the outside through (forwarding, NAT); default: the default route's."""
+    guest_dns: list[str] | None = None
+    """Name servers written to the guests' /etc/resolv.conf; default: the host's non-loopback ones."""
     port_forward_range: tuple[int, int] = (20000, 29999)
     """Node ports handed out by ``POST /v1/vms/:id/ports``."""
     reconcile_interval_s: float = 2.0

@@ -3,6 +3,7 @@ host-network seam (FakeNetwork), the guest's ip commands, and the firewall / por
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -15,10 +16,10 @@ from sheesh.api.app import create_app
 from sheesh.config import Settings
 from sheesh.control.ipam import allocate_ip, free_port, template_ip
 from sheesh.control.node_client import FakeNodeClient
-from sheesh.guest.agent import RequestError, net_commands
+from sheesh.guest.agent import RequestError, net_commands, resolv_conf
 from sheesh.models import FirewallAction, FirewallRule, PortForward
 from sheesh.node.agent import NodeAgent, NodeVmSpec
-from sheesh.node.network import FakeNetwork, NetConfig, VmNet, render_ruleset
+from sheesh.node.network import FakeNetwork, NetConfig, VmNet, host_nameservers, render_ruleset
 from sheesh.vmm.fake import FakeDriver
 from tests.fakes import fake_services
 
@@ -105,16 +106,27 @@ def test_guest_ip_commands() -> None:
             net_commands("eth0", bad)
 
 
+def test_guest_dns(tmp_path: Path) -> None:
+    assert resolv_conf(["10.0.0.53", "9.9.9.9"]) == "nameserver 10.0.0.53\nnameserver 9.9.9.9\n"
+    assert resolv_conf(None) == "" and resolv_conf([]) == ""
+    with pytest.raises(RequestError):
+        resolv_conf(["not-an-ip"])
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# comment\nnameserver 127.0.0.53\nnameserver 10.1.1.1\nnameserver ::1\nsearch lan\n")
+    assert host_nameservers(conf) == ("10.1.1.1",)
+    assert host_nameservers(tmp_path / "missing") == ()
+
+
 async def test_node_plugs_updates_and_unplugs(tmp_path: Path) -> None:
     network = FakeNetwork(CFG)
     node = NodeAgent(tmp_path / "vms", FakeDriver(), network=network)
     spec = NodeVmSpec("vm-aaa", 1, 256, Path("k"), Path("i"), Path("r"), 1024, net=A)
     (tmp_path / "vms" / "vm-aaa").mkdir(parents=True)
     (tmp_path / "vms" / "vm-aaa" / "disk.qcow2").write_text("{}")
-    machine = node.machine_spec(spec)
-    assert (machine.tap, machine.mac) == (A.tap, A.mac)
     await node.start(spec)
     try:
+        machine = node.machine_spec(spec)
+        assert (machine.tap, machine.mac) == (A.tap, A.mac)
         assert network.taps == {A.tap} and network.applied == [A]
         # the fake guest agent is not root: the net op answered without changing the host
         assert NodeVmSpec.from_json((tmp_path / "vms" / "vm-aaa" / "vm.json").read_text()).net == A
@@ -191,3 +203,27 @@ def test_fake_node_client_gets_the_policy_at_create(settings: Settings) -> None:
         vm = c.post("/v1/vms", json=body, headers=KEY).json()
     net = node.specs[vm["id"]].net
     assert net is not None and net.ip == vm["guestIp"] and net.allow_ips == ("10.0.0.0/8",) and net.outbound_internet
+
+
+async def test_restores_recreate_the_saved_devices(tmp_path: Path) -> None:
+    network = FakeNetwork(CFG)
+    node = NodeAgent(tmp_path / "vms", FakeDriver(), network=network, snapshots_dir=tmp_path / "snaps")
+
+    def spec(vm_id: str, ip: str, snapshot: str | None = None) -> NodeVmSpec:
+        return NodeVmSpec(vm_id, 1, 256, Path("k"), Path("i"), tmp_path / "r", 1024, snapshot, net=VmNet(vm_id, ip))
+
+    await node.create(spec("vm-src", "10.77.0.2"))
+    try:
+        assert node.has_nic("vm-src")
+        await node.snapshot("vm-src", "snap-1")
+        assert json.loads((tmp_path / "snaps" / "snap-1" / "machine.json").read_text()) == {"nic": True}
+        await node.create(spec("vm-clone", "10.77.0.3", "snap-1"))
+        assert node.has_nic("vm-clone") and VmNet("vm-clone", "10.77.0.3").tap in network.taps
+        (tmp_path / "snaps" / "snap-1" / "machine.json").unlink()  # a snapshot from before networking
+        await node.create(spec("vm-old", "10.77.0.4", "snap-1"))
+        assert not node.has_nic("vm-old") and node.machine_spec(node.spec_of("vm-old")).tap is None
+        assert VmNet("vm-old", "10.77.0.4").tap not in network.taps
+    finally:
+        for vm in ("vm-src", "vm-clone", "vm-old"):
+            await node.destroy(vm)
+    assert network.taps == set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,7 +13,7 @@ from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.vms import CreateVm
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError
-from sheesh.models import SnapshotKind, VmState
+from sheesh.models import Snapshot, SnapshotKind, VmState
 from tests.fakes import fake_services
 
 KEY = {"X-API-Key": "test-key"}
@@ -117,6 +118,26 @@ async def test_templates_serve_later_creates(settings: Settings) -> None:
     with pytest.raises(NotFoundError):
         svc.vms.snapshot(templates[0].id)
     assert second.state == VmState.RUNNING
+
+
+async def test_templates_of_an_older_generation_are_ignored_and_pruned(settings: Settings) -> None:
+    settings.templates = True
+    svc, node = fake_services(settings)
+    image = svc.store.list_images()[0].image.id
+    old = [
+        Snapshot(f"snap-tpl-{i}", "tpl-x", datetime.now(UTC), 1, 256, image, 1024, SnapshotKind.TEMPLATE) for i in "ab"
+    ]
+    for snap in old:
+        svc.store.add_snapshot(snap)
+    assert svc.vms.templates.find(image, 1, 256) is None
+    user = await svc.vms.create(CreateVm(1, 256, []))
+    user.snapshot_id = "snap-tpl-b"  # a VM whose disk builds on the old template
+    svc.store.save_vm(user)
+    await svc.vms.templates.wait_idle()
+    await svc.vms.templates.prune_stale()
+    ids = {s.id for s in svc.store.list_snapshots()}
+    assert "snap-tpl-a" not in ids and "snap-tpl-b" in ids and ("delete_snapshot", "snap-tpl-a") in node.calls
+    assert svc.vms.templates.find(image, 1, 256) is not None, "a current-generation template was built"
 
 
 async def test_restore_image_mismatch(settings: Settings) -> None:

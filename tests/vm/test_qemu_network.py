@@ -95,6 +95,7 @@ def net_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage
         "SHEESH_NETWORK": "on",
         "SHEESH_NET_UPLINKS": f'["{lan.host_if}"]',
         "SHEESH_PORT_FORWARD_RANGE": "[23400, 23499]",
+        "SHEESH_GUEST_DNS": f'["{lan.peer_ip}"]',
     }
     with running_server(data, guest_image.path.parent.parent, **env) as srv:
         yield srv
@@ -127,6 +128,8 @@ def test_egress_allowlist_internet_switch_and_isolation(net_server: ServerProces
         internet = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": [], "outboundInternet": True}).json()
         ip_addr = c.post(f"/v1/vms/{allow['id']}/exec", json={"cmd": "busybox ip addr show"}).json()["stdout"]
         assert f"inet {allow['guestIp']}/16" in ip_addr
+        resolv = c.post(f"/v1/vms/{allow['id']}/exec", json={"cmd": "cat /etc/resolv.conf"}).json()["stdout"]
+        assert resolv == f"nameserver {lan.peer_ip}\n"
         # the allowlisted address is reached directly (the LAN sees the VM's own address), others are not
         assert _vm_connect(c, allow["id"], lan.peer_ip, 8080) == f"lan-hello peer={allow['guestIp']}"
         assert _vm_connect(c, allow["id"], lan.other_ip, 8080) == "timeout"

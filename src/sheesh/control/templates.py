@@ -22,6 +22,9 @@ from sheesh.store.repo import Store
 log = logging.getLogger(__name__)
 Shape = tuple[str, int, int]
 DEFAULT_DISK_MB = 1024
+GENERATION = "snap-tpl-n1-"
+"""Id prefix of current templates; templates of older machine layouts (before VMs had a NIC) are not used and
+are pruned once nothing builds on them."""
 
 
 @dataclass
@@ -37,9 +40,21 @@ class Templates:
 
     def find(self, image_id: str, cpu: int, mem_mb: int) -> Snapshot | None:
         for snap in self.store.list_snapshots():
-            if snap.kind == SnapshotKind.TEMPLATE and (snap.image_id, snap.cpu, snap.mem_mb) == (image_id, cpu, mem_mb):
+            if snap.kind != SnapshotKind.TEMPLATE or not snap.id.startswith(GENERATION):
+                continue
+            if (snap.image_id, snap.cpu, snap.mem_mb) == (image_id, cpu, mem_mb):
                 return snap
         return None
+
+    async def prune_stale(self) -> None:
+        """Delete templates of older generations that no VM's disk builds on."""
+        in_use = {vm.snapshot_id for vm in self.store.list_vms()}
+        for snap in self.store.list_snapshots():
+            if snap.kind == SnapshotKind.TEMPLATE and not snap.id.startswith(GENERATION) and snap.id not in in_use:
+                log.info("removing template %s of an older generation", snap.id)
+                with contextlib.suppress(SheeshError):
+                    await self.node.delete_snapshot(snap.id)
+                    self.store.delete_snapshot(snap.id)
 
     def ensure(self, image_id: str, cpu: int, mem_mb: int) -> None:
         """Start building the template for this shape unless it exists or is being built."""
@@ -69,7 +84,7 @@ class Templates:
         image_id, cpu, mem_mb = shape
         image = resolve_image(self.store, image_id)
         vm_id = f"tpl-{secrets.token_hex(6)}"
-        snap_id = f"snap-tpl-{secrets.token_hex(6)}"
+        snap_id = f"{GENERATION}{secrets.token_hex(6)}"
         disk_mb = max(DEFAULT_DISK_MB, image.image.rootfs_size_mb)  # the common size: no resize on restore
         net = VmNet(vm_id, template_ip(self.guest_network)) if self.guest_network else None
         spec = NodeVmSpec(

@@ -416,3 +416,4 @@ class VmService:
                 vm.state = kept if alive else VmState.STOPPED
                 vm.error = None
                 self.store.save_vm(vm)
+        await self.templates.prune_stale()

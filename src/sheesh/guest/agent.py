@@ -426,7 +426,21 @@ def configure_network(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RequestError(f"{' '.join(argv[1:])}: {proc.stderr.strip()}")
+    if resolv := resolv_conf(req.get("dns")):
+        with open("/etc/resolv.conf", "w") as fh:
+            fh.write(resolv)
     return {"device": devices[0], "done": True}
+
+
+def resolv_conf(servers: object) -> str:
+    """``/etc/resolv.conf`` naming the IPv4 ``servers`` ("" when there are none)."""
+    if not isinstance(servers, list):
+        return ""
+    try:
+        valid = [str(ipaddress.IPv4Address(str(s))) for s in servers[:3]]
+    except ValueError as exc:
+        raise RequestError(f"bad DNS server: {exc}") from None
+    return "".join(f"nameserver {ip}\n" for ip in valid)
 
 
 def _env_list(pairs: list[str]) -> dict[str, str]:

@@ -49,6 +49,11 @@ CDROM_FILE = "cdrom.iso"
 """Full VMs: the ISO in the CD-ROM drive (downloaded or uploaded)."""
 SEED_FILE = "seed.iso"
 """Full VMs: the cloud-init NoCloud seed of an installed cloud image."""
+NIC_MARK = "nic"
+"""Present when the VM's machine has a network device (booted with networking on, or restored from a snapshot
+that had one): a restore must recreate exactly the devices of the saved machine."""
+SNAPSHOT_MACHINE = "machine.json"
+"""Beside a snapshot's files: what devices the saved machine had (``{"nic": bool}``)."""
 INSTALLED_MARK = "installed"
 """Full VMs: present once the disk holds a user's OS (a cloud image); the firmware boots it."""
 EXEC_GRACE_S = 5.0
@@ -157,7 +162,7 @@ class NodeAgent:
 
     async def _plug(self, spec: NodeVmSpec) -> None:
         """The VM's tap and its rules, before its machine starts."""
-        if self.network is None or spec.net is None:
+        if self.network is None or spec.net is None or not self.has_nic(spec.vm_id):
             return
         try:
             await self.network.add_tap(spec.net)
@@ -168,7 +173,7 @@ class NodeAgent:
             raise
 
     async def _configure_guest_net(self, spec: NodeVmSpec) -> None:
-        if self.network is None or spec.net is None:
+        if self.network is None or spec.net is None or not self.has_nic(spec.vm_id):
             return
         gateway = self.network.config.gateway
         await self._guest(spec.vm_id).call(
@@ -178,6 +183,7 @@ class NodeAgent:
             prefix=gateway.network.prefixlen,
             gateway=str(gateway.ip),
             mac=spec.net.mac,
+            dns=list(self.network.config.dns),
         )
 
     async def _unplug(self, vm_id: str, net: VmNet | None) -> None:
@@ -218,7 +224,9 @@ class NodeAgent:
         disk = wd / DISK_FILE
         args = (spec.vm_id, spec.cpu, spec.mem_mb, spec.kernel, spec.initrd, disk, wd)
         nic: dict[str, Any] = {}
-        if self.network is not None and spec.net is not None:
+        if self.has_nic(spec.vm_id):
+            if self.network is None or spec.net is None:
+                raise NodeError(f"VM {spec.vm_id} has a network device but the node's networking is off")
             nic = {"tap": spec.net.tap, "mac": spec.net.mac}
         if spec.kind != VmKind.FULL:
             return MachineSpec(*args, restore=restore, **nic)
@@ -235,11 +243,23 @@ class NodeAgent:
             seed=seed if seed.exists() else None,
         )
 
+    def has_nic(self, vm_id: str) -> bool:
+        return (self.workdir(vm_id) / NIC_MARK).exists()
+
+    def _set_nic(self, vm_id: str, nic: bool) -> None:
+        mark = self.workdir(vm_id) / NIC_MARK
+        if nic:
+            mark.touch()
+        else:
+            mark.unlink(missing_ok=True)
+
     async def _boot(self, spec: NodeVmSpec, restore: RestoreSource | None = None) -> None:
         """Start the machine and wait for its agent; a restored machine's first request is the identity
         refresh (fresh entropy, current time, new boot id), which doubles as the readiness probe. A full VM
         booting its firmware (an ISO or an installed OS) has no agent: it is up once the process runs."""
         started = time.monotonic()
+        if restore is None:  # a fresh boot gets a NIC whenever the node has networking
+            self._set_nic(spec.vm_id, self.network is not None and spec.net is not None)
         machine = self.machine_spec(spec, restore)
         await self._plug(spec)
         try:
@@ -297,6 +317,13 @@ class NodeAgent:
         except VmmError as exc:
             raise NodeError(f"cannot create disk for {spec.vm_id}: {exc.message}") from exc
         marks.append(time.monotonic())
+        try:  # snapshots from before networking have no machine file and no NIC
+            saved = json.loads((snap / SNAPSHOT_MACHINE).read_text())
+        except (OSError, ValueError):
+            saved = {}
+        self._set_nic(spec.vm_id, bool(saved.get("nic")))
+        if not saved.get("nic") and self.network is not None:
+            log.warning("%s: snapshot %s has no network device; the VM has no network", spec.vm_id, snapshot_id)
         await self._boot(spec, RestoreSource(snap / SNAPSHOT_STATE, memory if memory.exists() else None))
         marks.append(time.monotonic())
         guest = self._guest(spec.vm_id)
@@ -327,6 +354,7 @@ class NodeAgent:
         except VmmError as exc:
             await asyncio.to_thread(shutil.rmtree, dest, True)
             raise NodeError(f"snapshot of {vm_id} failed: {exc.message}") from exc
+        (dest / SNAPSHOT_MACHINE).write_text(json.dumps({"nic": self.has_nic(vm_id)}))
         return files.save_ms
 
     async def ping(self, vm_id: str) -> dict[str, Any]:

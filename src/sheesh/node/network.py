@@ -13,6 +13,7 @@ only (``net.ipv4.conf.<if>.forwarding``). Nothing else is touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -36,11 +37,14 @@ class NetworkError(NodeError):
 @dataclass(frozen=True)
 class NetConfig:
     """The node's VM network: ``bridge`` (also the nftables table name), the guest ``network`` (its first
-    address is the bridge's, the guests' gateway) and the ``uplinks`` (default: the default-route interface)."""
+    address is the bridge's, the guests' gateway), the ``uplinks`` (default: the default-route interface) and
+    the guests' ``dns`` servers."""
 
     bridge: str = "sheesh0"
     network: str = "172.16.0.0/16"
     uplinks: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    """Name servers guests are told to use (they still need egress to reach them)."""
 
     @property
     def gateway(self) -> ipaddress.IPv4Interface:
@@ -186,6 +190,23 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
         f"table inet {name} {{}}\ndelete table inet {name}\ntable bridge {name} {{}}\ndelete table bridge {name}\n"
         f"table inet {name} {{\n{inet}}}\ntable bridge {name} {{\n{bridge}}}\n"
     )
+
+
+def host_nameservers(resolv: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
+    """The host's IPv4 name servers that a guest can use (loopback resolvers such as systemd-resolved's are
+    skipped: they only listen on the host)."""
+    servers = []
+    try:
+        for line in resolv.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    addr = ipaddress.ip_address(parts[1])
+                    if isinstance(addr, ipaddress.IPv4Address) and not addr.is_loopback:
+                        servers.append(str(addr))
+    except OSError:
+        return ()
+    return tuple(servers[:3])
 
 
 class HostNetwork(Protocol):
