@@ -15,8 +15,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from sheesh.auth.sessions import SessionSigner
 from sheesh.models import VmKind
-from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, NodeAgent, NodeVmSpec
-from sheesh.node.media import MediaService, cloud_config
+from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
+from sheesh.node.media import MediaService, cloud_config, write_seed
 from sheesh.node.ws import create_node_app
 from sheesh.vmm.fake import FakeDriver
 from tests.media import http_server
@@ -204,3 +204,24 @@ def test_cloud_config_is_json_yaml() -> None:
     text = cloud_config("vm-1", None, None)
     assert text.startswith("#cloud-config\n")
     assert json.loads(text.split("\n", 1)[1]) == {"hostname": "vm-1", "preserve_hostname": False}
+
+
+def test_seed_carries_the_static_network(tmp_path: Path) -> None:
+    net = GuestNet("10.77.0.9", 16, "10.77.0.1", "52:54:0a:4d:00:09", ("10.0.0.53",))
+    write_seed(tmp_path / "seed.iso", "vm-x", None, None, net)
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "seed.iso"))
+    buf = io.BytesIO()
+    iso.get_file_from_iso_fp(buf, rr_path="/network-config")
+    iso.close()
+    config = json.loads(buf.getvalue())
+    nic = config["ethernets"]["eth0"]
+    assert config["version"] == 2 and nic["match"] == {"macaddress": "52:54:0a:4d:00:09"}
+    assert nic["addresses"] == ["10.77.0.9/16"] and nic["routes"] == [{"to": "0.0.0.0/0", "via": "10.77.0.1"}]
+    assert nic["nameservers"] == {"addresses": ["10.0.0.53"]}
+    write_seed(tmp_path / "plain.iso", "vm-x", None, None)
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "plain.iso"))
+    names = sorted(c.rock_ridge.name().decode() for c in iso.list_children(rr_path="/") if c.rock_ridge and c.is_file())
+    iso.close()
+    assert names == ["meta-data", "user-data"]

@@ -205,7 +205,7 @@ def test_cloud_init_installs_an_image_with_a_seed(full_server: ServerProcess, me
         iso.open(str(workdir / "seed.iso"))
         try:
             found: dict[str, bytes] = {}
-            for name in ("user-data", "meta-data"):
+            for name in ("user-data", "meta-data", "network-config"):
                 buf = io.BytesIO()
                 iso.get_file_from_iso_fp(buf, rr_path=f"/{name}")
                 found[name] = buf.getvalue()
@@ -215,6 +215,8 @@ def test_cloud_init_installs_an_image_with_a_seed(full_server: ServerProcess, me
         assert label == "cidata"
         assert found["user-data"].startswith(b"#cloud-config\n") and b'"password": "s3cret"' in found["user-data"]
         assert b"ssh-ed25519 AAAA me" in found["user-data"] and f"local-hostname: {vm}".encode() in found["meta-data"]
+        guest_ip = c.get(f"/v1/vms/{vm}").json()["guestIp"]
+        assert f'"{guest_ip}/16"'.encode() in found["network-config"], "the static address for the image's NIC"
         # the installed disk survives a restart and is what boots
         _restart(c, vm)
         _wait_serial(c, vm, "SHEESH-DISK-BOOTED")

@@ -123,6 +123,17 @@ class NodeVmSpec:
         return cls(**raw)
 
 
+@dataclass(frozen=True)
+class GuestNet:
+    """A guest's interface settings: static address, gateway, MAC, name servers."""
+
+    ip: str
+    prefix: int
+    gateway: str
+    mac: str
+    dns: tuple[str, ...] = ()
+
+
 class NodeAgent:
     """Owns the VMs of one host. Methods raise ``NodeError``/``UnavailableError`` on failure."""
 
@@ -172,18 +183,19 @@ class NodeAgent:
             self._nets.pop(spec.vm_id, None)
             raise
 
-    async def _configure_guest_net(self, spec: NodeVmSpec) -> None:
-        if self.network is None or spec.net is None or not self.has_nic(spec.vm_id):
-            return
+    def guest_net(self, spec: NodeVmSpec) -> GuestNet | None:
+        """What the guest must configure on its NIC (None: the node has no networking for it)."""
+        if self.network is None or spec.net is None:
+            return None
         gateway = self.network.config.gateway
+        return GuestNet(spec.net.ip, gateway.network.prefixlen, str(gateway.ip), spec.net.mac, self.network.config.dns)
+
+    async def _configure_guest_net(self, spec: NodeVmSpec) -> None:
+        net = self.guest_net(spec)
+        if net is None or not self.has_nic(spec.vm_id):
+            return
         await self._guest(spec.vm_id).call(
-            "net",
-            10,
-            ip=spec.net.ip,
-            prefix=gateway.network.prefixlen,
-            gateway=str(gateway.ip),
-            mac=spec.net.mac,
-            dns=list(self.network.config.dns),
+            "net", 10, ip=net.ip, prefix=net.prefix, gateway=net.gateway, mac=net.mac, dns=list(net.dns)
         )
 
     async def _unplug(self, vm_id: str, net: VmNet | None) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol
 import pycdlib
 
 from sheesh.models import VmKind
-from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, NodeAgent, NodeVmSpec
+from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
 from sheesh.node.errors import MediaError
 from sheesh.node.fetch import FREE_SPACE_MARGIN, check_url, fetch
 from sheesh.vmm.driver import VmmError
@@ -65,17 +65,33 @@ def cloud_config(vm_id: str, password: str | None, ssh_key: str | None) -> str:
     return "#cloud-config\n" + json.dumps(config, indent=2) + "\n"
 
 
-def write_seed(path: Path, vm_id: str, password: str | None, ssh_key: str | None) -> None:
+def network_config(net: GuestNet) -> str:
+    """NoCloud ``network-config`` (version 2): the VM's static address on the NIC with its MAC (there is no
+    DHCP on the sheesh bridge)."""
+    nic: dict[str, object] = {
+        "match": {"macaddress": net.mac},
+        "set-name": "eth0",
+        "addresses": [f"{net.ip}/{net.prefix}"],
+        "routes": [{"to": "0.0.0.0/0", "via": net.gateway}],
+    }
+    if net.dns:
+        nic["nameservers"] = {"addresses": list(net.dns)}
+    return json.dumps({"version": 2, "ethernets": {"eth0": nic}}, indent=2) + "\n"
+
+
+def write_seed(path: Path, vm_id: str, password: str | None, ssh_key: str | None, net: GuestNet | None = None) -> None:
     """A NoCloud seed ISO (volume label ``cidata``) with ``meta-data`` (a fresh instance id, so cloud-init
-    runs again after each install) and ``user-data``."""
+    runs again after each install), ``user-data`` and, when the VM has a NIC, ``network-config``."""
     files = {
         "meta-data": f"instance-id: {vm_id}-{secrets.token_hex(4)}\nlocal-hostname: {vm_id}\n".encode(),
         "user-data": cloud_config(vm_id, password, ssh_key).encode(),
     }
+    if net is not None:
+        files["network-config"] = network_config(net).encode()
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for name, data in files.items():
-        short = name.replace("-", "").upper()[:8]
+        short = name.replace("-", "").upper()[:8]  # ISO 9660 level-1 names; Rock Ridge/Joliet carry the real ones
         iso.add_fp(io.BytesIO(data), len(data), f"/{short}.;1", rr_name=name, joliet_path=f"/{name}")
     iso.write(str(path))
     iso.close()
@@ -168,7 +184,8 @@ class MediaService:
                     raise MediaError(exc.message) from exc
                 download.unlink()
                 await report.stage(4, "Writing cloud-init seed")
-                await asyncio.to_thread(write_seed, new_seed, vm_id, password, ssh_key)
+                net = self.node.guest_net(spec)
+                await asyncio.to_thread(write_seed, new_seed, vm_id, password, ssh_key, net)
                 running = self.node.driver.is_running(vm_id)
                 await report.stage(5, "Installing image, restarting the VM" if running else "Installing image")
 
