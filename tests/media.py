@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import os
 import struct
 import subprocess
 import threading
@@ -39,12 +40,15 @@ def make_iso(dest: Path, message: str, pad_mb: int = 0) -> Path:
     return dest
 
 
-def make_disk(dest: Path, message: str, fmt: str = "qcow2", size_mb: int = 64) -> Path:
-    """A disk image whose MBR prints ``message`` (converted to ``fmt``)."""
+def make_disk(dest: Path, message: str, fmt: str = "qcow2", size_mb: int = 64, fill_mb: int = 0) -> Path:
+    """A disk image whose MBR prints ``message`` (converted to ``fmt``), with ``fill_mb`` MiB of random
+    (incompressible, allocated) data after the boot sector."""
     raw = dest.with_suffix(".raw")
     with open(raw, "wb") as fh:
         fh.write(boot_code(message).ljust(510, b"\0") + b"\x55\xaa")
-        fh.truncate(size_mb * 1024 * 1024)
+        for _ in range(fill_mb):
+            fh.write(os.urandom(1024 * 1024))
+        fh.truncate(max(size_mb, fill_mb + 1) * 1024 * 1024)
     if fmt == "raw":
         raw.rename(dest)
     else:

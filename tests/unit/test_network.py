@@ -1,12 +1,14 @@
 """VM networking without touching the host: the nftables script, names, address pool, the node's use of the
-host-network seam (FakeNetwork), the guest's ip commands, and the firewall / ports API on fakes."""
+host-network seam (FakeNetwork), the guest's NIC ioctls, and the firewall / ports API on fakes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from sheesh.api.app import create_app
 from sheesh.config import Settings
 from sheesh.control.ipam import allocate_ip, free_port, template_ip
 from sheesh.control.node_client import FakeNodeClient
-from sheesh.guest.agent import RequestError, net_commands, resolv_conf
+from sheesh.guest import netif
+from sheesh.guest.agent import RequestError, resolv_conf
 from sheesh.models import FirewallAction, FirewallRule, PortForward
 from sheesh.node.agent import NodeAgent, NodeVmSpec
 from sheesh.node.network import FakeNetwork, NetConfig, VmNet, host_nameservers, render_ruleset
@@ -95,15 +98,59 @@ def test_free_port_skips_taken_and_busy_ports() -> None:
         assert free_port((port, port + 2), {port + 1}) == port + 2
 
 
-def test_guest_ip_commands() -> None:
-    req = {"ip": "10.77.0.2", "prefix": 16, "gateway": "10.77.0.1", "mac": "52:54:0A:4D:00:02"}
-    cmds = net_commands("eth0", req)
-    assert cmds[1][-1] == "52:54:0a:4d:00:02"
-    assert ["/bin/busybox", "ip", "addr", "add", "10.77.0.2/16", "dev", "eth0"] in cmds
-    assert cmds[-1] == ["/bin/busybox", "ip", "route", "replace", "default", "via", "10.77.0.1", "dev", "eth0"]
-    for bad in ({**req, "ip": "x"}, {**req, "mac": "52:54"}, {**req, "prefix": "a"}):
-        with pytest.raises(RequestError):
-            net_commands("eth0", bad)
+def test_guest_nic_settings_and_ioctl_structs() -> None:
+    nic = netif.NicSettings.parse("10.77.0.2", 16, "10.77.0.1", "52:54:0A:4D:00:02")
+    assert nic.mac == "52:54:0a:4d:00:02" and str(nic.address.netmask) == "255.255.0.0"
+    hw = netif.ifreq_hwaddr("eth0", nic.mac)
+    assert len(hw) == netif.IFREQ_SIZE and hw[:5] == b"eth0\0" and hw[16:24] == b"\x01\x00RT\x0aM\x00\x02"
+    addr = netif.ifreq_addr("eth0", nic.address.ip)
+    assert addr[16:18] == socket.AF_INET.to_bytes(2, sys.byteorder) and addr[20:24] == bytes([10, 77, 0, 2])
+    route = netif.rtentry_default(nic.gateway)
+    assert len(route) == netif.RTENTRY_SIZE and route[28:32] == bytes([10, 77, 0, 1])  # rt_gateway's address
+    for bad in (
+        ("x", 16, "10.77.0.1", nic.mac),
+        ("10.77.0.2", 16, "10.77.0.1", "52:54"),
+        ("10.77.0.2", "a", "10.77.0.1", nic.mac),
+        ("10.77.0.2", 16, "10.78.0.1", nic.mac),
+    ):
+        with pytest.raises(netif.NetifError):
+            netif.NicSettings.parse(*bad)
+    with pytest.raises(netif.NetifError):
+        netif.ifreq_flags("a-name-far-too-long", 0)
+
+
+NETIF_PROBE = """
+import sys
+from sheesh.guest import netif
+first = netif.NicSettings.parse("10.77.0.2", 16, "10.77.0.1", "52:54:0a:4d:00:02")
+second = netif.NicSettings.parse("10.77.3.9", 16, "10.77.0.1", "52:54:0a:4d:03:09")
+import json
+print(json.dumps([netif.configure("nic0", first), netif.configure("nic0", second), netif.configure("nic0", second)]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
+def test_guest_nic_configure_in_a_namespace() -> None:
+    """The ioctls really set MAC, address and default route (in a throw-away namespace, on a veth end);
+    a second call replaces the first address, a third changes nothing."""
+    ns = f"sheesh-netif-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        inside = ["ip", "netns", "exec", ns]
+        subprocess.run([*inside, "ip", "link", "add", "nic0", "type", "veth", "peer", "name", "nic1"], check=True)
+        probe = subprocess.run([*inside, sys.executable, "-c", NETIF_PROBE], check=True, capture_output=True, text=True)
+        # a fresh link: everything; a new identity on the up link: MAC live, address, route; again: nothing
+        assert json.loads(probe.stdout) == [["mac", "address", "up", "route"], ["mac", "address", "route"], []]
+
+        def show(*what: str) -> str:
+            return subprocess.run([*inside, "ip", *what], check=True, capture_output=True, text=True).stdout
+
+        link, addrs, routes = show("link", "show", "nic0"), show("-4", "addr", "show", "nic0"), show("route")
+        assert "52:54:0a:4d:03:09" in link and ",UP" in link
+        assert "10.77.3.9/16" in addrs and "10.77.0.2" not in addrs
+        assert "default via 10.77.0.1 dev nic0" in routes
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def test_guest_dns(tmp_path: Path) -> None:

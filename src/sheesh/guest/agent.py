@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 try:  # inside the guest the sibling modules sit beside this file
-    from sheesh.guest import files, protocol
+    from sheesh.guest import files, netif, protocol
 except ImportError:  # pragma: no cover - guest layout: /opt/sheesh/*.py, run with -I
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import files  # type: ignore[no-redef,import-not-found]
+    import netif  # type: ignore[no-redef,import-not-found]
     import protocol  # type: ignore[no-redef,import-not-found]
 
 GUEST_WORKSPACE = "/workspace"
@@ -54,8 +55,6 @@ _TRANSFER_OPS = frozenset(
 )
 _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="req")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-BUSYBOX = "/bin/busybox"
 
 
 class RequestError(Exception):
@@ -373,7 +372,8 @@ _RNDRESEEDCRNG = 0x5207
 
 def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
     """After a restore or clone: mix host-provided entropy into the kernel RNG and reseed it, set the clock,
-    take a new boot id. Steps needing root are skipped (and reported) when the agent is not root."""
+    take a new boot id and, when ``net`` is given, apply the new NIC settings (as the ``net`` op; its reply
+    is under ``net``). Steps needing root are skipped (and reported) when the agent is not root."""
     done: list[str] = []
     seed = base64.b64decode(str(req.get("seed", "")))
     system = config.in_vm and os.geteuid() == 0
@@ -388,29 +388,10 @@ def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]
         time.clock_settime_ns(time.CLOCK_REALTIME, now_ns)
         done.append("clock")
     config.boot_id = uuid.uuid4().hex
-    return {"boot_id": config.boot_id, "done": done}
-
-
-def net_commands(dev: str, req: dict[str, Any]) -> list[list[str]]:
-    """The ``ip`` commands giving ``dev`` the MAC, address and default route of ``req``
-    (``mac``, ``ip``, ``prefix``, ``gateway``); RequestError if any is malformed."""
-    try:
-        addr = ipaddress.IPv4Interface(f"{req['ip']}/{int(req['prefix'])}")
-        gateway = ipaddress.IPv4Address(str(req["gateway"]))
-        mac = str(req["mac"]).lower()
-    except (KeyError, ValueError, TypeError) as exc:
-        raise RequestError(f"bad network settings: {exc}") from None
-    if not _MAC.match(mac):
-        raise RequestError(f"bad MAC address {mac!r}")
-    ip = [BUSYBOX, "ip"]
-    return [
-        [*ip, "link", "set", "dev", dev, "down"],
-        [*ip, "link", "set", "dev", dev, "address", mac],
-        [*ip, "addr", "flush", "dev", dev],
-        [*ip, "addr", "add", str(addr), "dev", dev],
-        [*ip, "link", "set", "dev", dev, "up"],
-        [*ip, "route", "replace", "default", "via", str(gateway), "dev", dev],
-    ]
+    reply: dict[str, Any] = {"boot_id": config.boot_id, "done": done}
+    if isinstance(net := req.get("net"), dict):
+        reply["net"] = configure_network(config, net)
+    return reply
 
 
 def configure_network(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
@@ -419,17 +400,26 @@ def configure_network(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any
     devices = sorted(d for d in os.listdir("/sys/class/net") if d != "lo") if os.path.isdir("/sys/class/net") else []
     if not devices:
         raise RequestError("the VM has no network interface")
-    commands = net_commands(devices[0], req)
-    if not config.in_vm or os.geteuid() != 0:
-        return {"device": devices[0], "done": False}
-    for argv in commands:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RequestError(f"{' '.join(argv[1:])}: {proc.stderr.strip()}")
-    if resolv := resolv_conf(req.get("dns")):
+    try:
+        nic = netif.NicSettings.parse(req.get("ip"), req.get("prefix"), req.get("gateway"), req.get("mac"))
+        if not config.in_vm or os.geteuid() != 0:
+            return {"device": devices[0], "done": False}
+        steps = netif.configure(devices[0], nic)
+    except netif.NetifError as exc:
+        raise RequestError(str(exc)) from None
+    if (resolv := resolv_conf(req.get("dns"))) and _read_text("/etc/resolv.conf") != resolv:
         with open("/etc/resolv.conf", "w") as fh:
             fh.write(resolv)
-    return {"device": devices[0], "done": True}
+        steps.append("dns")
+    return {"device": devices[0], "done": True, "steps": steps}
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
 
 
 def resolv_conf(servers: object) -> str:

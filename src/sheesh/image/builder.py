@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sheesh.guest import agent as guest_agent
 from sheesh.guest import files as guest_files_module
+from sheesh.guest import netif as guest_netif
 from sheesh.guest import protocol as guest_protocol
 from sheesh.image.cpio import CpioWriter
 from sheesh.image.errors import ImageBuildError
@@ -83,6 +84,7 @@ def guest_files() -> dict[str, bytes]:
         "opt/sheesh/agent.py": Path(guest_agent.__file__).read_bytes(),
         "opt/sheesh/protocol.py": Path(guest_protocol.__file__).read_bytes(),
         "opt/sheesh/files.py": Path(guest_files_module.__file__).read_bytes(),
+        "opt/sheesh/netif.py": Path(guest_netif.__file__).read_bytes(),
         "etc/sheesh/rc.sysinit": (files / "rc.sysinit").read_bytes(),
         "etc/sheesh/console": (files / "console").read_bytes(),
         "etc/sheesh/vt-console": (files / "vt-console").read_bytes(),

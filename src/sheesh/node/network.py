@@ -210,7 +210,8 @@ def host_nameservers(resolv: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]
 
 
 class HostNetwork(Protocol):
-    """The host side of VM networking. ``apply`` makes the rules match ``vms`` exactly."""
+    """The host side of VM networking. ``apply`` makes the rules match ``vms`` exactly. Rules name taps
+    (they need not exist yet), so ``add_tap`` and ``apply`` may run concurrently; callers serialize ``apply``."""
 
     config: NetConfig
 
@@ -266,12 +267,13 @@ class LinuxNetwork:
 
     def __init__(self, config: NetConfig) -> None:
         self.config = config
-        self._lock = asyncio.Lock()
+        self._bridge_lock = asyncio.Lock()
+        self._rules_lock = asyncio.Lock()
         self._bridge_ready = False
 
     @staticmethod
     def available() -> bool:
-        return all(shutil.which(tool) for tool in ("ip", "bridge", "nft"))
+        return all(shutil.which(tool) for tool in ("ip", "nft"))
 
     async def _uplinks(self) -> tuple[str, ...]:
         if self.config.uplinks:
@@ -280,8 +282,11 @@ class LinuxNetwork:
         return tuple(sorted({str(r["dev"]) for r in routes if "dev" in r}))
 
     async def _ensure_bridge(self) -> None:
-        if self._bridge_ready:
-            return
+        async with self._bridge_lock:
+            if not self._bridge_ready:
+                await self._make_bridge()
+
+    async def _make_bridge(self) -> None:
         br = self.config.bridge
         if not Path(f"/sys/class/net/{br}").exists():
             await _run("ip", "link", "add", br, "type", "bridge")
@@ -298,22 +303,22 @@ class LinuxNetwork:
         self._bridge_ready = True
 
     async def add_tap(self, vm: VmNet) -> None:
-        async with self._lock:
-            await self._ensure_bridge()
-            if not Path(f"/sys/class/net/{vm.tap}").exists():
-                await _run("ip", "tuntap", "add", "dev", vm.tap, "mode", "tap")
-            await _run("ip", "link", "set", vm.tap, "master", self.config.bridge)
-            await _run("bridge", "link", "set", "dev", vm.tap, "isolated", "on")
-            await _run("ip", "link", "set", vm.tap, "up")
+        await self._ensure_bridge()
+        batch = [] if Path(f"/sys/class/net/{vm.tap}").exists() else [f"tuntap add dev {vm.tap} mode tap"]
+        batch += [
+            f"link set dev {vm.tap} master {self.config.bridge}",
+            f"link set dev {vm.tap} type bridge_slave isolated on",
+            f"link set dev {vm.tap} up",
+        ]
+        await _run("ip", "-batch", "-", stdin="\n".join(batch) + "\n")
 
     async def remove_tap(self, vm: VmNet) -> None:
-        async with self._lock:
-            if Path(f"/sys/class/net/{vm.tap}").exists():
-                await _run("ip", "link", "del", vm.tap, check=False)
+        if Path(f"/sys/class/net/{vm.tap}").exists():
+            await _run("ip", "link", "del", vm.tap, check=False)
 
     async def apply(self, vms: list[VmNet]) -> None:
-        async with self._lock:
-            await self._ensure_bridge()
+        await self._ensure_bridge()
+        async with self._rules_lock:
             await _run("nft", "-f", "-", stdin=render_ruleset(self.config, vms))
 
 
