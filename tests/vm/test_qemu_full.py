@@ -121,6 +121,18 @@ def test_full_vm_runs_the_agent_and_shows_its_console_over_vnc(full_server: Serv
         other = c.get(f"/v1/vms/{vm}/agentToken").json()["token"]
         assert other[:8] != token[:8]
         assert asyncio.run(view(other, token[:8])) == (None, 0), "a stale VNC password was accepted"
+
+        async def login(token: str) -> tuple[int, int] | None:
+            url = f"ws://127.0.0.1:{full_server.node_port}/vnc?token={token}"
+            async with websockets.connect(url, subprotocols=["binary"], max_size=None) as ws:
+                return await RfbClient(ws).login(token[:8])
+
+        async def together(tokens: list[str]) -> list[tuple[int, int] | None]:
+            return list(await asyncio.gather(*(login(t) for t in tokens)))
+
+        # viewers logging in at the same moment each get in with their own password (logins are serialized)
+        sizes = asyncio.run(together([c.get(f"/v1/vms/{vm}/agentToken").json()["token"] for _ in range(3)]))
+        assert sizes == [size] * 3
         assert c.delete(f"/v1/vms/{vm}").status_code == 204
 
 

@@ -312,7 +312,7 @@ class NodeAgent:
             tail = self.serial_tail(spec.vm_id, 15)
             raise NodeError(f"VM {spec.vm_id} did not come up: {exc.message}\n{tail}".strip()) from exc
         log.info(
-            "%s: network plugged in %.0f ms, VMM up after %.0f ms, guest agent after %.0f ms, NIC set after %.0f more ms",
+            "%s: network plugged in %.0f ms, VMM up after %.0f ms, agent after %.0f ms, NIC set after %.0f more ms",
             spec.vm_id,
             (plugged - started) * 1000,
             (running - plugged) * 1000,

@@ -44,6 +44,11 @@ POLICY_VIOLATION = 1008
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+# Server-to-client bytes of a password-protected RFB handshake up to the SecurityResult (3.7/3.8: version 12,
+# security types 2, challenge 16, result 4; 3.3 sends the type as 4 bytes, so 36): once they passed, QEMU has
+# checked the password and the next viewer may set its own.
+VNC_AUTH_BYTES = 34
+VNC_LOGIN_TIMEOUT_S = 10.0
 
 
 class TokenRedeemer:
@@ -101,6 +106,7 @@ class _Endpoints:
         self.redeemer = TokenRedeemer(signer)
         self.media = media
         self.consoles: dict[str, asyncio.Lock] = {}
+        self.logins: dict[str, asyncio.Lock] = {}  # per display: one VNC password in play at a time
 
     async def admit(
         self, ws: WebSocket, *, running: bool = True, full: bool = False, report: bool = False
@@ -139,16 +145,38 @@ class _Endpoints:
             await _bridge(ws, reader, writer)
 
     async def vnc(self, ws: WebSocket) -> None:
+        """Viewers log in one at a time: the VNC password (this token's) stays until QEMU has checked it,
+        so a second viewer cannot swap it mid-handshake; established sessions are unaffected."""
         vm_id = await self.admit(ws, full=True)
         if vm_id is None:
+            return
+        login = self.logins.setdefault(vm_id, asyncio.Lock())
+        try:
+            await asyncio.wait_for(login.acquire(), VNC_LOGIN_TIMEOUT_S)
+        except TimeoutError:
+            await ws.close(TRY_AGAIN_LATER, "another viewer is logging in to this display; try again")
             return
         try:
             await self.node.set_vnc_password(vm_id, ws.query_params["token"][:8])
             reader, writer = await asyncio.open_unix_connection(str(self.node.workdir(vm_id) / VNC_SOCKET))
         except (SheeshError, OSError) as exc:
+            login.release()
             await ws.close(INTERNAL_ERROR, f"the VM's display is not available: {exc}"[:120])
             return
-        await _bridge(ws, reader, writer)
+        authenticated = asyncio.Event()
+        bridge = asyncio.create_task(_bridge(ws, reader, writer, authenticated, VNC_AUTH_BYTES))
+        waiter = asyncio.create_task(authenticated.wait())
+        holding = True
+        try:
+            await asyncio.wait({bridge, waiter}, timeout=VNC_LOGIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            login.release()
+            holding = False
+            await bridge
+        finally:
+            if holding:  # cancelled while logging in
+                login.release()
+            waiter.cancel()
+            bridge.cancel()
 
     async def download_iso(self, ws: WebSocket) -> None:
         vm_id = await self.admit(ws, running=False, full=True, report=True)
@@ -233,8 +261,15 @@ async def _receive_iso(ws: WebSocket, media: MediaService, vm_id: str) -> None:
             path.unlink(missing_ok=True)
 
 
-async def _bridge(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy WebSocket messages (text or binary) to the console and console output to binary messages."""
+async def _bridge(
+    ws: WebSocket,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    passed: asyncio.Event | None = None,
+    mark: int = 0,
+) -> None:
+    """Copy WebSocket messages (text or binary) to the console and console output to binary messages;
+    ``passed`` is set once ``mark`` bytes of console output went through."""
 
     async def to_console() -> None:
         while True:
@@ -246,8 +281,12 @@ async def _bridge(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.S
             await writer.drain()
 
     async def from_console() -> None:
+        sent = 0
         while data := await reader.read(65536):
             await ws.send_bytes(data)
+            sent += len(data)
+            if passed is not None and sent >= mark:
+                passed.set()
 
     tasks = [asyncio.create_task(to_console()), asyncio.create_task(from_console())]
     try:
