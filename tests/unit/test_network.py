@@ -69,7 +69,10 @@ def test_ruleset_encodes_each_policy() -> None:
 
 def test_empty_ruleset_has_no_internet_set() -> None:
     text = render_ruleset(CFG, [])
-    assert "set internet" not in text and "masquerade" not in text
+    assert "set internet" not in text and "@internet" not in text
+    assert 'oifname "shtest0" ip saddr 127.0.0.0/8 masquerade' in text  # node-local port-forward clients
+    host_input = text[text.index("chain input") : text.index("chain forward")]
+    assert host_input.index("ip daddr 127.0.0.0/8 drop") < host_input.index('iifname "shtest0" drop')
     assert 'iifname "shtest0" drop' in text
 
 

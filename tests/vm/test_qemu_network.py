@@ -181,6 +181,11 @@ def test_inbound_firewall_and_port_forwarding(net_server: ServerProcess, lan: La
         assert c.get(f"/v1/vms/{vm_id}").json()["ports"] == [port.json()]
         assert lan.connect(lan.host_ip, host_port) == f"vm-hello peer={lan.peer_ip}"
         assert lan.connect(lan.host_ip, host_port, src=lan.other_ip) == "refused", "the firewall applies"
+        # clients on the node itself use localhost; the guest sees them come from its gateway
+        local = subprocess.run(
+            [sys.executable, "-c", CONNECT, "127.0.0.1", str(host_port)], capture_output=True, text=True, check=True
+        )
+        assert local.stdout.strip() == f"vm-hello peer={_gateway(net_server)}"
 
         # rules survive a restart of the service (VMs keep running) and of the VM
         net_server.stop()

@@ -171,7 +171,12 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
         (internet_set if internet else "")
         + _chain(
             "input",
-            [f"iifname {br} ct state established,related accept", *host_allow, f"iifname {br} drop"],
+            [
+                f"iifname {br} ct state established,related accept",
+                f"iifname {br} ip daddr 127.0.0.0/8 drop",  # route_localnet is on for the bridge: never from guests
+                *host_allow,
+                f"iifname {br} drop",
+            ],
             "filter hook input priority filter",
         )
         + _chain("forward", forward, "filter hook forward priority filter")
@@ -180,7 +185,11 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
         + _chain("output", dnat, "nat hook output priority -100")
         + _chain(
             "postrouting",
-            [f"ip saddr @internet oifname != {br} masquerade"] if internet else [],
+            [
+                # node-local clients of forwarded ports (127.0.0.1:hostPort) reach the guest from the gateway
+                f"oifname {br} ip saddr 127.0.0.0/8 masquerade",
+                *([f"ip saddr @internet oifname != {br} masquerade"] if internet else []),
+            ],
             "nat hook postrouting priority srcnat",
         )
     )
@@ -292,14 +301,20 @@ class LinuxNetwork:
             await _run("ip", "link", "add", br, "type", "bridge")
         await _run("ip", "addr", "replace", str(self.config.gateway), "dev", br)
         await _run("ip", "link", "set", br, "up")
-        for dev in (br, *await self._uplinks()):
-            sysctl = Path(f"/proc/sys/net/ipv4/conf/{dev}/forwarding")
+        # forwarding on the bridge and the uplinks only; route_localnet on the bridge lets node-local clients
+        # use 127.0.0.1:hostPort (their source is masqueraded; guests' packets to 127/8 are dropped)
+        for dev, key in (
+            (br, "forwarding"),
+            (br, "route_localnet"),
+            *((up, "forwarding") for up in await self._uplinks()),
+        ):
+            sysctl = Path(f"/proc/sys/net/ipv4/conf/{dev}/{key}")
             try:
                 if sysctl.read_text().strip() != "1":
                     sysctl.write_text("1\n")
-                    log.info("enabled IPv4 forwarding on %s", dev)
+                    log.info("enabled IPv4 %s on %s", key, dev)
             except OSError as exc:
-                raise NetworkError(f"cannot enable forwarding on {dev}: {exc}") from exc
+                raise NetworkError(f"cannot enable {key} on {dev}: {exc}") from exc
         self._bridge_ready = True
 
     async def add_tap(self, vm: VmNet) -> None:
