@@ -46,7 +46,7 @@ def main() -> None:
         # incompressible data so the download and the conversion are real work
         image = make_disk(root / "bench.qcow2", "BENCH-DISK", size_mb=64, fill_mb=args.image_mb)
         iso_bytes = iso.read_bytes()
-        env = {"SHEESH_MEDIA_MAX_BYTES": str(16 * 1024**3)}
+        env = {"SHEESH_MEDIA_MAX_BYTES": str(16 * 1024**3), "SHEESH_MEDIA_BLOCKED_NETWORKS": "[]"}  # served on loopback
         with running_server(**env) as server, server.client() as c, http_server(root) as base:
             node = f"ws://127.0.0.1:{server.node_port}"
             t0 = time.perf_counter()

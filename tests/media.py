@@ -64,21 +64,39 @@ def make_overlay(dest: Path, backing: Path) -> Path:
     return dest
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 class _QuietServer(http.server.ThreadingHTTPServer):
+    redirects: dict[str, str]
+    hosts: list[str]
+
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # clients that stop reading early (size limits) are expected
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    server: _QuietServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.hosts.append(self.headers.get("Host", ""))
+        if (location := self.server.redirects.get(self.path)) is not None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
 @contextmanager
-def http_server(root: Path) -> Iterator[str]:
-    """Serve ``root`` on a loopback port; yields the base URL."""
+def http_server(root: Path, redirects: dict[str, str] | None = None, hosts: list[str] | None = None) -> Iterator[str]:
+    """Serve ``root`` on a loopback port; yields the base URL. ``redirects`` maps paths to 302 locations;
+    ``hosts`` collects the Host header of each GET."""
     handler = functools.partial(_QuietHandler, directory=str(root))
     srv = _QuietServer(("127.0.0.1", 0), handler)
+    srv.redirects = redirects if redirects is not None else {}
+    srv.hosts = hosts if hosts is not None else []
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +59,14 @@ class Settings(BaseSettings):
     upload_max_expanded_bytes: int = 1024 * 1024 * 1024
     media_max_bytes: int = 10 * 1000**3
     """Largest ISO (download or upload) or cloud image (download) the node accepts for a full VM: 10 GB."""
+    media_blocked_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [
+            IPv4Network(n) if "." in n else IPv6Network(n)
+            for n in ("127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "::1/128", "::/128", "fe80::/10")
+        ]
+    )
+    """Addresses the node never downloads ISOs or cloud images from (besides the guest network, always
+    blocked): loopback, "this network" and link-local, where the clouds' metadata services live."""
     rate_limits: dict[str, int] = Field(
         default_factory=lambda: {"create": 30, "exec": 60, "run_ts": 60, "upload": 30, "download": 60}
     )

@@ -3,11 +3,15 @@ message formats, limits, errors that leave the VM's files untouched."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pycdlib
 import pytest
 from starlette.testclient import TestClient
@@ -16,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from sheesh.auth.sessions import SessionSigner
 from sheesh.models import VmKind
 from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
+from sheesh.node.fetch import pinned_requests, send_first
 from sheesh.node.media import MediaService, cloud_config, write_seed
 from sheesh.node.ws import create_node_app
 from sheesh.vmm.fake import FakeDriver
@@ -154,6 +159,61 @@ def test_download_iso_reports_stages_and_progress(node: Node, tmp_path: Path) ->
             messages, code = node.talk(f"/downloadIso?{query}")
             assert code == 1008 and error in messages[-1], messages
     assert (node.agent.workdir("vm-full") / CDROM_FILE).read_bytes() == iso
+
+
+def test_downloads_refuse_blocked_addresses_also_after_redirects(node: Node, tmp_path: Path) -> None:
+    """Loopback is served here; 127.0.0.2 stands for a blocked network (the metadata service, the node's own
+    services). Names are resolved once and the checked address is used, with the name as Host."""
+    served = tmp_path / "www"
+    served.mkdir()
+    iso = fake_iso(MIB)
+    (served / "a.iso").write_bytes(iso)
+    node.media.blocked = (ipaddress.ip_network("127.0.0.2/32"), ipaddress.ip_network("169.254.0.0/16"))
+    redirects: dict[str, str] = {}
+    hosts: list[str] = []
+    with http_server(served, redirects, hosts) as base:
+        port = base.rsplit(":", 1)[1]
+        redirects["/hop.iso"] = f"http://localhost:{port}/a.iso"
+        redirects["/evil.iso"] = f"http://127.0.0.2:{port}/a.iso"
+        redirects["/loop.iso"] = "/loop.iso"
+        messages, code = node.talk(f"/downloadIso?isoUrl={base}/hop.iso")
+        assert code == 1000 and messages[-1] == "3Mounting ISO", messages
+        assert hosts == [f"127.0.0.1:{port}", f"localhost:{port}"]
+        assert (node.agent.workdir("vm-full") / CDROM_FILE).read_bytes() == iso
+        for url, error in [
+            (f"http://127.0.0.2:{port}/a.iso", "127.0.0.2 is 127.0.0.2, an address this node does not download from"),
+            (f"{base}/evil.iso", "does not download from"),
+            (f"http://169.254.169.254:{port}/latest/meta-data", "does not download from"),
+            (f"{base}/loop.iso", "more than 5 redirects"),
+            ("http://name.invalid/a.iso", "cannot resolve name.invalid"),
+        ]:
+            messages, code = node.talk(f"/downloadIso?isoUrl={url}")
+            assert code == 1008 and error in messages[-1], messages
+        node.media.blocked = (ipaddress.ip_network("127.0.0.0/8"),)
+        messages, code = node.talk(f"/cloudInit?imageUrl=http://localhost:{port}/a.iso")
+        assert code == 1008 and "localhost is 127.0.0.1" in messages[-1], messages
+    assert (node.agent.workdir("vm-full") / CDROM_FILE).read_bytes() == iso
+    assert (node.agent.workdir("vm-full") / DISK_FILE).read_text() == "original disk"
+
+
+def test_a_host_with_several_addresses_falls_through_to_one_that_answers(tmp_path: Path) -> None:
+    (tmp_path / "a.iso").write_bytes(b"iso")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]  # bound, not listening: connections are refused
+
+        async def get(base: str) -> bytes:
+            async with httpx.AsyncClient() as client:
+                refused = client.build_request("GET", f"http://127.0.0.1:{dead}/a.iso")
+                requests = [
+                    refused,
+                    *await pinned_requests(client, f"{base}/a.iso", [ipaddress.ip_network("10.0.0.0/8")]),
+                ]
+                resp = await send_first(client, requests)
+                return await resp.aread()
+
+        with http_server(tmp_path) as base:
+            assert asyncio.run(get(base)) == b"iso"
 
 
 def test_one_media_operation_per_vm(node: Node) -> None:

@@ -28,7 +28,11 @@ pytestmark = pytest.mark.vm
 def full_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage) -> Iterator[ServerProcess]:
     """A server whose stop timeout is short: a VM halted in boot code ignores ACPI and is killed."""
     data = tmp_path_factory.mktemp("full") / "data"
-    limits = {"SHEESH_STOP_TIMEOUT_S": "2", "SHEESH_MEDIA_MAX_BYTES": str(8 * 1024 * 1024)}
+    limits = {
+        "SHEESH_STOP_TIMEOUT_S": "2",
+        "SHEESH_MEDIA_MAX_BYTES": str(8 * 1024 * 1024),
+        "SHEESH_MEDIA_BLOCKED_NETWORKS": '["169.254.0.0/16"]',  # the test's media server is on loopback
+    }
     with running_server(data, guest_image.path.parent.parent, **limits) as srv:
         yield srv
 
@@ -169,6 +173,8 @@ def test_download_and_upload_iso_then_boot_them(full_server: ServerProcess, medi
             (f"/downloadIso?isoUrl={base}/missing.iso", "HTTP 404"),
             (f"/downloadIso?isoUrl={base}/notiso.bin", "not an ISO 9660 image"),
             ("/downloadIso?isoUrl=file:///etc/passwd", "http://"),
+            ("/downloadIso?isoUrl=http://169.254.169.254/latest/meta-data/", "does not download from"),
+            (f"/cloudInit?imageUrl=http://{c.get(f'/v1/vms/{vm}').json()['guestIp']}:8000/x.img", "does not download"),
         ]:
             messages, code = asyncio.run(_conversation(_node_url(full_server, c, vm, path)))
             assert code != 1000 and messages[-1].startswith("!ERR") and error in messages[-1], messages

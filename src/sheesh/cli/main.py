@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -60,7 +61,8 @@ def serve(
     if not isinstance(services.node, NodeAgent):  # pragma: no cover - only local nodes are embedded
         uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
         return
-    media = MediaService(services.node, settings.media_max_bytes, settings.max_disk_size_mb)
+    blocked = [*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)]
+    media = MediaService(services.node, settings.media_max_bytes, settings.max_disk_size_mb, blocked)
     node_app = create_node_app(services.node, services.sessions, media)
     asyncio.run(
         _serve_both(

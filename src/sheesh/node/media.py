@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +24,7 @@ import pycdlib
 from sheesh.models import VmKind
 from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
 from sheesh.node.errors import MediaError
-from sheesh.node.fetch import FREE_SPACE_MARGIN, check_url, fetch
+from sheesh.node.fetch import FREE_SPACE_MARGIN, Network, check_url, fetch
 from sheesh.vmm.driver import VmmError
 
 MIB = 1024 * 1024
@@ -99,12 +99,19 @@ def write_seed(path: Path, vm_id: str, password: str | None, ssh_key: str | None
 
 class MediaService:
     """Media operations on the full VMs of one node. ``max_bytes`` caps ISOs and downloaded images;
-    ``max_disk_mb`` caps an image's virtual disk size."""
+    ``max_disk_mb`` caps an image's virtual disk size; URLs whose host is in ``blocked`` are refused."""
 
-    def __init__(self, node: NodeAgent, max_bytes: int = 10 * 1024**3, max_disk_mb: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        node: NodeAgent,
+        max_bytes: int = 10 * 1024**3,
+        max_disk_mb: int = 64 * 1024,
+        blocked: Sequence[Network] = (),
+    ) -> None:
         self.node = node
         self.max_bytes = max_bytes
         self.max_disk_mb = max_disk_mb
+        self.blocked = tuple(blocked)
         self._busy: set[str] = set()
 
     def full_vm(self, vm_id: str) -> NodeVmSpec:
@@ -136,7 +143,7 @@ class MediaService:
             staged = self._path(vm_id, CDROM_FILE + ".new")
             try:
                 await report.stage(1, "Downloading ISO")
-                await fetch(url, staged, self.max_bytes, report.progress)
+                await fetch(url, staged, self.max_bytes, report.progress, blocked=self.blocked)
                 await report.stage(2, "Checking ISO")
                 await report.stage(3, "Mounting ISO")
                 await self._mount(vm_id, staged)
@@ -174,7 +181,7 @@ class MediaService:
             new_seed = self._path(vm_id, SEED_FILE + ".new")
             try:
                 await report.stage(1, "Downloading image")
-                await fetch(url, download, self.max_bytes, report.progress)
+                await fetch(url, download, self.max_bytes, report.progress, blocked=self.blocked)
                 await report.stage(2, "Checking image")
                 fmt = await self._check_image(download, spec.disk_size_mb)
                 await report.stage(3, f"Converting {fmt} image")
