@@ -14,25 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import websockets
 from _common import running_server
-from tests.media import http_server, make_disk, make_iso
-
-
-async def _talk(url: str, upload: bytes | None = None) -> tuple[int, int]:
-    """Close code and number of progress messages of one media connection."""
-    chunk, offset, progress = 1024 * 1024, 0, 0
-    async with websockets.connect(url, max_size=None) as ws:
-        async for msg in ws:
-            progress += isinstance(msg, str) and msg.startswith("!PR")
-            if msg == "gib" and upload is not None:
-                if offset >= len(upload):
-                    await ws.send("EOF")
-                else:
-                    await ws.send(upload[offset : offset + chunk])
-                    offset += chunk
-        assert ws.close_code is not None
-        return ws.close_code, progress
+from tests.media import http_server, make_disk, make_iso, media_conversation
 
 
 def main() -> None:
@@ -63,18 +46,24 @@ def main() -> None:
 
             mb = len(iso_bytes) / 1e6
             t0 = time.perf_counter()
-            code, _ = asyncio.run(_talk(f"{node}/uploadIso?token={token()}", iso_bytes))
+            _, code = asyncio.run(media_conversation(f"{node}/uploadIso?token={token()}", iso_bytes))
             took = time.perf_counter() - t0
             print(f"uploadIso {mb:.0f} MB: {took:.2f} s ({mb / took:.0f} MB/s), close {code}")
             t0 = time.perf_counter()
-            code, progress = asyncio.run(_talk(f"{node}/downloadIso?token={token()}&isoUrl={base}/bench.iso"))
+            messages, code = asyncio.run(
+                media_conversation(f"{node}/downloadIso?token={token()}&isoUrl={base}/bench.iso")
+            )
+            progress = sum(m.startswith("!PR") for m in messages)
             took = time.perf_counter() - t0
             print(
                 f"downloadIso {mb:.0f} MB: {took:.2f} s ({mb / took:.0f} MB/s), {progress} progress messages, "
                 f"close {code}"
             )
             t0 = time.perf_counter()
-            code, progress = asyncio.run(_talk(f"{node}/cloudInit?token={token()}&imageUrl={base}/bench.qcow2"))
+            messages, code = asyncio.run(
+                media_conversation(f"{node}/cloudInit?token={token()}&imageUrl={base}/bench.qcow2")
+            )
+            progress = sum(m.startswith("!PR") for m in messages)
             took = time.perf_counter() - t0
             size = image.stat().st_size / 1e6
             print(

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import websockets
 from Crypto.Cipher import DES
+from websockets.exceptions import ConnectionClosed
 
 # cli; push cs; pop ds; call next; pop si; add si, 18 (the message follows the code); mov dx, 0x3f8;
 # loop: lodsb; test al, al; jz done; out dx, al; jmp loop; done: hlt; jmp done
@@ -181,3 +183,25 @@ class RfbClient:
             data = await self._read(w * h * 4, timeout=60)
             lit += sum(1 for i in range(0, len(data), 4) if data[i : i + 3] != b"\0\0\0")
         return lit
+
+
+async def media_conversation(url: str, upload: bytes | None = None, chunk: int = 1024 * 1024) -> tuple[list[str], int]:
+    """All text messages of one media connection and its close code (``upload``: answer each ``gib``)."""
+    messages: list[str] = []
+    offset = 0
+    async with websockets.connect(url, max_size=None) as ws:
+        try:
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 120)
+                assert isinstance(msg, str), msg
+                messages.append(msg)
+                if msg == "gib" and upload is not None:
+                    if offset >= len(upload):
+                        await ws.send("EOF")
+                    else:
+                        await ws.send(upload[offset : offset + chunk])
+                        offset += chunk
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None
+            return messages, exc.rcvd.code
+    raise AssertionError("unreachable")

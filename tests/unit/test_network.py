@@ -189,6 +189,27 @@ async def test_node_plugs_updates_and_unplugs(tmp_path: Path) -> None:
     assert network.taps == set() and network.applied == []
 
 
+async def test_reattach_restores_all_rules_in_one_ruleset(tmp_path: Path) -> None:
+    """A restarted node adopts its running VMs and applies one ruleset holding all of them (none of them
+    is ever left out while the others are adopted); VMs that died are not in it."""
+    first = NodeAgent(tmp_path / "vms", FakeDriver(), network=FakeNetwork(CFG))
+    nets = {"vm-aaa": A, "vm-bbb": VmNet("vm-bbb", "10.77.0.3")}
+    for vm_id, net in nets.items():
+        (tmp_path / "vms" / vm_id).mkdir(parents=True)
+        (tmp_path / "vms" / vm_id / "disk.qcow2").write_text("{}")
+        await first.start(NodeVmSpec(vm_id, 1, 256, Path("k"), Path("i"), Path("r"), 1024, net=net))
+    network = FakeNetwork(CFG)
+    second = NodeAgent(tmp_path / "vms", FakeDriver(), network=network)
+    try:
+        assert await second.reattach(["vm-aaa", "vm-bbb", "vm-gone"]) == {"vm-aaa", "vm-bbb"}
+        assert network.rulesets == 1 and sorted(v.vm_id for v in network.applied) == ["vm-aaa", "vm-bbb"]
+        assert network.taps == {A.tap, nets["vm-bbb"].tap}
+    finally:
+        for vm_id in nets:
+            await second.destroy(vm_id)
+    assert network.applied == [] and network.taps == set()
+
+
 def test_firewall_and_ports_api(settings: Settings) -> None:
     svc, node = fake_services(settings)
     with TestClient(create_app(svc)) as c:

@@ -15,10 +15,9 @@ import httpx
 import pycdlib
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from sheesh.image.builder import BuiltImage
-from tests.media import RfbClient, http_server, make_disk, make_iso, make_overlay
+from tests.media import RfbClient, http_server, make_disk, make_iso, make_overlay, media_conversation
 from tests.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.vm
@@ -42,28 +41,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     root = tmp_path_factory.mktemp("media")
     with http_server(root) as url:
         yield url, root
-
-
-async def _conversation(url: str, upload: bytes | None = None, chunk: int = 1024 * 1024) -> tuple[list[str], int]:
-    """All text messages of one media connection and its close code (``upload``: answer each ``gib``)."""
-    messages: list[str] = []
-    offset = 0
-    async with websockets.connect(url, max_size=None) as ws:
-        try:
-            while True:
-                msg = await asyncio.wait_for(ws.recv(), 120)
-                assert isinstance(msg, str), msg
-                messages.append(msg)
-                if msg == "gib" and upload is not None:
-                    if offset >= len(upload):
-                        await ws.send("EOF")
-                    else:
-                        await ws.send(upload[offset : offset + chunk])
-                        offset += chunk
-        except ConnectionClosed as exc:
-            assert exc.rcvd is not None
-            return messages, exc.rcvd.code
-    raise AssertionError("unreachable")
 
 
 def _node_url(srv: ServerProcess, c: httpx.Client, vm: str, path: str) -> str:
@@ -149,7 +126,7 @@ def test_download_and_upload_iso_then_boot_them(full_server: ServerProcess, medi
         vm = _create_full(c)
         # live insert into the running VM: the guest's CD-ROM gets a medium
         url = _node_url(full_server, c, vm, f"/downloadIso?isoUrl={base}/a.iso")
-        messages, code = asyncio.run(_conversation(url))
+        messages, code = asyncio.run(media_conversation(url))
         assert code == 1000, messages
         assert messages[0] == "1Downloading ISO" and messages[-2:] == ["2Checking ISO", "3Mounting ISO"]
         assert "!PR100" in messages
@@ -158,12 +135,12 @@ def test_download_and_upload_iso_then_boot_them(full_server: ServerProcess, medi
         assert c.delete(f"/v1/vms/{vm}/cdrom").status_code == 204  # live eject (QMP)
         assert not (full_server.data_dir / "vms" / vm / "cdrom.iso").exists()
         url = _node_url(full_server, c, vm, f"/downloadIso?isoUrl={base}/a.iso")
-        assert asyncio.run(_conversation(url))[1] == 1000
+        assert asyncio.run(media_conversation(url))[1] == 1000
         _restart(c, vm)
         _wait_serial(c, vm, "SHEESH-ISO-A-BOOTED")
 
         url = _node_url(full_server, c, vm, "/uploadIso")
-        messages, code = asyncio.run(_conversation(url, upload=iso_b))
+        messages, code = asyncio.run(media_conversation(url, upload=iso_b))
         assert code == 1000, messages
         assert set(messages) == {"gib"} and len(messages) == -(-len(iso_b) // (1024 * 1024)) + 1
         _restart(c, vm)
@@ -176,10 +153,10 @@ def test_download_and_upload_iso_then_boot_them(full_server: ServerProcess, medi
             ("/downloadIso?isoUrl=http://169.254.169.254/latest/meta-data/", "does not download from"),
             (f"/cloudInit?imageUrl=http://{c.get(f'/v1/vms/{vm}').json()['guestIp']}:8000/x.img", "does not download"),
         ]:
-            messages, code = asyncio.run(_conversation(_node_url(full_server, c, vm, path)))
+            messages, code = asyncio.run(media_conversation(_node_url(full_server, c, vm, path)))
             assert code != 1000 and messages[-1].startswith("!ERR") and error in messages[-1], messages
         big = b"\0" * (9 * 1024 * 1024)
-        messages, code = asyncio.run(_conversation(_node_url(full_server, c, vm, "/uploadIso"), upload=big))
+        messages, code = asyncio.run(media_conversation(_node_url(full_server, c, vm, "/uploadIso"), upload=big))
         assert code != 1000 and "larger than the maximum" in messages[-1], messages
         # the failures changed nothing: ISO B still boots
         _restart(c, vm)
@@ -195,7 +172,7 @@ def test_cloud_init_installs_an_image_with_a_seed(full_server: ServerProcess, me
     with full_server.client() as c:
         sandbox = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}).json()["id"]
         messages, code = asyncio.run(
-            _conversation(_node_url(full_server, c, sandbox, f"/cloudInit?imageUrl={base}/cloud.qcow2"))
+            media_conversation(_node_url(full_server, c, sandbox, f"/cloudInit?imageUrl={base}/cloud.qcow2"))
         )
         assert code == 1008 and "sandbox" in messages[-1], messages
         assert c.delete(f"/v1/vms/{sandbox}").status_code == 204
@@ -203,13 +180,13 @@ def test_cloud_init_installs_an_image_with_a_seed(full_server: ServerProcess, me
         vm = _create_full(c, diskSizeMb=1024)
         for name, error in [("overlay.qcow2", "backing file"), ("huge.qcow2", "larger diskSizeMb")]:
             url = _node_url(full_server, c, vm, f"/cloudInit?imageUrl={base}/{name}")
-            messages, code = asyncio.run(_conversation(url))
+            messages, code = asyncio.run(media_conversation(url))
             assert code != 1000 and error in messages[-1], messages
         assert c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}).json()["exitCode"] == 0
 
         query = f"imageUrl={base}/cloud.qcow2&password=s3cret&sshKey=ssh-ed25519%20AAAA%20me"
         url = _node_url(full_server, c, vm, f"/cloudInit?{query}")
-        messages, code = asyncio.run(_conversation(url))
+        messages, code = asyncio.run(media_conversation(url))
         assert code == 1000, messages
         stages = [m for m in messages if not m.startswith("!PR")]
         assert [s[0] for s in stages] == ["1", "2", "3", "4", "5"], stages

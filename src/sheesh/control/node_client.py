@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from sheesh.errors import NotFoundError, UnavailableError
@@ -38,8 +38,9 @@ class NodeClient(Protocol):
         """Ids of all VM folders the node holds (to find leftovers without a record)."""
         ...
 
-    async def reattach(self, vm_id: str) -> bool:
-        """Adopt a still-running VM after a control-plane restart."""
+    async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
+        """Adopt still-running VMs after a control-plane restart (all at once, so their network rules are
+        restored in one step); returns the ids of those alive."""
         ...
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
@@ -136,9 +137,10 @@ class FakeNodeClient:
     def local_vms(self) -> list[str]:
         return sorted(self.running | self.leftovers)
 
-    async def reattach(self, vm_id: str) -> bool:
-        self._record("reattach", vm_id)
-        return vm_id in self.running
+    async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
+        for vm_id in vm_ids:
+            self._record("reattach", vm_id)
+        return set(vm_ids) & self.running
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         self._record("exec", vm_id)

@@ -410,10 +410,11 @@ class VmService:
             if vm.state == VmState.DELETING:
                 await self.node.destroy(vm.id)
                 self.store.delete_vm(vm.id)
-            elif vm.state in _ACTIVE:
-                alive = await self.node.reattach(vm.id)
-                kept = VmState.PAUSED if vm.state == VmState.PAUSED else VmState.RUNNING
-                vm.state = kept if alive else VmState.STOPPED
-                vm.error = None
-                self.store.save_vm(vm)
+        active = [vm for vm in self.store.list_vms() if vm.state in _ACTIVE]
+        alive = await self.node.reattach([vm.id for vm in active])
+        for vm in active:
+            kept = VmState.PAUSED if vm.state == VmState.PAUSED else VmState.RUNNING
+            vm.state = kept if vm.id in alive else VmState.STOPPED
+            vm.error = None
+            self.store.save_vm(vm)
         await self.templates.prune_stale()

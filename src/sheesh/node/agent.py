@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,8 @@ class NodeAgent:
         self._restarting: set[str] = set()
         self.network = network
         self._nets: dict[str, VmNet] = {}
-        self._rules_lock = asyncio.Lock()
         """VMs whose taps and rules are in place."""
+        self._rules_lock = asyncio.Lock()
 
     def workdir(self, vm_id: str) -> Path:
         return self.vms_dir / vm_id
@@ -487,13 +487,22 @@ class NodeAgent:
             return []
         return sorted(p.name for p in self.vms_dir.iterdir() if p.is_dir())
 
-    async def reattach(self, vm_id: str) -> bool:
-        """Adopt a VM left running by an earlier manager process (its tap and rules are put back in place);
-        True if it is alive."""
-        alive = await self.driver.attach(vm_id, self.workdir(vm_id))
-        if alive:
+    async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
+        """Adopt VMs left running by an earlier manager process; returns the live ones. Their taps are put
+        back, then one ruleset with all of them is applied (no VM's rules go missing while others are
+        adopted; rules of VMs that died are dropped)."""
+        alive: set[str] = set()
+        for vm_id in vm_ids:
+            if not await self.driver.attach(vm_id, self.workdir(vm_id)):
+                continue
+            alive.add(vm_id)
             with contextlib.suppress(NotFoundError):
-                await self._plug(self.spec_of(vm_id))
+                spec = self.spec_of(vm_id)
+                if self.network is not None and spec.net is not None and self.has_nic(vm_id):
+                    await self.network.add_tap(spec.net)
+                    self._nets[vm_id] = spec.net
+        if self.network is not None and alive:
+            await self._apply_rules()
         return alive
 
     async def _run(self, vm_id: str, op: str, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
