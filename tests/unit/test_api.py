@@ -74,6 +74,7 @@ def test_full_vms_boot_and_have_no_snapshots(client: tuple[TestClient, FakeNodeC
         ({**GOOD, "memMb": 127}, "memMb"),
         ({**GOOD, "memMb": 8193}, "memMb"),
         ({**GOOD, "allowIps": ["300.1.1.1/32"]}, "not a valid CIDR"),
+        ({**GOOD, "allowIps": ["2001:db8::/32"]}, "guests have IPv4 only"),
         ({**GOOD, "allowIps": "10.0.0.0/8"}, "allowIps"),
         ({**GOOD, "outboundInternet": "yes"}, "outboundInternet"),
         ({**GOOD, "diskSizeMb": 0}, "diskSizeMb"),

@@ -44,9 +44,12 @@ class CreateVmBody(Body):
         out = []
         for item in value:
             try:
-                out.append(str(ipaddress.ip_network(item, strict=False)))
+                net = ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not a valid CIDR") from None
+            if net.version != 4:
+                raise ValueError(f"{item!r} is IPv6; guests have IPv4 only, so allowIps takes IPv4 CIDRs")
+            out.append(str(net))
         return out
 
 
