@@ -184,6 +184,12 @@ async def test_node_plugs_updates_and_unplugs(tmp_path: Path) -> None:
         await node.update_network("vm-aaa", changed)
         assert network.applied == [changed]
         assert node.spec_of("vm-aaa").net == changed
+        # a host firewall reload removed sheesh's tables: the next check puts the same rules back
+        assert await node.ensure_network() is False
+        applied = network.rulesets
+        network.removed = True
+        assert await node.ensure_network() is True
+        assert network.rulesets == applied + 1 and network.applied == [changed] and not network.removed
     finally:
         await node.destroy("vm-aaa")
     assert network.taps == set() and network.applied == []

@@ -151,6 +151,16 @@ def test_egress_allowlist_internet_switch_and_isolation(net_server: ServerProces
             assert c.delete(f"/v1/vms/{vm['id']}").status_code == 204
 
 
+def _drop_tables_and_wait(srv: ServerProcess, guest: str) -> None:
+    """A host firewall reload that drops sheesh's tables (only those): the service puts them back in seconds."""
+    for family in ("inet", "bridge"):
+        subprocess.run(["nft", "delete", "table", family, srv.env["SHEESH_BRIDGE"]], check=True)
+    deadline = time.monotonic() + 10
+    while guest not in _ruleset(srv):
+        assert time.monotonic() < deadline, "the rules were not restored"
+        time.sleep(0.2)
+
+
 def test_inbound_firewall_and_port_forwarding(net_server: ServerProcess, lan: Lan) -> None:
     with net_server.client() as c:
         vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}).json()
@@ -186,6 +196,10 @@ def test_inbound_firewall_and_port_forwarding(net_server: ServerProcess, lan: La
             [sys.executable, "-c", CONNECT, "127.0.0.1", str(host_port)], capture_output=True, text=True, check=True
         )
         assert local.stdout.strip() == f"vm-hello peer={_gateway(net_server)}"
+
+        _drop_tables_and_wait(net_server, guest)
+        assert lan.connect(lan.host_ip, host_port, src=lan.other_ip) == "refused", "the firewall is back"
+        assert lan.connect(lan.host_ip, host_port) == f"vm-hello peer={lan.peer_ip}"
 
         # rules survive a restart of the service (VMs keep running) and of the VM
         net_server.stop()

@@ -38,6 +38,10 @@ class NodeClient(Protocol):
         """Ids of all VM folders the node holds (to find leftovers without a record)."""
         ...
 
+    async def ensure_network(self) -> bool:
+        """Restore the node's network rules if they were removed outside sheesh; True if it had to."""
+        ...
+
     async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
         """Adopt still-running VMs after a control-plane restart (all at once, so their network rules are
         restored in one step); returns the ids of those alive."""
@@ -136,6 +140,9 @@ class FakeNodeClient:
 
     def local_vms(self) -> list[str]:
         return sorted(self.running | self.leftovers)
+
+    async def ensure_network(self) -> bool:
+        return False
 
     async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
         for vm_id in vm_ids:

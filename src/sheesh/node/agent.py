@@ -208,6 +208,17 @@ class NodeAgent:
             reply = await self._guest(spec.vm_id).call("net", 10, **request)
             log.debug("%s: guest NIC set (%s)", spec.vm_id, ", ".join(reply.get("steps") or ["unchanged"]))
 
+    async def ensure_network(self) -> bool:
+        """Put the VMs' rules back if something outside sheesh removed its tables (a host firewall reload
+        that flushes the whole ruleset); True if it had to."""
+        if self.network is None or not self._nets or await self.network.intact():
+            return False
+        log.warning(
+            "sheesh's nftables tables were removed outside sheesh; restoring the rules of %d VMs", len(self._nets)
+        )
+        await self._apply_rules()
+        return True
+
     async def _unplug(self, vm_id: str, net: VmNet | None) -> None:
         if self.network is None or net is None:
             return

@@ -236,6 +236,11 @@ class HostNetwork(Protocol):
         """Replace sheesh's nftables tables with the rules of ``vms``."""
         ...
 
+    async def intact(self) -> bool:
+        """False if sheesh's tables are gone (removed outside sheesh, e.g. ``nft flush ruleset`` by a host
+        firewall reload): the caller must ``apply`` again."""
+        ...
+
 
 @dataclass
 class FakeNetwork:
@@ -245,6 +250,8 @@ class FakeNetwork:
     taps: set[str] = field(default_factory=set)
     applied: list[VmNet] = field(default_factory=list)
     rulesets: int = 0
+    removed: bool = False
+    """Set by a test: the tables were removed behind sheesh's back (until the next ``apply``)."""
 
     async def add_tap(self, vm: VmNet) -> None:
         self.taps.add(vm.tap)
@@ -256,6 +263,10 @@ class FakeNetwork:
         render_ruleset(self.config, vms)  # must render
         self.applied = list(vms)
         self.rulesets += 1
+        self.removed = False
+
+    async def intact(self) -> bool:
+        return not self.removed
 
 
 async def _run(*argv: str, stdin: str | None = None, check: bool = True) -> str:
@@ -335,6 +346,10 @@ class LinuxNetwork:
         await self._ensure_bridge()
         async with self._rules_lock:
             await _run("nft", "-f", "-", stdin=render_ruleset(self.config, vms))
+
+    async def intact(self) -> bool:
+        listed = set((await _run("nft", "list", "tables", check=False)).splitlines())
+        return {f"table inet {self.config.bridge}", f"table bridge {self.config.bridge}"} <= listed
 
 
 async def teardown(config: NetConfig) -> None:
