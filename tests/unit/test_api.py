@@ -132,6 +132,7 @@ def test_lifecycle_status_codes(client: tuple[TestClient, FakeNodeClient]) -> No
         ({"cmd": 5}, "cmd"),
         ({"cmd": "ls", "cwd": "/etc"}, "cwd"),
         ({"cmd": "ls", "cwd": "/workspace/../etc"}, "cwd"),
+        ({"cmd": "ls", "cwd": "/workspace/a\u0000"}, "cwd"),
         ({"cmd": "ls", "env": {"BAD-NAME": "x"}}, "environment variable"),
         ({"cmd": "ls", "env": {"A": 1}}, "env"),
         ({"cmd": "ls", "timeoutMs": 0}, "timeoutMs"),

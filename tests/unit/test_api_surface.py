@@ -79,6 +79,8 @@ def test_run_ts_passes_network_permission_from_vm(client: tuple[TestClient, Fake
         ({"code": "1", "env": ["1BAD=x"]}, "KEY=value"),
         ({"code": "1", "denoFlags": ["allow-all"]}, "flags"),
         ({"code": "1", "args": [1]}, "args"),
+        ({"code": "1", "args": ["ok", "a\u0000b"]}, "args[1] contains a NUL byte"),
+        ({"path": "/workspace/a\u0000.ts"}, "under /workspace"),
         ({"code": "1", "timeoutMs": -5}, "timeoutMs"),
     ],
 )

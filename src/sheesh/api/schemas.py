@@ -54,9 +54,10 @@ class CreateVmBody(Body):
 
 
 def workspace_path(path: str) -> str | None:
-    """``path`` normalised if it is /workspace or below it (absolute, no escaping ``..``), else None."""
+    """``path`` normalised if it is /workspace or below it (absolute, no escaping ``..``, no NUL byte),
+    else None."""
     norm = posixpath.normpath(path)
-    if path.startswith("/") and (norm == "/workspace" or norm.startswith("/workspace/")):
+    if "\0" not in path and path.startswith("/") and (norm == "/workspace" or norm.startswith("/workspace/")):
         return norm
     return None
 
@@ -232,6 +233,14 @@ class RunTsBody(Body):
             key, sep, val = pair.partition("=")
             if not sep or not _ENV_KEY.match(key) or "\0" in val:
                 raise ValueError(f"env entries must be KEY=value, got {pair!r}")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: list[str]) -> list[str]:
+        for i, arg in enumerate(value):
+            if "\0" in arg:
+                raise ValueError(f"args[{i}] contains a NUL byte")
         return value
 
     @field_validator("deno_flags")
