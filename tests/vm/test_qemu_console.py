@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import websockets
@@ -51,4 +55,35 @@ def test_serial_console_shell(shared_server: ServerProcess) -> None:
             return 0, ""
 
         assert asyncio.run(reuse()) == (1008, "token already used")
+        assert c.delete(f"/v1/vms/{vm}").status_code == 204
+
+
+def test_cli_console_attaches_and_detaches(shared_server: ServerProcess) -> None:
+    """``sheesh console`` (stdin/stdout pipes: no raw mode) reaches the VM's shell and Ctrl-] detaches."""
+    with shared_server.client() as c:
+        vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}).json()["id"]
+        cli = Path(sys.executable).parent / "sheesh"
+        argv = [str(cli), "console", vm, "--api", shared_server.url, "--api-key", shared_server.api_key]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            os.set_blocking(proc.stdout.fileno(), False)
+            proc.stdin.write(b"\necho cli=$((6*7))\n")
+            proc.stdin.flush()
+            seen, deadline = b"", time.monotonic() + 60
+            while b"cli=42" not in seen:
+                assert time.monotonic() < deadline and proc.poll() is None, seen[-500:]
+                seen += proc.stdout.read() or b""
+                time.sleep(0.1)
+            proc.stdin.write(b"\x1d")
+            proc.stdin.flush()
+            assert proc.wait(20) == 0
+            os.set_blocking(proc.stdout.fileno(), True)
+            assert b"console detached" in seen + proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        bad = subprocess.run([*argv[:2], "vm-missing", *argv[3:]], capture_output=True, text=True, check=False)
+        assert bad.returncode == 1 and "agentToken: HTTP 404: VM vm-missing not found" in bad.stderr, bad.stderr
         assert c.delete(f"/v1/vms/{vm}").status_code == 204

@@ -99,6 +99,26 @@ async def _serve_both(configs: list[uvicorn.Config]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@app.command("console")
+def console_attach(
+    vm_id: str = typer.Argument(..., help="VM id"),
+    api_url: str = typer.Option(None, "--api", envvar="SHEESH_URL", help="API base URL (default: this host's)"),
+    api_key: str = typer.Option(..., "--api-key", envvar="SHEESH_API_KEY", help="API key"),
+    otp: str = typer.Option(None, "--otp", help="One-time passcode, when 2FA is on"),
+) -> None:
+    """Attach this terminal to a VM's serial console (Ctrl-] detaches)."""
+    from sheesh.cli.console import run
+
+    settings = Settings()
+    url = api_url or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+    try:
+        why = run(url, api_key, vm_id, otp)
+    except SheeshError as exc:
+        console.print(f"[red]console:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    console.print(f"\r\n[dim]console {why}[/dim]")
+
+
 @image_app.command("build")
 def image_build(force: bool = typer.Option(False, help="Rebuild even when cached")) -> None:
     """Build (or reuse) the built-in guest image: Debian kernel, initramfs, rootfs with the guest agent."""

@@ -1,0 +1,124 @@
+"""``sheesh console``: the terminal bridge against the node's real /serial endpoint (served by uvicorn; the
+VM's console is a Unix socket that upper-cases what it receives), with pipes standing in for the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from sheesh.auth.sessions import SessionSigner
+from sheesh.cli.console import ESCAPE, ConsoleError, attach
+from sheesh.node.agent import NodeAgent
+from sheesh.node.ws import create_node_app
+from sheesh.vmm.driver import SERIAL_SOCKET
+from sheesh.vmm.fake import FakeDriver
+
+
+class RunningDriver(FakeDriver):
+    def is_running(self, vm_id: str) -> bool:
+        return vm_id == "vm-1"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[str, SessionSigner, bytearray]]:
+    """A node on a loopback port whose vm-1 has an upper-casing serial console; yields (ws base, signer,
+    the bytes the console received)."""
+    received = bytearray()
+    agent = NodeAgent(tmp_path / "vms", RunningDriver())
+    (tmp_path / "vms" / "vm-1").mkdir(parents=True)
+    console = socket.socket(socket.AF_UNIX)
+    console.bind(str(tmp_path / "vms" / "vm-1" / SERIAL_SOCKET))
+    console.listen(1)
+
+    def serve_console() -> None:
+        while True:
+            try:
+                conn, _ = console.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # the client may leave at any time
+                conn.sendall(b"login banner\r\n")
+                while data := conn.recv(4096):
+                    received.extend(data)
+                    conn.sendall(data.upper())
+
+    threading.Thread(target=serve_console, daemon=True).start()
+    signer = SessionSigner(b"k" * 32)
+    server = uvicorn.Server(uvicorn.Config(create_node_app(agent, signer), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "node app did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}", signer, received
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        console.close()
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 10) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(fd, False)
+    while marker not in seen:
+        assert time.monotonic() < deadline, f"{marker!r} not in {seen!r}"
+        try:
+            seen += os.read(fd, 4096)
+        except BlockingIOError:
+            time.sleep(0.02)
+    return seen
+
+
+def test_console_bridges_the_terminal_and_detaches_on_ctrl_bracket(
+    node: tuple[str, SessionSigner, bytearray],
+) -> None:
+    base, signer, received = node
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    url = f"{base}/serial?token={signer.issue('vm-1', 'agent', 60)}"
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(attach(url, in_r, out_w))))
+    thread.start()
+    try:
+        assert b"login banner" in _read_until(out_r, b"login banner\r\n")
+        os.write(in_w, b"echo hi\n\x1b[A")
+        assert _read_until(out_r, b"ECHO HI\n\x1b[A").endswith(b"ECHO HI\n\x1b[A"), "bytes pass unchanged"
+        os.write(in_w, b"last" + ESCAPE + b"never sent")
+        thread.join(10)
+        assert result == ["detached"]
+        deadline = time.monotonic() + 5
+        while not received.endswith(b"last"):  # what came before Ctrl-] was sent, nothing after it
+            assert time.monotonic() < deadline and b"never" not in received, bytes(received)
+            time.sleep(0.02)
+        assert bytes(received) == b"echo hi\n\x1b[Alast"
+    finally:
+        for fd in (in_r, in_w, out_r, out_w):
+            os.close(fd)
+
+
+def test_console_reports_refused_tokens(node: tuple[str, SessionSigner, bytearray]) -> None:
+    base, signer, _ = node
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        for token, reason in [(signer.issue("vm-1", "agent", -1), "session expired"), ("x", "malformed session token")]:
+            with pytest.raises(ConsoleError, match=reason):
+                asyncio.run(attach(f"{base}/serial?token={token}", in_r, out_w))
+        with pytest.raises(ConsoleError, match="cannot connect"):
+            asyncio.run(attach("ws://127.0.0.1:9/serial?token=x", in_r, out_w))
+    finally:
+        for fd in (in_r, in_w, out_r, out_w):
+            os.close(fd)
