@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ class ServerProcess:
         self.env.setdefault("SHEESH_BRIDGE", f"sht{os.getpid() % 10000}x{ServerProcess._instances}")
         self.env.setdefault("SHEESH_GUEST_NETWORK", f"10.{20 + (os.getpid() + ServerProcess._instances) % 200}.0.0/16")
         self.env.setdefault("SHEESH_NET_UPLINKS", '["lo"]')
+        self.env.setdefault("SHEESH_RAM_DIR", f"/dev/shm/sheesh/test-{os.getpid()}-{ServerProcess._instances}")
         self.env.setdefault("SHEESH_ACCEL", "tcg")
         self.env.setdefault("SHEESH_TEMPLATES", "false")
         self.env.setdefault("SHEESH_GLOBAL_RATE_LIMIT", "100000")  # suites run faster than 100 requests/min
@@ -96,6 +98,10 @@ class ServerProcess:
             if str(pidfile.parent).encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
 
+    def remove_ram_dir(self) -> None:
+        """Remove this server's guest RAM files (its VMs are dead by now)."""
+        shutil.rmtree(self.env["SHEESH_RAM_DIR"], ignore_errors=True)
+
     def network_down(self) -> None:
         """Remove this server's bridge, taps and nftables tables (``sheesh network down``)."""
         subprocess.run(
@@ -116,3 +122,4 @@ def running_server(data_dir: Path, image_dir: Path, **env: str) -> Iterator[Serv
         srv.stop()
         srv.kill_vms()
         srv.network_down()
+        srv.remove_ram_dir()

@@ -35,7 +35,11 @@ def build_services(settings: Settings, driver: VmmDriver | None = None) -> Servi
     """Production wiring: SQL store, embedded local node on QEMU, built-in image registered if built."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.resolved_database_url())
-    drv = driver or (FakeDriver() if settings.vmm == "fake" else QemuDriver(settings.data_dir, accel=settings.accel))
+    drv = driver or (
+        FakeDriver()
+        if settings.vmm == "fake"
+        else QemuDriver(settings.data_dir, accel=settings.accel, ram_dir=settings.resolved_ram_dir())
+    )
     node = NodeAgent(
         settings.vms_dir,
         drv,

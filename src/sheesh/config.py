@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     image_dir: Path | None = None
     web_dir: Path | None = None
+    ram_dir: Path | None = None
+    """Guest RAM files of running VMs (must be tmpfs); default ``/dev/shm/sheesh/<hash of data_dir>``, one per
+    instance, so an instance prunes only its own files."""
     boot_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
     exec_max_timeout_ms: int = 15 * 60 * 1000
@@ -92,6 +96,10 @@ class Settings(BaseSettings):
 
     def resolved_image_dir(self) -> Path:
         return self.image_dir or self.data_dir / "images"
+
+    def resolved_ram_dir(self) -> Path:
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return self.ram_dir or Path("/dev/shm/sheesh") / digest
 
     def resolved_web_dir(self) -> Path:
         """Where ``sheesh web fetch`` puts the browser consoles' JavaScript (xterm.js, noVNC)."""

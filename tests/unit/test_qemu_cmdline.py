@@ -3,7 +3,9 @@ from pathlib import Path
 
 from sheesh.guest.protocol import PORT_NAME
 from sheesh.vmm.driver import MachineSpec, RestoreSource
+from sheesh.vmm.process import ManagedProcess
 from sheesh.vmm.qemu.cmdline import CDROM_ID, HostFacts, build_argv, overlay_argv
+from sheesh.vmm.qemu.driver import QemuDriver
 
 SPEC = MachineSpec("vm-1", 2, 256, Path("/img/vmlinux"), Path("/img/initrd.cpio"), Path("/w/disk.qcow2"), Path("/w"))
 
@@ -84,3 +86,30 @@ def test_full_machine_firmware_boot_prefers_the_cdrom_and_attaches_the_seed() ->
     drives = _arg(argv, "-drive")
     assert "if=none,id=cd0,media=cdrom,readonly=on,file=/w/cdrom.iso,format=raw" in drives
     assert "if=none,id=seed0,media=cdrom,readonly=on,file=/w/seed.iso,format=raw" in drives
+
+
+async def test_driver_frees_the_ram_of_vms_whose_process_is_gone(tmp_path: Path) -> None:
+    """A VM's RAM file lives while its process does: a process found dead, a VM that cannot be re-attached
+    and files no live VM owns (pruned at start-up) are deleted; a running VM's file is kept."""
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    driver = QemuDriver(tmp_path / "state", accel="tcg", ram_dir=ram)
+    for vm_id in ("vm-live", "vm-dies", "vm-gone", "vm-orphan", "vm-kept"):
+        driver.ram_file(vm_id).write_bytes(b"guest memory")
+    wd = tmp_path / "vms"
+    wd.mkdir()
+    live = ManagedProcess.spawn(["sh", "-c", "exec sleep 30", "vm-live"], "vm-live", wd / "o", wd / "e")
+    dies = ManagedProcess.spawn(["sh", "-c", "exit 0", "vm-dies"], "vm-dies", wd / "o", wd / "e")
+    driver._table.add("vm-live", live, wd)
+    driver._table.add("vm-dies", dies, wd)
+    try:
+        assert await dies.wait(5)
+        assert driver.is_running("vm-live") and not driver.is_running("vm-dies")
+        assert not driver.ram_file("vm-dies").exists() and driver.ram_file("vm-live").exists()
+        assert await driver.attach("vm-gone", wd) is False  # no pid file: it died while nobody watched
+        assert not driver.ram_file("vm-gone").exists()
+        assert driver.prune({"vm-kept"}) == ["vm-orphan"]
+        assert sorted(f.name for f in ram.iterdir()) == ["vm-kept.ram", "vm-live.ram"]
+    finally:
+        await driver.kill("vm-live")
+    assert not driver.ram_file("vm-live").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -97,15 +99,23 @@ def test_shape_and_disk_size_reach_the_guest(server: ServerProcess) -> None:
 
 
 def test_restart_reattaches_running_vm(server: ServerProcess) -> None:
+    ram = Path(server.env["SHEESH_RAM_DIR"])
     with server.client() as c:
         vm = _create(c)["id"]
+        lost = _create(c)["id"]
         _exec(c, vm, "echo before > /workspace/note")
-        pid = _qemu_pid(server, vm)
+        pid, lost_pid = _qemu_pid(server, vm), _qemu_pid(server, lost)
+    assert (ram / f"{vm}.ram").exists() and (ram / f"{lost}.ram").exists(), "guest RAM lives in the RAM dir"
     server.stop()
     assert _alive(pid), "stopping the manager must not kill VMs"
+    os.kill(lost_pid, signal.SIGKILL)  # this one dies while no manager runs
     server.start()
     with server.client() as c:
         assert c.get(f"/v1/vms/{vm}").json()["state"] == "RUNNING"
+        assert c.get(f"/v1/vms/{lost}").json()["state"] == "STOPPED"
+        assert not (ram / f"{lost}.ram").exists(), "the dead VM's RAM was freed"
         assert _exec(c, vm, "cat /workspace/note")["stdout"] == "before\n"
         assert c.delete(f"/v1/vms/{vm}").status_code == 204
+        assert c.delete(f"/v1/vms/{lost}").status_code == 204
     assert not _alive(pid)
+    assert list(ram.glob("*.ram")) == []

@@ -514,6 +514,8 @@ class NodeAgent:
                     self._nets[vm_id] = spec.net
         if self.network is not None and alive:
             await self._apply_rules()
+        if pruned := self.driver.prune(alive):
+            log.info("freed the RAM of %d VMs that stopped while no manager ran: %s", len(pruned), ", ".join(pruned))
         return alive
 
     async def _run(self, vm_id: str, op: str, timeout_ms: int | None, **args: Any) -> dict[str, Any]:

@@ -108,7 +108,12 @@ class VmmDriver(Protocol):
         ...
 
     def is_running(self, vm_id: str) -> bool:
-        """Whether the VM's process is alive."""
+        """Whether the VM's process is alive (a process found dead gives back its resources, e.g. RAM)."""
+        ...
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Free what VMs not in ``keep`` and not running left behind on the host (RAM files of processes
+        that died while no manager watched them); returns their ids."""
         ...
 
     async def powerdown(self, vm_id: str) -> None:

@@ -77,6 +77,9 @@ class FakeDriver:
     def is_running(self, vm_id: str) -> bool:
         return self._table.alive(vm_id)
 
+    def prune(self, keep: set[str]) -> list[str]:
+        return []  # fake VMs hold nothing outside their folder
+
     async def powerdown(self, vm_id: str) -> None:
         self.powerdowns.append(vm_id)
         if (proc := self._table.get(vm_id)) is not None:

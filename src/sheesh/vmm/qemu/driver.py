@@ -71,7 +71,7 @@ class QemuDriver:
         accel: str = "auto",
         binary: str = "qemu-system-x86_64",
         qemu_img: str = "qemu-img",
-        ram_dir: Path = Path("/dev/shm/sheesh"),
+        ram_dir: Path = Path("/dev/shm/sheesh/default"),
     ) -> None:
         self.state_dir = state_dir
         self.accel_setting = accel
@@ -178,10 +178,25 @@ class QemuDriver:
             await asyncio.sleep(0.002)
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
-        return self._table.adopt(vm_id, workdir, workdir / PIDFILE, str(workdir / QMP_SOCKET))
+        if self._table.adopt(vm_id, workdir, workdir / PIDFILE, str(workdir / QMP_SOCKET)):
+            return True
+        self.ram_file(vm_id).unlink(missing_ok=True)
+        return False
 
     def is_running(self, vm_id: str) -> bool:
-        return self._table.alive(vm_id)
+        proc = self._table.get(vm_id)
+        if proc is None:
+            return False
+        if proc.alive():
+            return True
+        self.ram_file(vm_id).unlink(missing_ok=True)  # QEMU exited (guest power-off, crash): its RAM is garbage
+        return False
+
+    def prune(self, keep: set[str]) -> list[str]:
+        gone = [f.stem for f in self.ram_dir.glob("*.ram") if f.stem not in keep and not self._table.alive(f.stem)]
+        for vm_id in gone:
+            self.ram_file(vm_id).unlink(missing_ok=True)
+        return gone
 
     @contextlib.asynccontextmanager
     async def _qmp(self, vm_id: str) -> Any:
