@@ -7,6 +7,7 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -50,6 +51,7 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "TMPDIR": self.profile},  # its scratch dirs go with the profile
         )
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 30
