@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def host_network(settings: Settings) -> HostNetwork | None:
-    """Linux networking unless switched off; ``auto`` needs root, ip, bridge and nft, and a real VMM."""
+    """Linux networking unless switched off; ``auto`` needs root, ip and nft, and a real VMM."""
     if settings.network == "off" or (settings.network == "auto" and settings.vmm == "fake"):
         return None
     dns = tuple(settings.guest_dns) if settings.guest_dns is not None else host_nameservers()

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     guest_network: str = "172.16.0.0/16"
     """VM addresses; the first is the bridge's (the guests' gateway), the last is reserved for templates."""
     network: Literal["auto", "on", "off"] = "auto"
-    """VM networking (bridge, taps, nftables): ``auto`` = on when running as root with ip, bridge and nft."""
+    """VM networking (bridge, taps, nftables): ``auto`` = on when running as root with ip and nft."""
     bridge: str = "sheesh0"
     """Bridge name, also the name of sheesh's nftables tables (one per sheesh instance on a host)."""
     net_uplinks: list[str] = Field(default_factory=list)

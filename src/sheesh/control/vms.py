@@ -389,9 +389,7 @@ class VmService:
         return self.node.log_tail(vm_id, kind, lines)
 
     async def reconcile(self) -> None:
-        """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED, and have the node
-        restore its network rules if they were removed behind its back."""
-        await self.node.ensure_network()
+        """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED."""
         for vm in self.store.list_vms():
             lock = self._locks.get(vm.id)
             active = vm.state in (VmState.RUNNING, VmState.PAUSED)

@@ -110,7 +110,7 @@ class NodeVmSpec:
     def to_json(self) -> str:
         raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         raw = {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}
-        raw["net"] = json.loads(self.net.to_json()) if self.net is not None else None
+        raw["net"] = self.net.to_dict() if self.net is not None else None
         return json.dumps(raw)
 
     @classmethod
@@ -119,7 +119,7 @@ class NodeVmSpec:
         for key in ("kernel", "initrd", "rootfs"):
             raw[key] = Path(raw[key])
         raw["kind"] = VmKind(raw.get("kind", VmKind.SANDBOX))
-        raw["net"] = VmNet.from_json(json.dumps(raw["net"])) if raw.get("net") else None
+        raw["net"] = VmNet.from_dict(raw["net"]) if raw.get("net") else None
         return cls(**raw)
 
 
@@ -172,13 +172,19 @@ class NodeAgent:
             self._guests[vm_id] = client
         return client
 
+    def _wired(self, spec: NodeVmSpec) -> VmNet | None:
+        """The VM's network settings if it is on the node's network (networking on, a NIC in its machine)."""
+        if self.network is None or spec.net is None or not self.has_nic(spec.vm_id):
+            return None
+        return spec.net
+
     async def _plug(self, spec: NodeVmSpec) -> None:
         """The VM's tap and its rules, before its machine starts."""
-        if self.network is None or spec.net is None or not self.has_nic(spec.vm_id):
+        if (net := self._wired(spec)) is None or self.network is None:
             return
         try:
-            self._nets[spec.vm_id] = spec.net
-            await asyncio.gather(self.network.add_tap(spec.net), self._apply_rules())
+            self._nets[spec.vm_id] = net
+            await asyncio.gather(self.network.add_tap(net), self._apply_rules())
         except NodeError:
             self._nets.pop(spec.vm_id, None)
             raise
@@ -198,10 +204,8 @@ class NodeAgent:
         return GuestNet(spec.net.ip, gateway.network.prefixlen, str(gateway.ip), spec.net.mac, self.network.config.dns)
 
     def _guest_net_request(self, spec: NodeVmSpec) -> dict[str, Any] | None:
-        net = self.guest_net(spec)
-        if net is None or not self.has_nic(spec.vm_id):
-            return None
-        return {"ip": net.ip, "prefix": net.prefix, "gateway": net.gateway, "mac": net.mac, "dns": list(net.dns)}
+        net = self.guest_net(spec) if self._wired(spec) is not None else None
+        return dataclasses.asdict(net) if net is not None else None
 
     async def _configure_guest_net(self, spec: NodeVmSpec) -> None:
         if (request := self._guest_net_request(spec)) is not None:
@@ -508,10 +512,9 @@ class NodeAgent:
                 continue
             alive.add(vm_id)
             with contextlib.suppress(NotFoundError):
-                spec = self.spec_of(vm_id)
-                if self.network is not None and spec.net is not None and self.has_nic(vm_id):
-                    await self.network.add_tap(spec.net)
-                    self._nets[vm_id] = spec.net
+                if (net := self._wired(self.spec_of(vm_id))) is not None and self.network is not None:
+                    await self.network.add_tap(net)
+                    self._nets[vm_id] = net
         if self.network is not None and alive:
             await self._apply_rules()
         if pruned := self.driver.prune(alive):

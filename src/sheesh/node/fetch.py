@@ -27,6 +27,11 @@ MAX_REDIRECTS = 5
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def room_for(directory: Path, size: int) -> bool:
+    """Whether ``size`` more bytes fit in ``directory``'s file system with ``FREE_SPACE_MARGIN`` to spare."""
+    return size + FREE_SPACE_MARGIN <= shutil.disk_usage(directory).free
+
+
 class FetchError(MediaError):
     """A download failed; the message is safe to show to the user."""
 
@@ -137,8 +142,7 @@ async def _save(
     length = _content_length(resp)
     if length is not None and length > max_bytes:
         raise FetchError(f"the file is {length} bytes; the maximum is {max_bytes}")
-    free = shutil.disk_usage(dest.parent).free
-    if length is not None and length + FREE_SPACE_MARGIN > free:
+    if length is not None and not room_for(dest.parent, length):
         raise FetchError(f"not enough disk space on the node for {length} bytes")
     total = 0
     shown = -1

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +23,7 @@ import pycdlib
 from sheesh.models import VmKind
 from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
 from sheesh.node.errors import MediaError
-from sheesh.node.fetch import FREE_SPACE_MARGIN, Network, check_url, fetch
+from sheesh.node.fetch import Network, check_url, fetch, room_for
 from sheesh.vmm.driver import VmmError
 
 MIB = 1024 * 1024
@@ -155,7 +154,7 @@ class MediaService:
 
     def check_space(self, vm_id: str, more: int) -> None:
         """MediaError unless ``more`` bytes fit on the node's disk with the safety margin."""
-        if shutil.disk_usage(self.node.workdir(vm_id)).free < more + FREE_SPACE_MARGIN:
+        if not room_for(self.node.workdir(vm_id), more):
             raise MediaError("not enough disk space on the node")
 
     async def mount_upload(self, vm_id: str) -> None:

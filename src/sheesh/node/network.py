@@ -6,8 +6,9 @@ Per VM (``VmNet``): anti-spoofing on its tap (its MAC and IPv4 only, no IPv6); e
 the uplinks); no traffic between VMs (isolated bridge ports); inbound traffic filtered by its ordered
 firewall rules (first match wins, default drop); port forwards from node ports (DNAT).
 
-Host changes: the bridge and taps, the two tables, and IPv4 forwarding enabled on the bridge and the uplinks
-only (``net.ipv4.conf.<if>.forwarding``). Nothing else is touched.
+Host changes: the bridge and taps, the two tables, IPv4 forwarding enabled on the bridge and the uplinks only
+(``net.ipv4.conf.<if>.forwarding``) and ``route_localnet`` on the bridge (node-local clients of port forwards).
+Nothing else is touched.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sheesh.models import FirewallAction, FirewallRule, PortForward
 from sheesh.node.errors import NodeError
@@ -74,21 +75,19 @@ class VmNet:
         octets = ipaddress.IPv4Address(self.ip).packed
         return "52:54:" + ":".join(f"{b:02x}" for b in octets)
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "vm_id": self.vm_id,
-                "ip": self.ip,
-                "allow_ips": list(self.allow_ips),
-                "outbound_internet": self.outbound_internet,
-                "firewall": [[r.src, r.action.value] for r in self.firewall],
-                "ports": [[p.guest_port, p.host_port, p.protocol] for p in self.ports],
-            }
-        )
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the node keeps it in the VM's spec file)."""
+        return {
+            "vm_id": self.vm_id,
+            "ip": self.ip,
+            "allow_ips": list(self.allow_ips),
+            "outbound_internet": self.outbound_internet,
+            "firewall": [[r.src, r.action.value] for r in self.firewall],
+            "ports": [[p.guest_port, p.host_port, p.protocol] for p in self.ports],
+        }
 
     @classmethod
-    def from_json(cls, text: str) -> VmNet:
-        raw = json.loads(text)
+    def from_dict(cls, raw: dict[str, Any]) -> VmNet:
         return cls(
             str(raw["vm_id"]),
             str(raw["ip"]),
@@ -288,7 +287,6 @@ class LinuxNetwork:
     def __init__(self, config: NetConfig) -> None:
         self.config = config
         self._bridge_lock = asyncio.Lock()
-        self._rules_lock = asyncio.Lock()
         self._bridge_ready = False
 
     @staticmethod
@@ -344,8 +342,7 @@ class LinuxNetwork:
 
     async def apply(self, vms: list[VmNet]) -> None:
         await self._ensure_bridge()
-        async with self._rules_lock:
-            await _run("nft", "-f", "-", stdin=render_ruleset(self.config, vms))
+        await _run("nft", "-f", "-", stdin=render_ruleset(self.config, vms))
 
     async def intact(self) -> bool:
         listed = set((await _run("nft", "list", "tables", check=False)).splitlines())

@@ -166,16 +166,14 @@ class _Endpoints:
         authenticated = asyncio.Event()
         bridge = asyncio.create_task(_bridge(ws, reader, writer, authenticated, VNC_AUTH_BYTES))
         waiter = asyncio.create_task(authenticated.wait())
-        holding = True
         try:
-            await asyncio.wait({bridge, waiter}, timeout=VNC_LOGIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-            login.release()
-            holding = False
+            try:
+                await asyncio.wait({bridge, waiter}, timeout=VNC_LOGIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # logged in, failed, timed out or cancelled: the next viewer may set its password
+                login.release()
+                waiter.cancel()
             await bridge
         finally:
-            if holding:  # cancelled while logging in
-                login.release()
-            waiter.cancel()
             bridge.cancel()
 
     async def download_iso(self, ws: WebSocket) -> None:

@@ -189,7 +189,8 @@ class QemuDriver:
             return False
         if proc.alive():
             return True
-        self.ram_file(vm_id).unlink(missing_ok=True)  # QEMU exited (guest power-off, crash): its RAM is garbage
+        self._table.pop(vm_id)  # QEMU exited (guest power-off, crash): forget it and free its RAM, once
+        self.ram_file(vm_id).unlink(missing_ok=True)
         return False
 
     def prune(self, keep: set[str]) -> list[str]:
