@@ -1,7 +1,12 @@
-"""Helpers building a control plane on fakes (memory store + fake node client)."""
+"""Helpers building a control plane on fakes (memory store + fake node client), and a node whose one VM
+has a fake serial console."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +14,10 @@ from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.services import Services
 from sheesh.models import Image
+from sheesh.node.agent import NodeAgent
 from sheesh.store.repo import MemoryStore, Store
+from sheesh.vmm.driver import SERIAL_SOCKET
+from sheesh.vmm.fake import FakeDriver
 
 
 def add_default_image(store: Store, path: Path, rootfs_mb: int = 512) -> str:
@@ -27,3 +35,40 @@ def fake_services(settings: Settings) -> tuple[Services, FakeNodeClient]:
     add_default_image(store, settings.data_dir / "img")
     node = FakeNodeClient()
     return Services.create(settings, store, node), node
+
+
+class RunningDriver(FakeDriver):
+    """A fake VMM on which ``vm-1`` is running (without a process)."""
+
+    def is_running(self, vm_id: str) -> bool:
+        return vm_id == "vm-1"
+
+
+@contextlib.contextmanager
+def node_with_console(root: Path) -> Iterator[tuple[NodeAgent, bytearray]]:
+    """A node whose vm-1 has a "serial console" (a Unix socket) that greets with ``login banner`` and echoes
+    what it receives upper-cased; yields the node and the bytes the console received."""
+    node = NodeAgent(root / "vms", RunningDriver())
+    (root / "vms" / "vm-1").mkdir(parents=True)
+    received = bytearray()
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(root / "vms" / "vm-1" / SERIAL_SOCKET))
+    srv.listen(1)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # the client may leave at any time
+                conn.sendall(b"login banner\r\n")
+                while data := conn.recv(4096):
+                    received.extend(data)
+                    conn.sendall(data.upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield node, received
+    finally:
+        srv.close()

@@ -4,9 +4,7 @@ VM's console is a Unix socket that upper-cases what it receives), with pipes sta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,56 +15,30 @@ import uvicorn
 
 from sheesh.auth.sessions import SessionSigner
 from sheesh.cli.console import ESCAPE, ConsoleError, attach
-from sheesh.node.agent import NodeAgent
 from sheesh.node.ws import create_node_app
-from sheesh.vmm.driver import SERIAL_SOCKET
-from sheesh.vmm.fake import FakeDriver
-
-
-class RunningDriver(FakeDriver):
-    def is_running(self, vm_id: str) -> bool:
-        return vm_id == "vm-1"
+from tests.fakes import node_with_console
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[str, SessionSigner, bytearray]]:
     """A node on a loopback port whose vm-1 has an upper-casing serial console; yields (ws base, signer,
     the bytes the console received)."""
-    received = bytearray()
-    agent = NodeAgent(tmp_path / "vms", RunningDriver())
-    (tmp_path / "vms" / "vm-1").mkdir(parents=True)
-    console = socket.socket(socket.AF_UNIX)
-    console.bind(str(tmp_path / "vms" / "vm-1" / SERIAL_SOCKET))
-    console.listen(1)
-
-    def serve_console() -> None:
-        while True:
-            try:
-                conn, _ = console.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):  # the client may leave at any time
-                conn.sendall(b"login banner\r\n")
-                while data := conn.recv(4096):
-                    received.extend(data)
-                    conn.sendall(data.upper())
-
-    threading.Thread(target=serve_console, daemon=True).start()
     signer = SessionSigner(b"k" * 32)
-    server = uvicorn.Server(uvicorn.Config(create_node_app(agent, signer), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "node app did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"ws://127.0.0.1:{port}", signer, received
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        console.close()
+    with node_with_console(tmp_path) as (agent, received):
+        app = create_node_app(agent, signer)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "node app did not start"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"ws://127.0.0.1:{port}", signer, received
+        finally:
+            server.should_exit = True
+            thread.join(10)
 
 
 def _read_until(fd: int, marker: bytes, timeout: float = 10) -> bytes:

@@ -43,7 +43,7 @@ def test_names_fit_and_are_unique() -> None:
     assert len(A.tap) <= 15 and A.tap != B.tap and A.tap.startswith("sh")
     assert A.mac == "52:54:0a:4d:00:02" and B.mac == "52:54:0a:4d:00:03"
     assert str(CFG.gateway) == "10.77.0.1/16"
-    assert VmNet.from_json(A.to_json()) == A
+    assert VmNet.from_dict(json.loads(json.dumps(A.to_dict()))) == A
 
 
 def test_ruleset_encodes_each_policy() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,44 +10,16 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from sheesh.auth.sessions import SessionSigner
-from sheesh.node.agent import NodeAgent
 from sheesh.node.ws import create_node_app
-from sheesh.vmm.driver import SERIAL_SOCKET
-from sheesh.vmm.fake import FakeDriver
-
-
-class RunningDriver(FakeDriver):
-    def is_running(self, vm_id: str) -> bool:
-        return vm_id == "vm-1"
+from tests.fakes import node_with_console
 
 
 @pytest.fixture
 def console(tmp_path: Path) -> Iterator[tuple[TestClient, SessionSigner]]:
     """A node whose vm-1 has a 'serial console' that upper-cases what it receives."""
-    node = NodeAgent(tmp_path / "vms", RunningDriver())
-    (tmp_path / "vms" / "vm-1").mkdir(parents=True)
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(str(tmp_path / "vms" / "vm-1" / SERIAL_SOCKET))
-    srv.listen(1)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"login banner\r\n")
-                while data := conn.recv(4096):
-                    conn.sendall(data.upper())
-
-    threading.Thread(target=serve, daemon=True).start()
     signer = SessionSigner(b"k" * 32)
-    try:
-        with TestClient(create_node_app(node, signer)) as c:
-            yield c, signer
-    finally:
-        srv.close()
+    with node_with_console(tmp_path) as (node, _), TestClient(create_node_app(node, signer)) as c:
+        yield c, signer
 
 
 def test_serial_bridges_bytes_both_ways(console: tuple[TestClient, SessionSigner]) -> None:
