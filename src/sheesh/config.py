@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     """Addresses the node never downloads ISOs or cloud images from (besides the guest network, always
     blocked): loopback, "this network" and link-local, where the clouds' metadata services live."""
     rate_limits: dict[str, int] = Field(
-        default_factory=lambda: {"create": 30, "exec": 60, "run_ts": 60, "upload": 30, "download": 60}
+        default_factory=lambda: {"create": 30, "exec": 60, "run_ts": 60, "run_js": 60, "upload": 30, "download": 60}
     )
     """Requests per minute per API key (or client address) for each limited endpoint."""
     guest_network: str = "172.16.0.0/16"

@@ -91,11 +91,22 @@ class Vm:
     node: str = "local"
     error: str | None = None
     snapshot_id: str | None = None
-    """The snapshot this VM was restored from (its disk and RAM build on it)."""
+    """The snapshot this VM was restored from (its disk and RAM build on it): a user's or a template."""
     owner_id: str | None = None
     kind: VmKind = VmKind.SANDBOX
     firewall: list[FirewallRule] = field(default_factory=list)
     ports: list[PortForward] = field(default_factory=list)
+
+    @property
+    def user_snapshot_id(self) -> str | None:
+        """The user's snapshot this VM was restored from; None for boots and template restores (internal)."""
+        if self.snapshot_id is None or self.snapshot_id.startswith(TEMPLATE_SNAPSHOT_PREFIX):
+            return None
+        return self.snapshot_id
+
+
+TEMPLATE_SNAPSHOT_PREFIX = "snap-tpl-"
+"""Every template snapshot's id starts with this; template ids never leave the control plane."""
 
 
 class SnapshotKind(enum.StrEnum):
@@ -138,20 +149,30 @@ class ExecResult:
     truncated: bool = False
 
 
-@dataclass(frozen=True)
-class RunTsRequest:
-    """TypeScript for Deno: inline ``code`` or a ``path`` under /workspace (exactly one)."""
+class ScriptLanguage(enum.StrEnum):
+    """``ts``: TypeScript on Deno (run-ts); ``js``: JavaScript on Node.js (run-js)."""
 
+    TS = "ts"
+    JS = "js"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScriptRequest:
+    """A program for Deno or Node.js: inline ``code`` or a ``path`` under /workspace (exactly one)."""
+
+    language: ScriptLanguage = ScriptLanguage.TS
     code: str | None = None
     path: str | None = None
     args: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)
     deno_flags: list[str] = field(default_factory=list)
     timeout_ms: int | None = None
+    error_stack: bool = False
+    """Include ``stack`` when an ``Error`` instance becomes the result's ``error``."""
 
 
 @dataclass(frozen=True)
-class RunTsResult:
+class ScriptResult:
     exit_code: int
     stdout: str
     stderr: str
@@ -160,6 +181,33 @@ class RunTsResult:
     error: object = None
     timed_out: bool = False
     truncated: bool = False
+
+
+class ExecKind(enum.StrEnum):
+    """What ran: a shell command, TypeScript on Deno or JavaScript on Node.js (the API's endpoint names)."""
+
+    EXEC = "exec"
+    RUN_TS = "run-ts"
+    RUN_JS = "run-js"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecLog:
+    """One entry of a VM's execution history."""
+
+    id: str
+    vm_id: str
+    kind: ExecKind
+    command: str
+    """The shell command (cut at 2 KiB), the script's path, or ``sha256:<digest>`` of inline code."""
+    started_at: datetime
+    duration_ms: float
+    exit_code: int | None
+    """None when the call failed before the program ended (``error`` says why)."""
+    timed_out: bool = False
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    error: str | None = None
 
 
 @dataclass(frozen=True)

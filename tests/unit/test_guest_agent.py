@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from sheesh.guest.agent import EXIT_TIMEOUT, AgentConfig, RequestError, WarmShells
-from sheesh.guest.agent import run_exec as _run_exec
+from sheesh.guest.agent import AgentConfig
+from sheesh.guest.execution import EXIT_TIMEOUT, RequestError, WarmShells
+from sheesh.guest.execution import run_exec as _run_exec
 
 Run = Callable[[AgentConfig, dict[str, Any]], dict[str, Any]]
 

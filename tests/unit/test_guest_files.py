@@ -142,3 +142,69 @@ def test_download_keeps_symlinks_as_links(ws: Path) -> None:
         if eof:
             break
     assert members(data) == {"pw": None}
+
+
+def test_upload_staging_is_outside_the_workspace(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    key = t.begin_upload("/workspace/d", 1 << 20)
+    assert not [p for p in ws.iterdir() if p.name.startswith(".sheesh")]
+    staging = Path(t.staging)
+    assert not staging.is_relative_to(ws)
+    assert staging.stat().st_mode & 0o077 == 0
+    t.abort_upload(key)
+
+
+def test_destination_swapped_for_a_link_mid_upload_writes_nothing_outside(ws: Path, tmp_path: Path) -> None:
+    """The user replaces the destination folder by a symlink after the upload began (the body paused)."""
+    outside = tmp_path / "root-home"
+    outside.mkdir()
+    (ws / "dest").mkdir()
+    t = Transfers(str(ws), "/workspace", None)
+    data = targz([("file", "a.txt", "alpha"), ("file", "sub/b.txt", "beta")])
+    key = t.begin_upload("/workspace/dest", 1 << 20)
+    t.feed(key, data[:20])
+    os.rename(ws / "dest", ws / "dest.old")
+    os.symlink(outside, ws / "dest")
+    t.feed(key, data[20:])
+    with pytest.raises(TransferError):
+        t.end_upload(key)
+    assert list(outside.iterdir()) == []
+    assert list((ws / "dest.old").iterdir()) == []
+
+
+def test_subfolder_swapped_for_a_link_mid_download_is_not_followed(ws: Path, tmp_path: Path) -> None:
+    """A slow download: after the first chunk (the producer blocks on the full pipe inside the first, large
+    file) a subfolder already listed is replaced by a symlink to a folder with secrets."""
+    secrets_dir = tmp_path / "etc"
+    secrets_dir.mkdir()
+    (secrets_dir / "shadow").write_text("root:secret-hash")
+    (ws / "p" / "sub").mkdir(parents=True)
+    (ws / "p" / "a-big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    (ws / "p" / "sub" / "mine.txt").write_text("mine")
+    t = Transfers(str(ws), "/workspace", None)
+    key = t.begin_download("/workspace/p")
+    chunks = [t.next_chunk(key)[0]]
+    os.rename(ws / "p" / "sub", ws / "p" / "sub.old")
+    os.symlink(secrets_dir, ws / "p" / "sub")
+    while True:
+        chunk, eof = t.next_chunk(key)
+        chunks.append(chunk)
+        if eof:
+            break
+    archive = b"".join(chunks)
+    got = members(archive)
+    assert b"secret-hash" not in archive
+    assert not any(name.startswith("sub/") for name in got)
+    assert len(got["a-big.bin"]) == 4 * 1024 * 1024
+
+
+def test_download_of_one_file(ws: Path) -> None:
+    t = Transfers(str(ws), "/workspace", None)
+    key = t.begin_download("/workspace/existing.txt")
+    data = b""
+    while True:
+        chunk, eof = t.next_chunk(key)
+        data += chunk
+        if eof:
+            break
+    assert members(data) == {"existing.txt": b"keep"}

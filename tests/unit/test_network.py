@@ -19,7 +19,8 @@ from sheesh.config import Settings
 from sheesh.control.ipam import allocate_ip, free_port, template_ip
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.guest import netif
-from sheesh.guest.agent import RequestError, resolv_conf
+from sheesh.guest.agent import resolv_conf
+from sheesh.guest.execution import RequestError
 from sheesh.models import FirewallAction, FirewallRule, PortForward
 from sheesh.node.agent import NodeAgent, NodeVmSpec
 from sheesh.node.network import FakeNetwork, NetConfig, VmNet, host_nameservers, render_ruleset

@@ -102,17 +102,17 @@ def test_fork_makes_distinct_clones(client: tuple[TestClient, FakeNodeClient]) -
 async def test_templates_serve_later_creates(settings: Settings) -> None:
     settings.templates = True
     svc, node = fake_services(settings)
-    first = await svc.vms.create(CreateVm(1, 256, []))
+    first = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[]))
     assert first.provision_mode == "boot"
     await svc.vms.templates.wait_idle()
     templates = [s for s in svc.store.list_snapshots() if s.kind == SnapshotKind.TEMPLATE]
     assert len(templates) == 1 and templates[0].disk_size_mb == 1024
     assert not [vm for vm in node.running if vm.startswith("tpl-")], "template VM was not destroyed"
-    second = await svc.vms.create(CreateVm(1, 256, []))
+    second = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[]))
     assert second.provision_mode == "snapshot" and second.snapshot_id == templates[0].id
-    small = await svc.vms.create(CreateVm(1, 256, [], disk_size_mb=512))
+    small = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], disk_size_mb=512))
     assert small.provision_mode == "boot", "a disk smaller than the template's must boot"
-    other_shape = await svc.vms.create(CreateVm(2, 256, []))
+    other_shape = await svc.vms.create(CreateVm(cpu=2, mem_mb=256, allow_ips=[]))
     assert other_shape.provision_mode == "boot"
     assert svc.vms.list_snapshots() == [], "templates are not user snapshots"
     with pytest.raises(NotFoundError):
@@ -130,7 +130,7 @@ async def test_templates_of_an_older_generation_are_ignored_and_pruned(settings:
     for snap in old:
         svc.store.add_snapshot(snap)
     assert svc.vms.templates.find(image, 1, 256) is None
-    user = await svc.vms.create(CreateVm(1, 256, []))
+    user = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[]))
     user.snapshot_id = "snap-tpl-b"  # a VM whose disk builds on the old template
     svc.store.save_vm(user)
     await svc.vms.templates.wait_idle()
@@ -142,9 +142,9 @@ async def test_templates_of_an_older_generation_are_ignored_and_pruned(settings:
 
 async def test_restore_image_mismatch(settings: Settings) -> None:
     svc, _ = fake_services(settings)
-    vm = await svc.vms.create(CreateVm(1, 256, []))
+    vm = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[]))
     snap = await svc.vms.create_snapshot(vm.id)
     with pytest.raises(InvalidInputError, match="imageId"):
-        await svc.vms.create(CreateVm(1, 256, [], image_id="img-other", snapshot_id=snap.id))
+        await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], image_id="img-other", snapshot_id=snap.id))
     with pytest.raises(ConflictError):
         await svc.vms.delete_snapshot((await svc.vms.fork(vm.id, 1))[0].id)

@@ -59,14 +59,14 @@ async def test_failed_create_leaves_nothing(settings: Settings) -> None:
 async def test_disk_size_and_references_are_validated(settings: Settings) -> None:
     svc, _ = fake_services(settings)
     with pytest.raises(InvalidInputError, match=">= the image"):
-        await svc.vms.create(CreateVm(1, 256, [], disk_size_mb=100))
+        await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], disk_size_mb=100))
     with pytest.raises(InvalidInputError, match="<="):
-        await svc.vms.create(CreateVm(1, 256, [], disk_size_mb=10**7))
+        await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], disk_size_mb=10**7))
     with pytest.raises(NotFoundError, match="image"):
-        await svc.vms.create(CreateVm(1, 256, [], image_id="img-nope"))
+        await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], image_id="img-nope"))
     with pytest.raises(NotFoundError, match="snapshot"):
-        await svc.vms.create(CreateVm(1, 256, [], snapshot_id="snap-nope"))
-    vm = await svc.vms.create(CreateVm(1, 256, [], disk_size_mb=512))
+        await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], snapshot_id="snap-nope"))
+    vm = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], disk_size_mb=512))
     assert vm.disk_size_mb == 512
 
 

@@ -6,14 +6,23 @@ import ipaddress
 import posixpath
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from sheesh.models import FirewallAction, PortForward, Snapshot, Vm, VmKind
+from sheesh.models import ExecLog, FirewallAction, PortForward, Snapshot, Vm, VmKind
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CMD_BYTES = 256 * 1024
+MAX_ENV_BYTES = 256 * 1024
+"""All environment names and values of one exec/run-ts/run-js together."""
+MAX_ARG_BYTES = 256 * 1024
+"""All run-ts/run-js arguments together."""
+
+
+def _check_env_size(total: int) -> None:
+    if total > MAX_ENV_BYTES:
+        raise ValueError(f"env is larger than {MAX_ENV_BYTES} bytes in all")
 
 
 class Body(BaseModel):
@@ -149,7 +158,7 @@ class VmOut(BaseModel):
             diskSizeMb=vm.disk_size_mb,
             node=vm.node,
             error=vm.error,
-            snapshotId=vm.snapshot_id,
+            snapshotId=vm.user_snapshot_id,
             nodeHost=node_host,
             nodePort=node_port,
             kind=vm.kind.value,
@@ -188,6 +197,7 @@ class ExecBody(Body):
                 raise ValueError(f"invalid environment variable name {key!r}")
             if "\0" in val:
                 raise ValueError(f"environment variable {key} contains a NUL byte")
+        _check_env_size(sum(len(k.encode()) + len(v.encode()) for k, v in value.items()))
         return value
 
 
@@ -202,28 +212,32 @@ class ExecOut(BaseModel):
 MAX_CODE_BYTES = 1024 * 1024
 
 
-class RunTsBody(Body):
-    code: Annotated[StrictStr | None, Field(description="Inline TypeScript code")] = None
-    path: Annotated[StrictStr | None, Field(description="Path to a .ts file in /workspace")] = None
+class _ScriptBody(Body):
+    code: Annotated[StrictStr | None, Field(description="Inline program code")] = None
+    path: Annotated[StrictStr | None, Field(description="Path to a program file in /workspace")] = None
     args: Annotated[list[StrictStr], Field(max_length=256, description="Arguments passed to the program")] = Field(
         default_factory=list
     )
     env: Annotated[list[StrictStr], Field(max_length=256, description='Environment as ["KEY=value"]')] = Field(
         default_factory=list
     )
-    deno_flags: Annotated[list[StrictStr], Field(alias="denoFlags", max_length=64)] = Field(default_factory=list)
     timeout_ms: Annotated[StrictInt | None, Field(alias="timeoutMs", ge=1)] = None
+    error_stack: Annotated[
+        StrictBool, Field(alias="errorStack", description="Include the stack of an Error passed to result.error")
+    ] = False
+
+    SUFFIXES: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
-    def _one_source(self) -> RunTsBody:
+    def _one_source(self) -> _ScriptBody:
         if (self.code is None) == (self.path is None):
             raise ValueError("exactly one of code or path is required")
         if self.code is not None and len(self.code.encode()) > MAX_CODE_BYTES:
             raise ValueError(f"code is longer than {MAX_CODE_BYTES} bytes")
         if self.path is not None:
             norm = workspace_path(self.path)
-            if norm is None or not norm.endswith(".ts"):
-                raise ValueError("path must be a .ts file under /workspace")
+            if norm is None or not norm.endswith(self.SUFFIXES):
+                raise ValueError(f"path must be a {' or '.join(self.SUFFIXES)} file under /workspace")
         return self
 
     @field_validator("env")
@@ -233,6 +247,7 @@ class RunTsBody(Body):
             key, sep, val = pair.partition("=")
             if not sep or not _ENV_KEY.match(key) or "\0" in val:
                 raise ValueError(f"env entries must be KEY=value, got {pair!r}")
+        _check_env_size(sum(len(p.encode()) for p in value))
         return value
 
     @field_validator("args")
@@ -241,7 +256,15 @@ class RunTsBody(Body):
         for i, arg in enumerate(value):
             if "\0" in arg:
                 raise ValueError(f"args[{i}] contains a NUL byte")
+        if sum(len(a.encode()) for a in value) > MAX_ARG_BYTES:
+            raise ValueError(f"args are larger than {MAX_ARG_BYTES} bytes in all")
         return value
+
+
+class RunTsBody(_ScriptBody):
+    deno_flags: Annotated[list[StrictStr], Field(alias="denoFlags", max_length=64)] = Field(default_factory=list)
+
+    SUFFIXES: ClassVar[tuple[str, ...]] = (".ts",)
 
     @field_validator("deno_flags")
     @classmethod
@@ -252,6 +275,10 @@ class RunTsBody(Body):
         return value
 
 
+class RunJsBody(_ScriptBody):
+    SUFFIXES: ClassVar[tuple[str, ...]] = (".js", ".mjs", ".cjs")
+
+
 class RunTsOut(BaseModel):
     exitCode: int
     stdout: str
@@ -260,6 +287,34 @@ class RunTsOut(BaseModel):
     error: Any = Field(default=None, description="Error passed to result.error(), when called")
     timedOut: bool = False
     truncated: bool = False
+
+
+class ExecLogOut(BaseModel):
+    id: str
+    type: str = Field(description="exec, run-ts or run-js")
+    command: str = Field(description="The command (cut at 2 KiB), the script's path, or sha256:<digest> of its code")
+    startedAt: str
+    durationMs: float
+    exitCode: int | None = Field(description="null when the call failed before the program ended (see error)")
+    timedOut: bool
+    stdoutTail: str = Field(description="The last 2 KiB of stdout")
+    stderrTail: str = Field(description="The last 2 KiB of stderr")
+    error: str | None = None
+
+    @classmethod
+    def of(cls, entry: ExecLog) -> ExecLogOut:
+        return cls(
+            id=entry.id,
+            type=entry.kind.value,
+            command=entry.command,
+            startedAt=iso(entry.started_at),
+            durationMs=entry.duration_ms,
+            exitCode=entry.exit_code,
+            timedOut=entry.timed_out,
+            stdoutTail=entry.stdout_tail,
+            stderrTail=entry.stderr_tail,
+            error=entry.error,
+        )
 
 
 class UploadOut(BaseModel):

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from sheesh.errors import NotFoundError, UnavailableError
-from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult
+from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
 from sheesh.node.agent import NodeVmSpec
 from sheesh.node.network import VmNet
 
@@ -33,6 +33,10 @@ class NodeClient(Protocol):
         ...
 
     def is_running(self, vm_id: str) -> bool: ...
+
+    def exit_reason(self, vm_id: str) -> str | None:
+        """Why the VM's machine ended without being asked to (None: a clean power-off, or not known)."""
+        ...
 
     def local_vms(self) -> list[str]:
         """Ids of all VM folders the node holds (to find leftovers without a record)."""
@@ -64,9 +68,11 @@ class NodeClient(Protocol):
         """The guest agent's ping reply (``warm``: pre-started shells ready)."""
         ...
 
-    async def run_ts(
-        self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
-    ) -> RunTsResult: ...
+    async def run_script(
+        self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
+    ) -> ScriptResult:
+        """run-ts (Deno) or run-js (Node.js) as ``req.language`` says."""
+        ...
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
         """Stream a tar.gz into ``dest``; nothing is written unless the whole archive is valid."""
@@ -108,6 +114,7 @@ class FakeNodeClient:
         self.leftovers: set[str] = set()
         self.specs: dict[str, NodeVmSpec] = {}
         self.networks: dict[str, VmNet] = {}
+        self.exits: dict[str, str | None] = {}
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -138,6 +145,9 @@ class FakeNodeClient:
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self.running
 
+    def exit_reason(self, vm_id: str) -> str | None:
+        return self.exits.get(vm_id)
+
     def local_vms(self) -> list[str]:
         return sorted(self.running | self.leftovers)
 
@@ -155,11 +165,11 @@ class FakeNodeClient:
             raise UnavailableError(f"VM {vm_id} is not running")
         return self.exec_result or ExecResult(0, req.cmd, "")
 
-    async def run_ts(
-        self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
-    ) -> RunTsResult:
-        self._record("run_ts", vm_id)
-        return RunTsResult(0, req.code or req.path or "", "", result={"allowNet": allow_net}, has_result=True)
+    async def run_script(
+        self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
+    ) -> ScriptResult:
+        self._record(f"run_{req.language}", vm_id)
+        return ScriptResult(0, req.code or req.path or "", "", result={"allowNet": allow_net}, has_result=True)
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
         self._record("upload", vm_id)

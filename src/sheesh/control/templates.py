@@ -14,7 +14,7 @@ from sheesh.control.images import resolve_image
 from sheesh.control.ipam import template_ip
 from sheesh.control.node_client import NodeClient
 from sheesh.errors import SheeshError
-from sheesh.models import ExecRequest, Snapshot, SnapshotKind
+from sheesh.models import TEMPLATE_SNAPSHOT_PREFIX, ExecRequest, Snapshot, SnapshotKind
 from sheesh.node.agent import NodeVmSpec
 from sheesh.node.network import VmNet
 from sheesh.store.repo import Store
@@ -22,7 +22,7 @@ from sheesh.store.repo import Store
 log = logging.getLogger(__name__)
 Shape = tuple[str, int, int]
 DEFAULT_DISK_MB = 1024
-GENERATION = "snap-tpl-n1-"
+GENERATION = TEMPLATE_SNAPSHOT_PREFIX + "n1-"
 """Id prefix of current templates; templates of older machine layouts (before VMs had a NIC) are not used and
 are pruned once nothing builds on them."""
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
@@ -19,13 +22,16 @@ from sheesh.control.node_client import NodeClient
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, SheeshError
 from sheesh.models import (
+    ExecKind,
+    ExecLog,
     ExecRequest,
     ExecResult,
     FirewallRule,
     PortForward,
     ProvisionMode,
-    RunTsRequest,
-    RunTsResult,
+    ScriptLanguage,
+    ScriptRequest,
+    ScriptResult,
     Snapshot,
     SnapshotKind,
     Vm,
@@ -38,9 +44,15 @@ from sheesh.node.network import VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R", ExecResult, ScriptResult)
 
 MAX_FIREWALL_RULES = 64
 MAX_PORT_FORWARDS = 16
+EXEC_LOG_KEEP = 200
+"""Execution history entries kept per VM (the oldest go first)."""
+EXEC_LOG_TAIL = 2048
+"""Characters of stdout/stderr kept in each history entry (the end of the output)."""
+EXEC_LOG_COMMAND = 2048
 _ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.PAUSED)
 
 
@@ -55,7 +67,26 @@ def _single_hosts(cidrs: list[str]) -> list[str]:
     return [str(n.network_address) for n in nets if n.num_addresses == 1]
 
 
-@dataclass(frozen=True)
+def check_allow_ips(cidrs: list[str], guest_network: str) -> None:
+    """Refuse allowlist entries inside the guest network: VMs cannot reach each other (isolated bridge ports,
+    no proxy ARP), so such an entry could never work. The gateway (the node itself) is allowed; wider
+    networks that merely contain the guest network (0.0.0.0/0) are fine and grant no VM-to-VM traffic."""
+    pool = ipaddress.ip_network(guest_network)
+    gateway = next(pool.hosts())
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        if net.version == pool.version and net.subnet_of(pool) and net != ipaddress.ip_network(gateway):  # type: ignore[arg-type]
+            raise InvalidInputError(
+                f"allowIps entry {cidr} is inside the guest network {guest_network}: VMs cannot reach each other "
+                f"(only the node's address {gateway} may be allowed there)"
+            )
+
+
+def _tail(text: str) -> str:
+    return text[-EXEC_LOG_TAIL:]
+
+
+@dataclass(frozen=True, kw_only=True)
 class CreateVm:
     """Validated input of ``POST /v1/vms`` (ranges are checked by the API schema)."""
 
@@ -126,6 +157,7 @@ class VmService:
         On failure nothing is left behind."""
         source: Snapshot | None = None
         full = req.kind == VmKind.FULL
+        check_allow_ips(req.allow_ips, self.settings.guest_network)
         if full and req.snapshot_id is not None:
             raise InvalidInputError("full VMs boot from the image or their own disk, not from a snapshot")
         if req.snapshot_id is not None:
@@ -227,7 +259,14 @@ class VmService:
         snap = await self.create_snapshot(vm_id)
         vm = self.get(vm_id)
         req = CreateVm(
-            vm.cpu, vm.mem_mb, vm.allow_ips, vm.outbound_internet, vm.image_id, snap.id, vm.disk_size_mb, vm.owner_id
+            cpu=vm.cpu,
+            mem_mb=vm.mem_mb,
+            allow_ips=vm.allow_ips,
+            outbound_internet=vm.outbound_internet,
+            image_id=vm.image_id,
+            snapshot_id=snap.id,
+            disk_size_mb=vm.disk_size_mb,
+            owner_id=vm.owner_id,
         )
         clones = await asyncio.gather(*(self.create(req) for _ in range(count)), return_exceptions=True)
         made = [c for c in clones if isinstance(c, Vm)]
@@ -299,18 +338,59 @@ class VmService:
     async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
         await self._running(vm_id, "exec")
         timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
-        return await self.node.exec(
-            vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), self.settings.exec_output_limit_bytes
+        limit = self.settings.exec_output_limit_bytes
+        return await self._logged(
+            vm_id,
+            ExecKind.EXEC,
+            req.cmd[:EXEC_LOG_COMMAND],
+            lambda: self.node.exec(vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), limit),
         )
 
-    async def run_ts(self, vm_id: str, req: RunTsRequest) -> RunTsResult:
-        """Deno gets network permission only where the VM has egress: all hosts with outbound internet,
-        else the single addresses of its allowlist."""
-        vm = await self._running(vm_id, "run-ts")
+    async def run_script(self, vm_id: str, req: ScriptRequest) -> ScriptResult:
+        """run-ts or run-js. Deno gets network permission only where the VM has egress: all hosts with
+        outbound internet, else the single addresses of its allowlist."""
+        kind = ExecKind.RUN_TS if req.language == ScriptLanguage.TS else ExecKind.RUN_JS
+        vm = await self._running(vm_id, kind.value)
         allow_net: bool | list[str] = True if vm.outbound_internet else _single_hosts(vm.allow_ips)
         timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
         req = dataclasses.replace(req, timeout_ms=timeout)
-        return await self.node.run_ts(vm_id, req, allow_net, self.settings.exec_output_limit_bytes)
+        code = req.code or ""
+        what = req.path or "sha256:" + hashlib.sha256(code.encode()).hexdigest()
+        limit = self.settings.exec_output_limit_bytes
+        return await self._logged(vm_id, kind, what, lambda: self.node.run_script(vm_id, req, allow_net, limit))
+
+    async def _logged(self, vm_id: str, kind: ExecKind, command: str, run: Callable[[], Awaitable[_R]]) -> _R:
+        """Run ``run`` and add the outcome (or the failure) to the VM's execution history."""
+        started = datetime.now(UTC)
+        t0 = time.monotonic()
+        result: _R | None = None
+        error: str | None = None
+        try:
+            result = await run()
+            return result
+        except SheeshError as exc:
+            error = exc.message
+            raise
+        finally:
+            entry = ExecLog(
+                id=f"xl-{secrets.token_hex(8)}",
+                vm_id=vm_id,
+                kind=kind,
+                command=command,
+                started_at=started,
+                duration_ms=round((time.monotonic() - t0) * 1000, 1),
+                exit_code=result.exit_code if result else None,
+                timed_out=result.timed_out if result else False,
+                stdout_tail=_tail(result.stdout) if result else "",
+                stderr_tail=_tail(result.stderr) if result else "",
+                error=error if result is None else None,
+            )
+            if self.store.get_vm(vm_id) is not None:  # not when the VM was deleted meanwhile
+                self.store.add_exec_log(entry, EXEC_LOG_KEEP)
+
+    def exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
+        self.get(vm_id)
+        return self.store.list_exec_logs(vm_id, kind, limit)
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""
@@ -394,27 +474,39 @@ class VmService:
             lock = self._locks.get(vm.id)
             active = vm.state in (VmState.RUNNING, VmState.PAUSED)
             if active and not (lock and lock.locked()) and not self.node.is_running(vm.id):
-                log.info("VM %s is no longer running", vm.id)
+                reason = self.node.exit_reason(vm.id)
+                log.info("VM %s is no longer running: %s", vm.id, reason or "powered off")
                 with contextlib.suppress(ConflictError):
-                    self._set_state(vm, VmState.STOPPED)
+                    self._set_state(vm, VmState.STOPPED, reason)
 
     async def recover(self) -> None:
-        """After a restart: re-attach live VMs, mark dead ones STOPPED, finish interrupted deletes, and
-        remove VM folders without a record (a crash during a create, delete or template build)."""
+        """After a restart: roll back interrupted creates (the caller never got the VM: its machine may lack
+        its network or identity refresh), stop interrupted starts, finish interrupted deletes, re-attach live
+        VMs, mark dead ones STOPPED, and remove VM folders without a record (a crash during a template
+        build)."""
         known = {vm.id for vm in self.store.list_vms()}
         for orphan in self.node.local_vms():
             if orphan not in known:
                 log.info("removing leftover VM folder %s", orphan)
                 await self.node.destroy(orphan)
         for vm in self.store.list_vms():
-            if vm.state == VmState.DELETING:
+            if vm.state in (VmState.DELETING, VmState.CREATING):
+                log.info("rolling back VM %s (%s when the service stopped)", vm.id, vm.state)
                 await self.node.destroy(vm.id)
                 self.store.delete_vm(vm.id)
+            elif vm.state == VmState.STARTING:
+                if await self.node.reattach([vm.id]):
+                    await self.node.stop(vm.id)
+                vm.state, vm.error = VmState.STOPPED, "the start was interrupted by a restart of the service"
+                self.store.save_vm(vm)
         active = [vm for vm in self.store.list_vms() if vm.state in _ACTIVE]
         alive = await self.node.reattach([vm.id for vm in active])
         for vm in active:
             kept = VmState.PAUSED if vm.state == VmState.PAUSED else VmState.RUNNING
-            vm.state = kept if vm.id in alive else VmState.STOPPED
-            vm.error = None
+            if vm.id in alive:
+                vm.state, vm.error = kept, None
+            else:
+                vm.state = VmState.STOPPED
+                vm.error = "the VM's machine ended while the service was not running"
             self.store.save_vm(vm)
         await self.templates.prune_stale()

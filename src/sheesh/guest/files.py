@@ -1,17 +1,26 @@
 """tar.gz upload and download confined to the workspace (standard library only).
 
-Uploads are extracted while they stream in, into a staging folder inside the workspace; every member is
-checked (regular files and folders only: no symlinks, hardlinks, devices, absolute names or ``..``) and the
-expanded size is capped, so a decompression bomb cannot fill the disk. Only when the whole archive is valid
-are the staged entries moved into the destination; on any error nothing is written there.
+Uploads are extracted while they stream in, into a staging folder that only root can enter, on the same
+filesystem as the workspace but outside it; every member is checked (regular files and folders only: no
+symlinks, hardlinks, devices, absolute names or ``..``) and the expanded size is capped, so a decompression
+bomb cannot fill the disk. Only when the whole archive is valid are the staged entries moved into the
+destination; on any error nothing is written there.
 Downloads stream a tar.gz of a folder (symlinks stored as links, never followed) in pulled chunks.
+
+The user owns the workspace and can swap any folder in it for a symlink at any moment (while a transfer is
+paused mid-body, say). So nothing in the workspace is ever reached by path: the destination and the source are
+opened one component at a time from the workspace's own descriptor with ``O_NOFOLLOW``, and every later
+step (mkdir, rename, stat, open, list) is relative to an open folder descriptor. A swapped folder makes the
+transfer fail (or, in a download, shows up as the symlink it now is); it never leads outside the workspace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tarfile
 import threading
 import time
@@ -43,6 +52,38 @@ def confine(workspace: str, guest_root: str, path: str) -> str:
     if target != real_root and not target.startswith(real_root + "/"):
         raise TransferError(f"path escapes {guest_root} through a symlink")
     return target
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_confined(workspace: str, guest_root: str, path: str, create: bool = False) -> int:
+    """A descriptor of the folder ``path`` (under ``guest_root``), reached from the workspace one component at
+    a time without following symlinks. With ``create`` missing folders are made (the caller chowns them).
+    Symlinks the user made inside the workspace are resolved first (``confine``); one swapped in later fails."""
+    target = confine(workspace, guest_root, path)
+    real_root = os.path.realpath(workspace)
+    rel = os.path.relpath(target, real_root)
+    fd = os.open(real_root, _DIR_FLAGS)
+    try:
+        for part in [] if rel == "." else rel.split("/"):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise TransferError(f"{path} does not exist", "not_found") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise TransferError(f"{path} is not a folder (or was replaced by a link)") from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_member(member: tarfile.TarInfo) -> str:
@@ -77,14 +118,15 @@ class _Pipe:
 
 
 class Upload:
-    """One upload: extraction runs in a thread fed by ``feed``; ``finish`` validates and moves."""
+    """One upload: extraction into a private staging folder runs in a thread fed by ``feed``; ``finish``
+    validates and moves the staged entries into ``dest`` through folder descriptors."""
 
-    def __init__(self, workspace: str, dest: str, max_bytes: int, chown: tuple[int, int] | None) -> None:
-        self.workspace = workspace
+    def __init__(self, transfers: Transfers, dest: str, max_bytes: int, chown: tuple[int, int] | None) -> None:
+        self.transfers = transfers
         self.dest = dest
         self.max_bytes = max_bytes
         self.chown = chown
-        self.staging = os.path.join(workspace, f".sheesh-upload-{uuid.uuid4().hex}")
+        self.staging = os.path.join(transfers.staging_root(), f"upload-{uuid.uuid4().hex}")
         os.mkdir(self.staging, 0o700)
         self.pipe = _Pipe()
         self.error: TransferError | None = None
@@ -130,7 +172,9 @@ class Upload:
                     if self.bytes > self.max_bytes:
                         raise TransferError(f"archive expands beyond {self.max_bytes} bytes", "too_large")
                     out.write(block)
-            os.chmod(target, (member.mode & 0o777) | 0o600)
+                os.fchmod(out.fileno(), (member.mode & 0o777) | 0o600)
+                if self.chown:
+                    os.fchown(out.fileno(), *self.chown)
             self.files += 1
 
     def feed(self, data: bytes) -> None:
@@ -157,37 +201,68 @@ class Upload:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def _move(self) -> None:
-        """Check every target first (no file over a folder or a link), then move entries into ``dest``."""
-        plan: list[tuple[str, str, bool]] = []
-        for root, dirs, files in os.walk(self.staging):
-            rel_root = os.path.relpath(root, self.staging)
-            for name in dirs + files:
-                rel = os.path.normpath(os.path.join(rel_root, name))
-                target = os.path.join(self.dest, rel)
-                is_dir = name in dirs
-                if os.path.islink(target):
-                    raise TransferError(f"destination {rel} is a symlink")
-                if os.path.exists(target) and os.path.isdir(target) != is_dir:
-                    raise TransferError(f"destination {rel} exists and is not a {'folder' if is_dir else 'file'}")
-                plan.append((os.path.join(root, name), target, is_dir))
-        self._makedirs(self.dest)
-        for src, target, is_dir in plan:
-            if is_dir:
-                self._makedirs(target)
-            else:
-                os.replace(src, target)
-                if self.chown:
-                    os.chown(target, *self.chown, follow_symlinks=False)
+        """Check every target first (no file over a folder or a link), then move entries into ``dest``;
+        every step below the workspace goes through folder descriptors (never a path the user can change)."""
+        t = self.transfers
+        dest_fd = open_confined(t.workspace, t.guest_root, self.dest, create=True)
+        try:
+            self._fix_owner(dest_fd)
+            self._check_tree(self.staging, dest_fd, "")
+            self._move_tree(self.staging, dest_fd)
+        finally:
+            os.close(dest_fd)
 
-    def _makedirs(self, path: str) -> None:
-        missing = []
-        while not os.path.isdir(path):
-            missing.append(path)
-            path = os.path.dirname(path)
-        for p in reversed(missing):
-            os.mkdir(p, 0o755)
-            if self.chown:
-                os.chown(p, *self.chown, follow_symlinks=False)
+    def _fix_owner(self, fd: int) -> None:
+        if self.chown and os.fstat(fd).st_uid != self.chown[0]:
+            os.fchown(fd, *self.chown)
+
+    def _check_tree(self, src: str, dir_fd: int | None, rel: str) -> None:
+        """Refuse when a staged entry would land on a link or on an entry of the other kind."""
+        for entry in os.scandir(src):
+            name = os.path.join(rel, entry.name)
+            existing = None
+            if dir_fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    existing = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+            if existing is not None and stat.S_ISLNK(existing.st_mode):
+                raise TransferError(f"destination {name} is a symlink")
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if existing is not None and stat.S_ISDIR(existing.st_mode) != is_dir:
+                raise TransferError(f"destination {name} exists and is not a {'folder' if is_dir else 'file'}")
+            if is_dir:
+                child = None if existing is None else _open_dir(entry.name, dir_fd, name)
+                try:
+                    self._check_tree(entry.path, child, name)
+                finally:
+                    if child is not None:
+                        os.close(child)
+
+    def _move_tree(self, src: str, dir_fd: int) -> None:
+        src_fd = os.open(src, _DIR_FLAGS)
+        try:
+            for entry in os.scandir(src):
+                if entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(entry.name, 0o755, dir_fd=dir_fd)
+                    child = _open_dir(entry.name, dir_fd, entry.name)
+                    try:
+                        self._fix_owner(child)
+                        self._move_tree(entry.path, child)
+                    finally:
+                        os.close(child)
+                else:  # rename replaces a final-component link instead of following it
+                    os.rename(entry.name, entry.name, src_dir_fd=src_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(src_fd)
+
+
+def _open_dir(name: str, dir_fd: int | None, shown: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise TransferError(f"destination {shown} was replaced by a link or a file") from None
+        raise
 
 
 class _Writer:
@@ -201,11 +276,31 @@ class _Writer:
         return len(data)
 
 
-class Download:
-    """One download: a thread writes tar.gz into a pipe; ``next_chunk`` returns up to CHUNK bytes."""
+class _Padded:
+    """Reads exactly ``size`` bytes from ``fd``: zeros when the file shrank while it was archived."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = os.read(self.fd, n) if n else b""
+        if len(data) < n:
+            data += bytes(n - len(data))
+        self.left -= len(data)
+        return data
+
+
+class Download:
+    """One download: a thread writes tar.gz of the folder open at ``source_fd`` (``only``: just that entry of
+    it) into a pipe; ``next_chunk`` returns up to CHUNK bytes. The tree is walked through descriptors with
+    ``O_NOFOLLOW``: a folder swapped for a symlink while the archive is written is stored as that symlink (or
+    left out), never followed."""
+
+    def __init__(self, source_fd: int, only: str | None = None) -> None:
+        self.source_fd = source_fd
+        self.only = only
         self.pipe = _Pipe()
         self.error: str | None = None
         self.touched = time.monotonic()
@@ -215,15 +310,56 @@ class Download:
     def _produce(self) -> None:
         try:
             with tarfile.open(fileobj=_Writer(self.pipe), mode="w|gz") as tar:  # type: ignore[call-overload]
-                if os.path.isdir(self.source):
-                    for name in sorted(os.listdir(self.source)):
-                        tar.add(os.path.join(self.source, name), arcname=name)
+                if self.only is None:
+                    self._add_dir(tar, self.source_fd, "")
                 else:
-                    tar.add(self.source, arcname=os.path.basename(self.source))
+                    self._add_entry(tar, self.source_fd, self.only, self.only)
         except (OSError, tarfile.TarError) as exc:
             self.error = str(exc)
         finally:
+            os.close(self.source_fd)
             self.pipe.close()
+
+    def _add_dir(self, tar: tarfile.TarFile, dir_fd: int, prefix: str) -> None:
+        for name in sorted(os.listdir(dir_fd)):
+            try:
+                self._add_entry(tar, dir_fd, name, prefix + name)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                    raise
+                # replaced or removed while we were archiving: leave it out
+
+    def _add_entry(self, tar: tarfile.TarFile, dir_fd: int, name: str, arcname: str) -> None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        info = tarfile.TarInfo(arcname)
+        info.mtime = int(st.st_mtime)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        if stat.S_ISLNK(st.st_mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(name, dir_fd=dir_fd)
+            info.mode = 0o777
+            tar.addfile(info)
+        elif stat.S_ISDIR(st.st_mode):
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            try:
+                info.type = tarfile.DIRTYPE
+                info.mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                tar.addfile(info)
+                self._add_dir(tar, fd, arcname + "/")
+            finally:
+                os.close(fd)
+        elif stat.S_ISREG(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                now = os.fstat(fd)
+                if not stat.S_ISREG(now.st_mode):
+                    return
+                info.mode = stat.S_IMODE(now.st_mode)
+                info.size = now.st_size
+                tar.addfile(info, _Padded(fd, now.st_size))
+            finally:
+                os.close(fd)
+        # sockets, fifos and devices are left out
 
     def next_chunk(self) -> bytes:
         self.touched = time.monotonic()
@@ -243,10 +379,15 @@ class Transfers:
         guest_root: str,
         chown: tuple[int, int] | None,
         free_bytes: Callable[[str], int] | None = None,
+        staging: str | None = None,
     ) -> None:
         self.workspace = workspace
         self.guest_root = guest_root
         self.chown = chown
+        self.staging = staging or os.path.join(
+            os.path.dirname(os.path.abspath(workspace)), f".sheesh-staging-{os.path.basename(workspace)}"
+        )
+        """Root-only folder for uploads being extracted: outside the workspace, on the same filesystem."""
         self._free = free_bytes or (lambda p: shutil.disk_usage(p).free)
         self.uploads: dict[str, Upload] = {}
         self.downloads: dict[str, Download] = {}
@@ -267,11 +408,15 @@ class Transfers:
             for d in downs:
                 d.close()
 
+    def staging_root(self) -> str:
+        os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        return self.staging
+
     def begin_upload(self, dest: str, max_bytes: int) -> str:
-        target = confine(self.workspace, self.guest_root, dest)
+        confine(self.workspace, self.guest_root, dest)  # refuse early; checked again, race-free, at the end
         # keep a reserve so an upload never fills the disk completely
         budget = min(max_bytes, max(0, self._free(self.workspace) - 64 * 1024 * 1024))
-        upload = Upload(self.workspace, target, budget, self.chown)
+        upload = Upload(self, dest, budget, self.chown)
         key = uuid.uuid4().hex
         with self._lock:
             self.uploads[key] = upload
@@ -303,9 +448,13 @@ class Transfers:
         source = confine(self.workspace, self.guest_root, path)
         if not os.path.exists(source):
             raise TransferError(f"{path} does not exist", "not_found")
+        only = None
+        if not os.path.isdir(source):  # one file: archived from its folder, by name
+            path, only = os.path.dirname(os.path.normpath(path)), os.path.basename(source)
+        fd = open_confined(self.workspace, self.guest_root, path)
         key = uuid.uuid4().hex
         with self._lock:
-            self.downloads[key] = Download(source)
+            self.downloads[key] = Download(fd, only)
         return key
 
     def next_chunk(self, key: str) -> tuple[bytes, bool]:

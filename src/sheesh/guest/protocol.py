@@ -3,13 +3,16 @@
 A frame is ``MAGIC`` + 4-byte big-endian payload length + UTF-8 JSON object. The magic lets a reader
 resynchronise after a peer reconnects mid-frame: bytes before the next magic are discarded.
 Requests carry ``id`` (int) and ``op`` (str); responses echo ``id`` and carry either ``ok: true`` plus
-op-specific fields, or ``ok: false`` and ``error`` (message) with ``kind`` (``invalid``, ``not_found``, ``internal``).
+op-specific fields, or ``ok: false`` and ``error`` (message) with ``kind`` (an ``ErrorKind``). Every reply
+also names the agent process that sent it (``agent``): a different name than before means the agent was
+restarted, and requests sent to the old one will never be answered.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from enum import StrEnum
 from typing import Any
 
 MAGIC = b"\xa5SHx"
@@ -18,6 +21,35 @@ HEADER_SIZE = len(MAGIC) + _LEN.size
 MAX_FRAME = 32 * 1024 * 1024
 PORT_NAME = "sheesh.agent"
 PROTOCOL_VERSION = 1
+
+
+class Op(StrEnum):
+    """Every request the agent serves."""
+
+    PING = "ping"
+    REFRESH = "refresh"
+    NET = "net"
+    RESIZE_FS = "resize_fs"
+    EXEC = "exec"
+    RUN_TS = "run_ts"
+    RUN_JS = "run_js"
+    SYNC = "sync"
+    UPLOAD_BEGIN = "upload_begin"
+    UPLOAD_CHUNK = "upload_chunk"
+    UPLOAD_END = "upload_end"
+    UPLOAD_ABORT = "upload_abort"
+    DOWNLOAD_BEGIN = "download_begin"
+    DOWNLOAD_NEXT = "download_next"
+    DOWNLOAD_CLOSE = "download_close"
+
+
+class ErrorKind(StrEnum):
+    """Why a request failed: the node maps these to its own errors."""
+
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    INTERNAL = "internal"
 
 
 class ProtocolError(Exception):

@@ -19,15 +19,12 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from sheesh.guest import agent as guest_agent
-from sheesh.guest import files as guest_files_module
-from sheesh.guest import netif as guest_netif
-from sheesh.guest import protocol as guest_protocol
+from sheesh import guest as guest_package
 from sheesh.image.cpio import CpioWriter
 from sheesh.image.errors import ImageBuildError
 from sheesh.image.kernel import extract_vmlinux, module_load_order
@@ -60,16 +57,18 @@ class Recipe:
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
     packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "procps", "ca-certificates")
+    toolbox: tuple[str, ...] = ("git", "curl", "iproute2", "nodejs", "npm", "unzip", "jq", "less", "xz-utils")
+    """Installed with apt into the base tree: what sandbox users reach for first."""
     kernel_package: str = "linux-image-amd64"
     modules: tuple[str, ...] = tuple(GUEST_MODULES)
     full_vm_modules: tuple[str, ...] = tuple(FULL_VM_MODULES)
     deno_package: str = "@deno/linux-x64-glibc@2.9.6"
-    rootfs_size_mb: int = 512
+    rootfs_size_mb: int = 1024
     uid: int = 1000
     files_digest: str = field(default="")
 
     def base_hash(self) -> str:
-        key = json.dumps([self.suite, self.mirror, sorted(self.packages)]).encode()
+        key = json.dumps([self.suite, self.mirror, sorted(self.packages), sorted(self.toolbox)]).encode()
         return hashlib.sha256(key).hexdigest()[:16]
 
     def hash(self) -> str:
@@ -77,14 +76,23 @@ class Recipe:
         return hashlib.sha256(payload).hexdigest()[:16]
 
 
+AGENT_LAUNCHER = b"""import sys
+sys.path.insert(0, "/opt/sheesh")
+from sheesh.guest.agent import main
+sys.exit(main())
+"""
+
+
 def guest_files() -> dict[str, bytes]:
-    """Files copied into the image from this package (agent code, init scripts)."""
+    """Files copied into the image: the whole ``sheesh.guest`` package (standard library only) under
+    /opt/sheesh with a launcher, and the init scripts."""
     files = resources.files("sheesh.image") / "files"
+    package = Path(guest_package.__file__).parent
+    code = {f"opt/sheesh/sheesh/guest/{p.name}": p.read_bytes() for p in sorted(package.glob("*.py"))}
     return {
-        "opt/sheesh/agent.py": Path(guest_agent.__file__).read_bytes(),
-        "opt/sheesh/protocol.py": Path(guest_protocol.__file__).read_bytes(),
-        "opt/sheesh/files.py": Path(guest_files_module.__file__).read_bytes(),
-        "opt/sheesh/netif.py": Path(guest_netif.__file__).read_bytes(),
+        "opt/sheesh/agent.py": AGENT_LAUNCHER,
+        "opt/sheesh/sheesh/__init__.py": b"",
+        **code,
         "etc/sheesh/rc.sysinit": (files / "rc.sysinit").read_bytes(),
         "etc/sheesh/console": (files / "console").read_bytes(),
         "etc/sheesh/vt-console": (files / "vt-console").read_bytes(),
@@ -230,17 +238,37 @@ class ImageBuilder:
             ],
             log,
         )
+        self._install_toolbox(base, log)
         (base / ".complete").touch()
         return base
 
+    def _install_toolbox(self, base: Path, log: Callable[[str], None]) -> None:
+        """apt-get install the toolbox into the debootstrapped tree (apt resolves the large dependency trees
+        of nodejs/npm and git much faster than debootstrap's own resolver)."""
+        with self._apt_sources(base, f"deb {self.recipe.mirror} {self.recipe.suite} main\n"):
+            env = ["env", "DEBIAN_FRONTEND=noninteractive"]
+            _run(["chroot", str(base), *env, "apt-get", "-q", "update"], log)
+            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *self.recipe.toolbox]
+            _run(["chroot", str(base), *env, *install], log)
+            _run(["chroot", str(base), "apt-get", "clean"], log)
+
+    @contextlib.contextmanager
+    def _apt_sources(self, base: Path, line: str) -> Iterator[None]:
+        """An extra apt source and the host's resolver in the tree while the block runs; lists dropped after."""
+        sources = base / "etc/apt/sources.list.d/sheesh-build.list"
+        sources.write_text(line)
+        with contextlib.suppress(OSError):
+            shutil.copyfile("/etc/resolv.conf", base / "etc/resolv.conf")
+        try:
+            yield
+        finally:
+            sources.unlink(missing_ok=True)
+            for lists in (base / "var/lib/apt/lists").glob("*_dists_*"):
+                lists.unlink()
+
     def _kernel(self, base: Path) -> tuple[Path, str]:
         """Download and unpack the Debian kernel package using the base tree's own apt."""
-        sources = base / "etc/apt/sources.list.d/sheesh-kernel.list"
-        sources.write_text(f"deb {self.recipe.security_mirror} {self.recipe.suite}-security main\n")
-        resolv = base / "etc/resolv.conf"
-        with contextlib.suppress(OSError):
-            shutil.copyfile("/etc/resolv.conf", resolv)
-        try:
+        with self._apt_sources(base, f"deb {self.recipe.security_mirror} {self.recipe.suite}-security main\n"):
             _run(["chroot", str(base), "apt-get", "-q", "update"])
             depends = _run(["chroot", str(base), "apt-cache", "depends", self.recipe.kernel_package])
             pkg = next(
@@ -268,10 +296,6 @@ class ImageBuilder:
                 _run(["depmod", "-b", str(cache), version])
                 (cache / ".complete").touch()
             return cache, version
-        finally:
-            sources.unlink(missing_ok=True)
-            for lists in (base / "var/lib/apt/lists").glob("*_dists_*"):
-                lists.unlink()
 
     def _install_deno(self, tree: Path) -> None:
         """Deno from its npm package (``npm pack``; the binary is ``package/deno`` in the tarball)."""

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sheesh.errors import NotFoundError, SheeshError, UnavailableError
-from sheesh.models import ExecRequest, ExecResult, RunTsRequest, RunTsResult, VmKind
+from sheesh.guest.protocol import Op
+from sheesh.models import ExecRequest, ExecResult, ScriptLanguage, ScriptRequest, ScriptResult, VmKind
 from sheesh.node.errors import NodeError
 from sheesh.node.guest_client import GuestClient
 from sheesh.node.network import HostNetwork, VmNet
@@ -209,7 +210,7 @@ class NodeAgent:
 
     async def _configure_guest_net(self, spec: NodeVmSpec) -> None:
         if (request := self._guest_net_request(spec)) is not None:
-            reply = await self._guest(spec.vm_id).call("net", 10, **request)
+            reply = await self._guest(spec.vm_id).call(Op.NET, 10, **request)
             log.debug("%s: guest NIC set (%s)", spec.vm_id, ", ".join(reply.get("steps") or ["unchanged"]))
 
     async def ensure_network(self) -> bool:
@@ -382,7 +383,7 @@ class NodeAgent:
                 await self.driver.resize_disk(spec.vm_id, spec.disk_size_mb)
             except VmmError as exc:
                 raise NodeError(f"cannot grow the disk of {spec.vm_id}: {exc.message}") from exc
-            await guest.call("resize_fs", 10)
+            await guest.call(Op.RESIZE_FS, 10)
 
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> float:
         """Flush the guest's file systems (unless ``sync_guest`` is False: a paused guest cannot answer), then
@@ -391,7 +392,7 @@ class NodeAgent:
         self._require_running(vm_id)
         if sync_guest:
             with contextlib.suppress(SheeshError):
-                await self._guest(vm_id).call("sync", 30)
+                await self._guest(vm_id).call(Op.SYNC, 30)
         dest = self.snapshots_dir / snapshot_id
         try:
             files = await self.driver.snapshot(vm_id, dest)
@@ -403,7 +404,7 @@ class NodeAgent:
 
     async def ping(self, vm_id: str) -> dict[str, Any]:
         self._require_running(vm_id)
-        return await self._guest(vm_id).call("ping", 5)
+        return await self._guest(vm_id).call(Op.PING, 5)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.snapshots_dir / snapshot_id, True)
@@ -438,7 +439,10 @@ class NodeAgent:
         await self._drop(vm_id)
 
     async def destroy(self, vm_id: str) -> None:
-        """Kill the VM, remove its tap and rules and all its files."""
+        """Kill the VM, remove its tap and rules and all its files (a machine an earlier process left running
+        is adopted first, so it is killed too)."""
+        if not self.driver.is_running(vm_id) and self.workdir(vm_id).exists():
+            await self.driver.attach(vm_id, self.workdir(vm_id))
         await self._drop(vm_id)
         net = self._nets.get(vm_id)
         if net is None:
@@ -457,6 +461,9 @@ class NodeAgent:
     def is_running(self, vm_id: str) -> bool:
         """Whether the VM's machine runs (a VM the node is restarting counts as running)."""
         return self.driver.is_running(vm_id) or vm_id in self._restarting
+
+    def exit_reason(self, vm_id: str) -> str | None:
+        return self.driver.exit_reason(vm_id)
 
     async def replace_machine(self, vm_id: str, change: Callable[[], None]) -> bool:
         """Apply ``change`` (to the VM's files) with the machine off: a running VM is killed first and
@@ -521,8 +528,9 @@ class NodeAgent:
             log.info("freed the RAM of %d VMs that stopped while no manager ran: %s", len(pruned), ", ".join(pruned))
         return alive
 
-    async def _run(self, vm_id: str, op: str, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
-        """A process-running guest op: the guest enforces ``timeout_ms``; we wait a grace period longer."""
+    async def _run(self, vm_id: str, op: Op, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
+        """A process-running guest op: the guest enforces ``timeout_ms``; we wait a grace period longer (a dead
+        or restarted agent fails the call at once, see ``GuestClient``)."""
         self._require_running(vm_id)
         wait = (timeout_ms / 1000 if timeout_ms else 24 * 3600) + EXEC_GRACE_S
         return await self._guest(vm_id).call(op, wait, timeout_ms=timeout_ms, **args)
@@ -530,7 +538,7 @@ class NodeAgent:
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         reply = await self._run(
             vm_id,
-            "exec",
+            Op.EXEC,
             req.timeout_ms,
             cmd=req.cmd,
             cwd=req.cwd,
@@ -545,12 +553,12 @@ class NodeAgent:
             truncated=bool(reply.get("truncated")),
         )
 
-    async def run_ts(
-        self, vm_id: str, req: RunTsRequest, allow_net: bool | list[str], output_limit: int
-    ) -> RunTsResult:
+    async def run_script(
+        self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
+    ) -> ScriptResult:
         reply = await self._run(
             vm_id,
-            "run_ts",
+            Op.RUN_TS if req.language == ScriptLanguage.TS else Op.RUN_JS,
             req.timeout_ms,
             code=req.code,
             path=req.path,
@@ -559,8 +567,9 @@ class NodeAgent:
             deno_flags=req.deno_flags,
             output_limit=output_limit,
             allow_net=allow_net,
+            error_stack=req.error_stack,
         )
-        return RunTsResult(
+        return ScriptResult(
             exit_code=int(reply["exit_code"]),
             stdout=str(reply["stdout"]),
             stderr=str(reply["stderr"]),
@@ -576,35 +585,35 @@ class NodeAgent:
         An exception from ``chunks`` aborts the upload in the guest and propagates."""
         self._require_running(vm_id)
         guest = self._guest(vm_id)
-        key = (await guest.call("upload_begin", TRANSFER_TIMEOUT_S, dest=dest, max_bytes=max_expanded))["upload"]
+        key = (await guest.call(Op.UPLOAD_BEGIN, TRANSFER_TIMEOUT_S, dest=dest, max_bytes=max_expanded))["upload"]
         try:
             async for chunk in _rechunk(chunks, TRANSFER_CHUNK):
-                await guest.call("upload_chunk", TRANSFER_TIMEOUT_S, upload=key, data=base64.b64encode(chunk).decode())
+                await guest.call(Op.UPLOAD_CHUNK, TRANSFER_TIMEOUT_S, upload=key, data=base64.b64encode(chunk).decode())
         except BaseException:
             with contextlib.suppress(SheeshError):
-                await guest.call("upload_abort", TRANSFER_TIMEOUT_S, upload=key)
+                await guest.call(Op.UPLOAD_ABORT, TRANSFER_TIMEOUT_S, upload=key)
             raise
-        reply = await guest.call("upload_end", TRANSFER_TIMEOUT_S, upload=key)
+        reply = await guest.call(Op.UPLOAD_END, TRANSFER_TIMEOUT_S, upload=key)
         return {"files": int(reply["files"]), "bytes": int(reply["bytes"])}
 
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
         """Start a tar.gz of ``path`` (errors raise here, before any byte) and return its chunk stream."""
         self._require_running(vm_id)
         guest = self._guest(vm_id)
-        key = (await guest.call("download_begin", TRANSFER_TIMEOUT_S, path=path))["download"]
+        key = (await guest.call(Op.DOWNLOAD_BEGIN, TRANSFER_TIMEOUT_S, path=path))["download"]
 
         async def stream() -> AsyncIterator[bytes]:
             done = False
             try:
                 while not done:
-                    reply = await guest.call("download_next", TRANSFER_TIMEOUT_S, download=key)
+                    reply = await guest.call(Op.DOWNLOAD_NEXT, TRANSFER_TIMEOUT_S, download=key)
                     done = bool(reply["eof"])
                     if data := base64.b64decode(reply["data"]):
                         yield data
             finally:
                 if not done:
                     with contextlib.suppress(SheeshError):
-                        await guest.call("download_close", TRANSFER_TIMEOUT_S, download=key)
+                        await guest.call(Op.DOWNLOAD_CLOSE, TRANSFER_TIMEOUT_S, download=key)
 
         return stream()
 

@@ -17,12 +17,17 @@ from sheesh.errors import (
     UnavailableError,
 )
 from sheesh.guest import protocol
+from sheesh.guest.protocol import ErrorKind, Op
 
 _KINDS: dict[str, type[SheeshError]] = {
-    "invalid": InvalidInputError,
-    "not_found": NotFoundError,
-    "too_large": PayloadTooLargeError,
+    ErrorKind.INVALID: InvalidInputError,
+    ErrorKind.NOT_FOUND: NotFoundError,
+    ErrorKind.TOO_LARGE: PayloadTooLargeError,
 }
+PROBE_S = 2.0
+"""A call waiting longer than this pings the agent (at most every PROBE_S) to find out whether it is alive."""
+PROBE_MISSES = 3
+"""Unanswered pings in a row after which the agent is taken for dead and the waiting calls fail."""
 
 
 class GuestClient:
@@ -30,12 +35,18 @@ class GuestClient:
 
     Connects lazily and reconnects after the peer goes away. ``call`` raises ``InvalidInputError`` for
     requests the agent refuses, ``UnavailableError``/``GuestTimeoutError`` when it cannot be reached.
+    The agent can die or be restarted (by the guest's init) while requests wait: a reply from an agent
+    process other than the one a request was sent to fails that request at once, and long waits ping the
+    agent so a dead one fails them within ``PROBE_S * PROBE_MISSES`` seconds.
     """
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._sent_to: dict[int, str | None] = {}
+        """The agent process each pending request was sent to (None: not known yet)."""
+        self.agent_id: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
@@ -61,7 +72,9 @@ class GuestClient:
         try:
             while data := await reader.read(65536):
                 for msg in decoder.feed(data):
+                    self._note_agent(msg.get("agent"))
                     fut = self._pending.pop(msg.get("id", -1), None)
+                    self._sent_to.pop(msg.get("id", -1), None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
         except OSError:
@@ -77,22 +90,45 @@ class GuestClient:
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
+        self._sent_to.clear()
 
-    async def call(self, op: str, timeout: float, **args: Any) -> dict[str, Any]:
+    def _note_agent(self, agent: object) -> None:
+        """A reply named its agent process: requests sent to another (earlier) one will never be answered."""
+        if not isinstance(agent, str) or agent == self.agent_id:
+            return
+        self.agent_id = agent
+        for rid, sent_to in list(self._sent_to.items()):
+            if sent_to is not None and sent_to != agent:
+                fut = self._pending.pop(rid, None)
+                self._sent_to.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(UnavailableError("the guest agent restarted while the request ran"))
+
+    async def call(self, op: Op, timeout: float, **args: Any) -> dict[str, Any]:
+        """Send ``op`` and wait up to ``timeout`` seconds for its reply (the write included).
+
+        :raise InvalidInputError, NotFoundError, PayloadTooLargeError: the agent refused the request
+        :raise GuestTimeoutError: no reply in time
+        :raise UnavailableError: no connection, or the agent died or restarted while the request waited
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         writer = await self._ensure()
         rid = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[rid] = fut
+        self._sent_to[rid] = self.agent_id
         try:
             writer.write(protocol.encode({"id": rid, "op": op, **args}))
-            await writer.drain()
-            reply = await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(writer.drain(), max(0.0, deadline - loop.time()))
+            reply = await self._wait(op, fut, deadline)
         except TimeoutError as exc:
             raise GuestTimeoutError(f"guest agent did not answer {op} within {timeout:.1f}s") from exc
         except OSError as exc:
             raise UnavailableError(f"guest agent connection failed: {exc}") from exc
         finally:
             self._pending.pop(rid, None)
+            self._sent_to.pop(rid, None)
         if not reply.get("ok"):
             message = str(reply.get("error") or "guest agent error")
             kind = reply.get("kind")
@@ -101,7 +137,31 @@ class GuestClient:
             raise UnavailableError(f"guest agent: {message}")
         return reply
 
-    async def wait_ready(self, timeout: float, alive: Any = None, op: str = "ping", **args: Any) -> dict[str, Any]:
+    async def _wait(self, op: Op, fut: asyncio.Future[dict[str, Any]], deadline: float) -> dict[str, Any]:
+        """The reply to one request; while it is long in coming, ping the agent to learn it still lives."""
+        loop = asyncio.get_running_loop()
+        misses = 0
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), min(left, PROBE_S))
+            except TimeoutError:
+                if fut.done() or op == Op.PING or deadline - loop.time() <= 0:
+                    continue
+            try:
+                await self.call(Op.PING, PROBE_S)
+                misses = 0
+            except GuestTimeoutError:
+                misses += 1
+                if misses >= PROBE_MISSES:
+                    fut.cancel()
+                    raise UnavailableError(
+                        f"the guest agent stopped answering ({PROBE_MISSES} pings unanswered) during {op}"
+                    ) from None
+
+    async def wait_ready(self, timeout: float, alive: Any = None, op: Op = Op.PING, **args: Any) -> dict[str, Any]:
         """Send ``op`` (default ``ping``; must be idempotent) until the agent answers. ``alive()`` (optional)
         is checked between tries: when it returns False the wait ends early with ``UnavailableError``."""
         loop = asyncio.get_running_loop()

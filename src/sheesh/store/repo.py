@@ -17,6 +17,8 @@ from sqlalchemy.orm import sessionmaker
 
 from sheesh.models import (
     ApiKey,
+    ExecKind,
+    ExecLog,
     FirewallAction,
     FirewallRule,
     Image,
@@ -31,7 +33,7 @@ from sheesh.models import (
     VmState,
 )
 from sheesh.store.errors import StoreError
-from sheesh.store.tables import ApiKeyRow, ImageRow, SnapshotRow, UserRow, VmRow
+from sheesh.store.tables import ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,19 @@ class Store(Protocol):
     def save_vm(self, vm: Vm) -> None: ...
     def get_vm(self, vm_id: str) -> Vm | None: ...
     def list_vms(self) -> list[Vm]: ...
-    def delete_vm(self, vm_id: str) -> None: ...
+    def delete_vm(self, vm_id: str) -> None:
+        """Remove the VM and its execution history."""
+        ...
+
     def used_ips(self) -> set[str]: ...
+
+    def add_exec_log(self, entry: ExecLog, keep: int) -> None:
+        """Record one execution; only the VM's newest ``keep`` entries are kept."""
+        ...
+
+    def list_exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
+        """The VM's newest entries first (of ``kind`` when given)."""
+        ...
 
     def add_image(self, image: Image, path: Path) -> None: ...
     def get_image(self, image_id: str) -> StoredImage | None: ...
@@ -130,6 +143,22 @@ def _vm_values(vm: Vm) -> dict[str, object]:
 
 def _utc(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _exec_log_from_row(row: ExecLogRow) -> ExecLog:
+    return ExecLog(
+        id=row.id,
+        vm_id=row.vm_id,
+        kind=ExecKind(row.kind),
+        command=row.command,
+        started_at=_utc(row.started_at),
+        duration_ms=row.duration_ms,
+        exit_code=row.exit_code,
+        timed_out=row.timed_out,
+        stdout_tail=row.stdout_tail,
+        stderr_tail=row.stderr_tail,
+        error=row.error,
+    )
 
 
 def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
@@ -229,11 +258,37 @@ class SqlStore:
 
     def delete_vm(self, vm_id: str) -> None:
         with self._session.begin() as s:
+            s.execute(delete(ExecLogRow).where(ExecLogRow.vm_id == vm_id))
             s.execute(delete(VmRow).where(VmRow.id == vm_id))
 
     def used_ips(self) -> set[str]:
         with self._session() as s:
             return set(s.scalars(select(VmRow.guest_ip)))
+
+    def add_exec_log(self, entry: ExecLog, keep: int) -> None:
+        values = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
+        with self._session.begin() as s:
+            s.add(ExecLogRow(**{**values, "kind": entry.kind.value}))
+            s.flush()
+            newest = (
+                select(ExecLogRow.id)
+                .where(ExecLogRow.vm_id == entry.vm_id)
+                .order_by(ExecLogRow.started_at.desc(), ExecLogRow.id.desc())
+                .limit(keep)
+            )
+            s.execute(
+                delete(ExecLogRow).where(
+                    ExecLogRow.vm_id == entry.vm_id, ExecLogRow.id.not_in(newest.scalar_subquery())
+                )
+            )
+
+    def list_exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
+        query = select(ExecLogRow).where(ExecLogRow.vm_id == vm_id)
+        if kind is not None:
+            query = query.where(ExecLogRow.kind == kind.value)
+        query = query.order_by(ExecLogRow.started_at.desc(), ExecLogRow.id.desc()).limit(limit)
+        with self._session() as s:
+            return [_exec_log_from_row(r) for r in s.scalars(query)]
 
     def add_image(self, image: Image, path: Path) -> None:
         with self._session.begin() as s:
@@ -385,6 +440,7 @@ class MemoryStore:
         self.keys: dict[str, ApiKey] = {}
         self.users: dict[str, User] = {}
         self.snapshots: dict[str, Snapshot] = {}
+        self.exec_logs: dict[str, list[ExecLog]] = {}
 
     def add_vm(self, vm: Vm) -> None:
         if vm.id in self.vms or vm.guest_ip in self.used_ips():
@@ -404,9 +460,19 @@ class MemoryStore:
 
     def delete_vm(self, vm_id: str) -> None:
         self.vms.pop(vm_id, None)
+        self.exec_logs.pop(vm_id, None)
 
     def used_ips(self) -> set[str]:
         return {v.guest_ip for v in self.vms.values()}
+
+    def add_exec_log(self, entry: ExecLog, keep: int) -> None:
+        entries = [*self.exec_logs.get(entry.vm_id, []), entry]
+        entries.sort(key=lambda e: (e.started_at, e.id), reverse=True)
+        self.exec_logs[entry.vm_id] = entries[:keep]
+
+    def list_exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
+        entries = self.exec_logs.get(vm_id, [])
+        return [e for e in entries if kind is None or e.kind == kind][:limit]
 
     def add_image(self, image: Image, path: Path) -> None:
         self.images[image.id] = StoredImage(image, path)

@@ -111,6 +111,11 @@ class VmmDriver(Protocol):
         """Whether the VM's process is alive (a process found dead gives back its resources, e.g. RAM)."""
         ...
 
+    def exit_reason(self, vm_id: str) -> str | None:
+        """Why the VM's process ended, once ``is_running`` found it gone: "killed by SIGKILL", ... (None: a
+        clean exit such as a guest power-off, or the VM was never seen ending)."""
+        ...
+
     def prune(self, keep: set[str]) -> list[str]:
         """Free what VMs not in ``keep`` and not running left behind on the host (RAM files of processes
         that died while no manager watched them); returns their ids."""

@@ -77,6 +77,9 @@ class FakeDriver:
     def is_running(self, vm_id: str) -> bool:
         return self._table.alive(vm_id)
 
+    def exit_reason(self, vm_id: str) -> str | None:
+        return self._table.exit_reason(vm_id)
+
     def prune(self, keep: set[str]) -> list[str]:
         return []  # fake VMs hold nothing outside their folder
 

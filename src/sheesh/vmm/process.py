@@ -19,6 +19,19 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def describe_exit(status: int | None) -> str | None:
+    """Why a VM's process ended, for the VM's ``error`` (None for a clean exit, e.g. a guest power-off)."""
+    if status is None:
+        return "the VM's process ended while sheesh was not its parent (crash, kill or power-off: status unknown)"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"the VM's process was killed by {name}"
+    return f"the VM's process exited with status {status}" if status else None
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -67,6 +80,11 @@ class ManagedProcess:
             return None
         proc = cls(pid, marker)
         return proc if proc.alive() else None
+
+    def exit_status(self) -> int | None:
+        """The exit status of our own child once it ended (negative: killed by that signal); None for an
+        adopted process (not our child: its status is not ours to read) or one still running."""
+        return self._popen.poll() if self._popen is not None else None
 
     def alive(self) -> bool:
         if self._popen is not None:
@@ -117,8 +135,10 @@ class ProcessTable:
     def __init__(self) -> None:
         self._procs: dict[str, ManagedProcess] = {}
         self._workdirs: dict[str, Path] = {}
+        self._exits: dict[str, str | None] = {}
 
     def add(self, vm_id: str, proc: ManagedProcess, workdir: Path) -> None:
+        self._exits.pop(vm_id, None)
         self._procs[vm_id] = proc
         self._workdirs[vm_id] = workdir
 
@@ -138,7 +158,16 @@ class ProcessTable:
 
     def alive(self, vm_id: str) -> bool:
         proc = self._procs.get(vm_id)
-        return proc is not None and proc.alive()
+        if proc is None:
+            return False
+        if proc.alive():
+            return True
+        self._exits.setdefault(vm_id, describe_exit(proc.exit_status()))
+        return False
+
+    def exit_reason(self, vm_id: str) -> str | None:
+        """Why the VM's process ended, once ``alive`` found it gone (until it is started again)."""
+        return self._exits.get(vm_id)
 
     async def wait_stopped(self, vm_id: str, timeout: float) -> bool:
         proc = self._procs.get(vm_id)

@@ -1,19 +1,20 @@
-"""/v1/vms/:id/exec and /v1/vms/:id/run-ts."""
+"""/v1/vms/:id/exec, /run-ts, /run-js and the execution history /exec-logs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
 from sheesh.api.routers.vms import LIMITED
-from sheesh.api.schemas import ExecBody, ExecOut, RunTsBody, RunTsOut
+from sheesh.api.schemas import ExecBody, ExecLogOut, ExecOut, RunJsBody, RunTsBody, RunTsOut
 from sheesh.errors import InvalidInputError
-from sheesh.models import ExecRequest, RunTsRequest
+from sheesh.models import ExecKind, ExecRequest, ScriptLanguage, ScriptRequest, ScriptResult
 
 router = APIRouter(prefix="/v1/vms", tags=["exec"], responses=LIMITED)
+MAX_EXEC_LOGS = 200
 
 
 def _check_timeout(svc: ServicesDep, timeout_ms: int | None) -> None:
@@ -39,6 +40,16 @@ async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut
     )
 
 
+def _script_out(res: ScriptResult) -> JSONResponse:
+    out: dict[str, Any] = {"exitCode": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
+    if res.has_result:
+        out["result"] = res.result
+    if res.error is not None:
+        out["error"] = res.error
+    out.update(timedOut=res.timed_out, truncated=res.truncated)
+    return JSONResponse(out)
+
+
 @router.post(
     "/{vm_id}/run-ts",
     summary="Run TypeScript with Deno (permissions denied by default)",
@@ -47,21 +58,45 @@ async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut
 )
 async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
     _check_timeout(svc, body.timeout_ms)
-    res = await svc.vms.run_ts(
-        vm_id,
-        RunTsRequest(
-            code=body.code,
-            path=body.path,
-            args=body.args,
-            env=body.env,
-            deno_flags=body.deno_flags,
-            timeout_ms=body.timeout_ms,
-        ),
+    req = ScriptRequest(
+        language=ScriptLanguage.TS,
+        code=body.code,
+        path=body.path,
+        args=body.args,
+        env=body.env,
+        deno_flags=body.deno_flags,
+        timeout_ms=body.timeout_ms,
+        error_stack=body.error_stack,
     )
-    out: dict[str, Any] = {"exitCode": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
-    if res.has_result:
-        out["result"] = res.result
-    if res.error is not None:
-        out["error"] = res.error
-    out.update(timedOut=res.timed_out, truncated=res.truncated)
-    return JSONResponse(out)
+    return _script_out(await svc.vms.run_script(vm_id, req))
+
+
+@router.post(
+    "/{vm_id}/run-js",
+    summary="Run JavaScript with Node.js (as uid/gid 1000, an ES module; require() available)",
+    response_model=RunTsOut,
+    dependencies=[Depends(rate_limited("run_js"))],
+)
+async def run_js(vm_id: OwnedVmId, body: RunJsBody, svc: ServicesDep) -> JSONResponse:
+    _check_timeout(svc, body.timeout_ms)
+    req = ScriptRequest(
+        language=ScriptLanguage.JS,
+        code=body.code,
+        path=body.path,
+        args=body.args,
+        env=body.env,
+        timeout_ms=body.timeout_ms,
+        error_stack=body.error_stack,
+    )
+    return _script_out(await svc.vms.run_script(vm_id, req))
+
+
+@router.get("/{vm_id}/exec-logs", summary="Recent exec, run-ts and run-js calls of a VM, newest first")
+async def exec_logs(
+    vm_id: OwnedVmId,
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_EXEC_LOGS, description="Entries to return (1-200)")] = 50,
+    type: Annotated[Literal["all", "exec", "run-ts", "run-js"], Query(description="Which calls")] = "all",
+) -> list[ExecLogOut]:
+    kind = None if type == "all" else ExecKind(type)
+    return [ExecLogOut.of(e) for e in svc.vms.exec_logs(vm_id, kind, limit)]

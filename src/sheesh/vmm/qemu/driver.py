@@ -184,14 +184,16 @@ class QemuDriver:
         return False
 
     def is_running(self, vm_id: str) -> bool:
-        proc = self._table.get(vm_id)
-        if proc is None:
+        if self._table.get(vm_id) is None:
             return False
-        if proc.alive():
+        if self._table.alive(vm_id):
             return True
         self._table.pop(vm_id)  # QEMU exited (guest power-off, crash): forget it and free its RAM, once
         self.ram_file(vm_id).unlink(missing_ok=True)
         return False
+
+    def exit_reason(self, vm_id: str) -> str | None:
+        return self._table.exit_reason(vm_id)
 
     def prune(self, keep: set[str]) -> list[str]:
         gone = [f.stem for f in self.ram_dir.glob("*.ram") if f.stem not in keep and not self._table.alive(f.stem)]

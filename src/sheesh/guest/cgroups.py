@@ -1,0 +1,126 @@
+"""Resource limits for user processes in the guest (standard library only; cgroup v2).
+
+Layout under ``/sys/fs/cgroup`` (mounted by ``rc.sysinit``)::
+
+    sheesh-agent/      the agent itself (high cpu.weight, oom_score_adj -1000)
+    sheesh-exec/       every exec, run-ts and run-js: memory.max below the VM's memory, pids.max, low cpu.weight
+        <id>/          one job; on timeout the whole cgroup is killed (``cgroup.kill``), escaped children included
+
+A fork bomb or a memory hog in a job hits the limits of ``sheesh-exec`` and nothing else: the agent keeps
+answering. Where cgroup v2 is not available (the agent on a host, for tests) ``ExecCgroups.setup`` returns
+None and jobs are limited by process-group kills only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+
+ROOT = "/sys/fs/cgroup"
+AGENT = "sheesh-agent"
+EXEC = "sheesh-exec"
+PIDS_MAX = 1024
+"""Processes and threads that all jobs of a VM may have together."""
+RESERVE_MIN_MB = 40
+"""Memory kept out of the jobs' reach (the agent, the kernel), at least this or 1/8 of the VM's memory."""
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def _mem_total_bytes() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no MemTotal in /proc/meminfo")
+
+
+def exec_memory_max(total_bytes: int) -> int:
+    """The memory all jobs may use together: the VM's memory less a reserve for the agent and the kernel."""
+    reserve = max(RESERVE_MIN_MB * 1024 * 1024, total_bytes // 8)
+    return max(16 * 1024 * 1024, total_bytes - reserve)
+
+
+class JobCgroup:
+    """The cgroup of one job."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def add(self, pid: int) -> None:
+        """Move ``pid`` here (children it forks later stay here) and make it an ordinary OOM victim again."""
+        _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+        with contextlib.suppress(OSError):
+            _write(f"/proc/{pid}/oom_score_adj", "0")
+
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup, including those that left the process group."""
+        with contextlib.suppress(OSError):
+            _write(os.path.join(self.path, "cgroup.kill"), "1")
+
+    def remove(self) -> bool:
+        """Remove the cgroup if no process is left in it (background jobs keep it); True when gone."""
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+class ExecCgroups:
+    """Creates one cgroup per job under ``sheesh-exec``."""
+
+    def __init__(self, root: str = ROOT) -> None:
+        self.parent = os.path.join(root, EXEC)
+        self._lingering: list[JobCgroup] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def setup(cls, root: str = ROOT) -> ExecCgroups | None:
+        """Create the hierarchy, move the agent into its own cgroup and shield it from the OOM killer.
+        None when cgroup v2 with the memory and pids controllers is not available."""
+        try:
+            with open(os.path.join(root, "cgroup.controllers")) as fh:
+                available = fh.read().split()
+            wanted = [c for c in ("cpu", "memory", "pids") if c in available]
+            if "memory" not in wanted or "pids" not in wanted:
+                return None
+            _write(os.path.join(root, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
+            agent = os.path.join(root, AGENT)
+            os.makedirs(agent, exist_ok=True)
+            _write(os.path.join(agent, "cgroup.procs"), str(os.getpid()))
+            jobs = os.path.join(root, EXEC)
+            os.makedirs(jobs, exist_ok=True)
+            _write(os.path.join(jobs, "memory.max"), str(exec_memory_max(_mem_total_bytes())))
+            with contextlib.suppress(OSError):
+                _write(os.path.join(jobs, "memory.swap.max"), "0")
+            _write(os.path.join(jobs, "pids.max"), str(PIDS_MAX))
+            if "cpu" in wanted:
+                _write(os.path.join(agent, "cpu.weight"), "1000")
+                _write(os.path.join(jobs, "cpu.weight"), "100")
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            _write("/proc/self/oom_score_adj", "-1000")
+        return cls(root)
+
+    def new(self) -> JobCgroup:
+        """A fresh, empty cgroup for one job (cgroups of finished jobs are removed as they empty)."""
+        with self._lock:
+            self._lingering = [cg for cg in self._lingering if not cg.remove()]
+        path = os.path.join(self.parent, uuid.uuid4().hex[:16])
+        os.mkdir(path)
+        return JobCgroup(path)
+
+    def release(self, cgroup: JobCgroup) -> None:
+        """The job is over: remove its cgroup now, or later when its background processes are gone."""
+        if not cgroup.remove():
+            with self._lock:
+                self._lingering.append(cgroup)

@@ -1,0 +1,345 @@
+"""Running user processes in the guest (standard library only): login shells as the exec user, one job each.
+
+Every exec, run-ts and run-js runs in a ``bash -l`` started as uid/gid 1000 that waits on a pipe for exactly
+one job. The agent moves the shell into a cgroup of its own (``cgroups.py``) *before* writing the job, so
+everything the job starts is limited (pids, memory) and can be killed as a whole on timeout. Shells are
+started ahead of time (``WarmShells``): the fork and the profile are off the exec path; with none ready, one is
+started on the spot and used at once.
+
+The job is sourced from the pipe and ends by setting ``__sheesh_cmd``; the shell then ``eval``\\ s it from its
+``-c`` line, so messages read ``bash: line 1: ...`` exactly as with ``bash -lc cmd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sheesh.guest.cgroups import ExecCgroups, JobCgroup
+
+GUEST_WORKSPACE = "/workspace"
+EXIT_TIMEOUT = 124
+DEFAULT_OUTPUT_LIMIT = 4 * 1024 * 1024
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RequestError(Exception):
+    """A request the agent refuses; ``kind`` is sent back to the node (``protocol.ErrorKind`` values)."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class RunConfig:
+    """Who runs user processes and where: the part of the agent's configuration jobs need."""
+
+    workspace: str = GUEST_WORKSPACE
+    uid: int | None = 1000
+    gid: int | None = 1000
+    home: str = "/home/user"
+    user: str = "user"
+
+    def owner(self) -> tuple[int, int] | None:
+        """uid/gid that files written for the user get (None: leave as the agent's own)."""
+        if self.uid is None or os.getuid() == self.uid:
+            return None
+        return (self.uid, self.gid if self.gid is not None else self.uid)
+
+    def map_path(self, path: str) -> str:
+        """Translate a guest path under /workspace to this agent's workspace folder."""
+        norm = os.path.normpath(path)
+        if norm == GUEST_WORKSPACE or norm.startswith(GUEST_WORKSPACE + "/"):
+            return self.workspace + norm[len(GUEST_WORKSPACE) :]
+        return norm
+
+
+def base_env(config: RunConfig) -> dict[str, str]:
+    return {
+        "HOME": config.home,
+        "USER": config.user,
+        "LOGNAME": config.user,
+        "SHELL": "/bin/bash",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        "LANG": "C.UTF-8",
+    }
+
+
+def _user_kwargs(config: RunConfig) -> dict[str, Any]:
+    if config.uid is not None and os.getuid() != config.uid:
+        return {"user": config.uid, "group": config.gid, "extra_groups": []}
+    return {}
+
+
+@dataclass
+class Shell:
+    """A login shell waiting for one job, already in its own cgroup (when the guest has cgroups)."""
+
+    proc: subprocess.Popen[bytes]
+    job_fd: int  # our write end
+    child_job_fd: int  # the number the shell reads it under
+    out_fd: int
+    err_fd: int
+    cgroup: JobCgroup | None
+
+
+def spawn_shell(config: RunConfig, cgroups: ExecCgroups | None) -> Shell:
+    """Start a login shell as the exec user that sources its job from a pipe, then evals ``__sheesh_cmd``."""
+    job_r, job_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    if _user_kwargs(config):  # the shell reopens the job pipe by path: it must own it
+        os.fchown(job_r, config.uid or 0, config.gid or 0)
+    boot = (
+        f"exec 1>&{out_w} 2>&{err_w} {out_w}>&- {err_w}>&-; . /proc/self/fd/{job_r}; "
+        'eval -- "unset __sheesh_cmd; $__sheesh_cmd"'
+    )
+    cgroup: JobCgroup | None = None
+    try:
+        if cgroups is not None:
+            cgroup = cgroups.new()
+        proc = subprocess.Popen(
+            ["bash", "-l", "-c", boot],
+            cwd=config.workspace,
+            env=base_env(config),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(job_r, out_w, err_w),
+            start_new_session=True,
+            **_user_kwargs(config),
+        )
+    except BaseException:
+        for fd in (job_r, job_w, out_r, out_w, err_r, err_w):
+            os.close(fd)
+        if cgroup is not None and cgroups is not None:
+            cgroups.release(cgroup)
+        raise
+    for fd in (job_r, out_w, err_w):
+        os.close(fd)
+    if cgroup is not None:
+        with contextlib.suppress(OSError):  # the shell died already: the job will see it
+            cgroup.add(proc.pid)
+    return Shell(proc, job_w, job_r, out_r, err_r, cgroup)
+
+
+class WarmShells:
+    """Shells started ahead of time (``size`` ready at once), refilled after each job."""
+
+    def __init__(self, config: RunConfig, size: int = 2, cgroups: ExecCgroups | None = None) -> None:
+        self.config = config
+        self.size = size
+        self.cgroups = cgroups
+        self._ready: list[Shell] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._refill, daemon=True).start()
+        self._wake.set()
+
+    def _refill(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    self._ready = [w for w in self._ready if w.proc.poll() is None]
+                    if len(self._ready) >= self.size:
+                        break
+                try:
+                    shell = spawn_shell(self.config, self.cgroups)
+                except OSError:
+                    time.sleep(1)
+                    continue
+                with self._lock:
+                    self._ready.append(shell)
+
+    def take(self) -> Shell | None:
+        """A ready shell, or None. Call ``refill`` once the job is done (refilling during the job would
+        compete with it for the CPU)."""
+        with self._lock:
+            while self._ready:
+                candidate = self._ready.pop(0)
+                if candidate.proc.poll() is None:
+                    return candidate
+        return None
+
+    def refill(self) -> None:
+        self._wake.set()
+
+    def ready(self) -> int:
+        with self._lock:
+            return sum(1 for w in self._ready if w.proc.poll() is None)
+
+
+def job_script(job_fd: int, cwd: str, env: dict[str, str], cmd: str) -> bytes:
+    """What a shell sources: close the job pipe, cd, export, and set the command for the shell to ``eval``
+    (so a syntax error in it behaves like ``bash -c``: exit status 2, nothing half-parsed)."""
+    seed = int.from_bytes(os.urandom(2), "big")  # shells forked before a snapshot share RANDOM state
+    lines = [f"exec {job_fd}<&-", f"RANDOM={seed}", f"cd -- {shlex.quote(cwd)} || exit 1"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    lines.append(f"__sheesh_cmd={shlex.quote(cmd)}")
+    return "\n".join(lines).encode() + b"\n"
+
+
+def collect(
+    proc: subprocess.Popen[bytes],
+    out_fd: int,
+    err_fd: int,
+    deadline: float | None,
+    limit: int,
+    *,
+    cgroup: JobCgroup | None = None,
+) -> tuple[bool, bool, bytes, bytes]:
+    """Read both pipes until EOF (or shortly after the shell exits); at ``deadline`` SIGKILL the process
+    group and the job's cgroup. Closes both fds. Returns (timed_out, truncated, stdout, stderr)."""
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    truncated = False
+    timed_out = False
+    sel = selectors.DefaultSelector()
+    for fd in (out_fd, err_fd):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    exited_at: float | None = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and exited_at is None:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                if cgroup is not None:
+                    cgroup.kill()
+                deadline = None
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            # background children may keep the pipes open: stop shortly after the shell itself is gone
+            if exited_at is not None and now - exited_at > 0.05:
+                break
+            wait = 0.05 if exited_at is None else 0.01
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            for key, _ in sel.select(wait):
+                fd = int(key.fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                buf = bufs[fd]
+                room = limit - len(buf)
+                if room > 0:
+                    buf.extend(chunk[:room])
+                if len(chunk) > room:
+                    truncated = True
+    finally:
+        sel.close()
+        os.close(out_fd)
+        os.close(err_fd)
+    return timed_out, truncated, bytes(bufs[out_fd]), bytes(bufs[err_fd])
+
+
+def run_job(
+    config: RunConfig,
+    shells: WarmShells | None,
+    cgroups: ExecCgroups | None,
+    *,
+    cwd: str,
+    env: dict[str, str],
+    cmd: str,
+    timeout_ms: int | None,
+    output_limit: int | None,
+) -> dict[str, Any]:
+    """Run ``cmd`` in a shell (warm if one is ready) as the exec user; ``stderr_bytes`` is left for the caller
+    to decode. Background processes the job leaves keep running (and keep its cgroup) unless it timed out."""
+    shell = shells.take() if shells is not None else None
+    if shell is None:
+        shell = spawn_shell(config, cgroups)
+    try:
+        with open(shell.job_fd, "wb") as job:
+            job.write(job_script(shell.child_job_fd, cwd, env, cmd))
+    except BrokenPipeError:
+        pass  # the shell died before reading its job: its exit status says so
+    deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+    limit = int(output_limit or DEFAULT_OUTPUT_LIMIT)
+    timed_out, truncated, out, err = collect(
+        shell.proc, shell.out_fd, shell.err_fd, deadline, limit, cgroup=shell.cgroup
+    )
+    code = shell.proc.wait()
+    if shells is not None:
+        shells.refill()
+    if shell.cgroup is not None and cgroups is not None:
+        cgroups.release(shell.cgroup)
+    if timed_out:
+        code = EXIT_TIMEOUT
+    elif code < 0:
+        code = 128 - code
+    return {
+        "exit_code": code,
+        "stdout": out.decode(errors="replace"),
+        "stderr_bytes": err,
+        "timed_out": timed_out,
+        "truncated": truncated,
+    }
+
+
+def user_env(env: object) -> dict[str, str]:
+    """An exec's ``env`` object, checked: names are shell identifiers, values have no NUL byte."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise RequestError("env must be an object of strings")
+    pairs = {str(k): str(v) for k, v in env.items()}
+    if any(not ENV_NAME.match(k) or "\0" in v for k, v in pairs.items()):
+        raise RequestError("invalid environment variable")
+    return pairs
+
+
+def env_list(pairs: list[str]) -> dict[str, str]:
+    """run-ts/run-js ``env`` (``["K=V"]``) as a mapping."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not ENV_NAME.match(key) or "\0" in value:
+            raise RequestError(f"env entries must be KEY=value: {pair!r}")
+        env[key] = value
+    return env
+
+
+def run_exec(
+    config: RunConfig,
+    req: dict[str, Any],
+    shells: WarmShells | None = None,
+    cgroups: ExecCgroups | None = None,
+) -> dict[str, Any]:
+    """Run ``cmd`` like ``bash -lc``; collect at most ``output_limit`` bytes per stream; kill the job on
+    timeout."""
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str) or "\0" in cmd:
+        raise RequestError("cmd must be a string without NUL bytes")
+    cwd = config.map_path(str(req.get("cwd") or GUEST_WORKSPACE))
+    if not os.path.isdir(cwd):
+        raise RequestError(f"working directory {req.get('cwd') or GUEST_WORKSPACE} does not exist")
+    reply = run_job(
+        config,
+        shells,
+        cgroups if cgroups is not None else (shells.cgroups if shells is not None else None),
+        cwd=cwd,
+        env=user_env(req.get("env")),
+        cmd=cmd,
+        timeout_ms=req.get("timeout_ms"),
+        output_limit=req.get("output_limit"),
+    )
+    reply["stderr"] = reply.pop("stderr_bytes").decode(errors="replace")
+    return reply
