@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     exec_output_limit_bytes: int = 4 * 1024 * 1024
     max_disk_size_mb: int = 64 * 1024
     upload_max_bytes: int = 10 * 1024 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Largest request body of the JSON endpoints (uploads stream to their own limits): 413 beyond."""
     image_kernel_max_bytes: int = 256 * 1024 * 1024
     image_rootfs_max_bytes: int = 16 * 1024 * 1024 * 1024
     upload_max_expanded_bytes: int = 1024 * 1024 * 1024

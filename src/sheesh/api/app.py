@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from sheesh import __version__
-from sheesh.api import errors, ratelimit
+from sheesh.api import errors, limits, ratelimit
 from sheesh.api.deps import authenticate
 from sheesh.api.routers import accounts, console, docs, execution, files, images, network, snapshots, vms
 from sheesh.control.services import Services
@@ -57,7 +57,8 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    ratelimit.install(app, svc.limiter, lambda: svc.settings.global_rate_limit)
+    ratelimit.install(app, svc)
+    app.add_middleware(limits.BodyLimit, max_bytes=lambda: svc.settings.max_body_bytes)
     for module in (vms, execution, files, snapshots, images, network):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(accounts.router)

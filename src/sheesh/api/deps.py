@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
 
-from sheesh.auth.apikeys import Principal, hash_key
+from sheesh.auth.apikeys import Principal
 from sheesh.control.services import Services
-from sheesh.errors import NotFoundError, RateLimitedError
+from sheesh.errors import NotFoundError, RateLimitedError, SheeshError
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
@@ -23,16 +23,47 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def resolve_principal(request: Request, svc: Services) -> Principal | None:
+    """The principal of a request's credentials, or None (none, unknown, expired, tampered); never raises.
+    Resolved once per request (the rate limiter and ``authenticate`` share it)."""
+    state = request.scope.setdefault("state", {})
+    if "principal" in state:
+        cached: Principal | None = state["principal"]
+        return cached
+    principal = svc.auth.principal_for_key(presented_key(request))
+    if principal is None:
+        signature = request.headers.get("x-karma-signature")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if signature or cookie:
+            kind, token = ("signature", signature) if signature else ("cookie", cookie or "")
+            try:
+                claims = svc.sessions.verify(token, kind)
+            except SheeshError:
+                claims = None
+            principal = svc.auth.principal_for_user(claims.user_id) if claims else None
+    state["principal"] = principal
+    return principal
+
+
+def limit_identity(request: Request, svc: Services) -> str:
+    """Whom rate limits count against: the authenticated user (however the credential was spelled), else
+    the client address (no credential, or one that fails authentication)."""
+    principal = resolve_principal(request, svc)
+    return "user:" + principal.user_id if principal is not None else "ip:" + client_ip(request)
+
+
 def rate_limited(bucket: str) -> Callable[..., None]:
-    """Dependency enforcing ``settings.rate_limits[bucket]`` per minute per API key (or client address)."""
+    """Dependency enforcing ``settings.rate_limits[bucket]`` per minute per user (or client address)."""
 
     def check(request: Request, svc: ServicesDep) -> None:
         limit = svc.settings.rate_limits.get(bucket)
         if not limit:
             return
-        key = presented_key(request)
-        identity = "key:" + hash_key(key) if key else "ip:" + (request.client.host if request.client else "?")
-        decision = svc.limiter.hit(bucket, identity, limit)
+        decision = svc.limiter.hit(bucket, limit_identity(request, svc), limit)
         if not decision.allowed:
             raise RateLimitedError(
                 f"rate limit exceeded: {limit} requests per minute; retry in {decision.retry_after_s}s",
@@ -46,10 +77,10 @@ def presented_key(request: Request) -> str | None:
     """The API key of a request: ``X-API-Key``, ``x-auth-token`` (Kyun) or ``Authorization: Bearer``
     (rerobots), first match wins."""
     headers = request.headers
-    key = headers.get("x-api-key") or headers.get("x-auth-token")
+    key = (headers.get("x-api-key") or headers.get("x-auth-token") or "").strip()
     if not key:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else ""
     return key or None
 
 
@@ -59,7 +90,7 @@ SESSION_COOKIE = "rds_session"
 def authenticate(request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]) -> Principal:
     """API key (three header conventions), else ``X-Karma-Signature``, else the ``rds_session`` cookie.
     No credentials or an unknown key: 401. A tampered or expired signature or cookie: 403."""
-    principal = svc.auth.principal_for_key(presented_key(request))
+    principal = resolve_principal(request, svc)
     if principal is None:
         signature = request.headers.get("x-karma-signature")
         cookie = request.cookies.get(SESSION_COOKIE)

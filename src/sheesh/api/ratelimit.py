@@ -1,49 +1,35 @@
-"""Global rate limit (every endpoint): ``settings.global_rate_limit`` requests per minute per credential, or
-per client address without one. Every response carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining``
-(always below the limit: the current request is counted) and ``X-RateLimit-Reset`` (epoch seconds by which
-the window is empty again); past the limit the answer is 429 with ``Retry-After``."""
+"""Global rate limit (every endpoint): ``settings.global_rate_limit`` requests per minute per authenticated
+user (however the credential is spelled), or per client address without a valid credential. Every response
+carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` (always below the limit: the current request is
+counted) and ``X-RateLimit-Reset`` (epoch seconds by which the window is empty again); past the limit the
+answer is 429 with ``Retry-After``."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
-from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sheesh.auth.ratelimit import RateLimiter
-
-CREDENTIAL_HEADERS = ("x-api-key", "x-auth-token", "authorization", "x-karma-signature")
-
-
-def identity(scope: Scope) -> str:
-    headers = Headers(scope=scope)
-    for name in CREDENTIAL_HEADERS:
-        if value := headers.get(name):
-            return "tok:" + hashlib.sha256(value.removeprefix("Bearer ").encode()).hexdigest()
-    cookie = headers.get("cookie", "")
-    if "rds_session=" in cookie:
-        return "tok:" + hashlib.sha256(cookie.split("rds_session=", 1)[1].split(";")[0].encode()).hexdigest()
-    client = scope.get("client")
-    return "ip:" + (client[0] if client else "?")
+from sheesh.api.deps import limit_identity
+from sheesh.control.services import Services
 
 
 class GlobalRateLimit:
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, limit: Callable[[], int]) -> None:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
-        self.limiter = limiter
-        self.limit = limit
+        self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limit()
+        svc = self.services
+        limit = svc.settings.global_rate_limit
         if scope["type"] != "http" or limit <= 0:
             await self.app(scope, receive, send)
             return
-        decision = self.limiter.hit("global", identity(scope), limit)
+        decision = svc.limiter.hit("global", limit_identity(Request(scope), svc), limit)
         reset = str(math.ceil(time.time() + decision.reset_in_s))
         extra = [
             (b"x-ratelimit-limit", str(limit).encode()),
@@ -77,5 +63,5 @@ class GlobalRateLimit:
         await self.app(scope, receive, send_with_headers)
 
 
-def install(app: Any, limiter: RateLimiter, limit: Callable[[], int]) -> None:
-    app.add_middleware(GlobalRateLimit, limiter=limiter, limit=limit)
+def install(app: Any, services: Services) -> None:
+    app.add_middleware(GlobalRateLimit, services=services)

@@ -9,12 +9,14 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sheesh.api.http import MAX_HEAD_BYTES, JsonErrorsH11Protocol
 from sheesh.config import Settings
 from sheesh.errors import SheeshError
 
@@ -59,7 +61,7 @@ def serve(
         console.print(f"[bold green]{line}[/bold green]")
     api = create_app(services)
     if not isinstance(services.node, NodeAgent):  # pragma: no cover - only local nodes are embedded
-        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info", **HTTP_OPTIONS)
         return
     blocked = [*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)]
     media = MediaService(services.node, settings.media_max_bytes, settings.max_disk_size_mb, blocked)
@@ -67,11 +69,15 @@ def serve(
     asyncio.run(
         _serve_both(
             [
-                uvicorn.Config(api, host=settings.host, port=settings.port, log_level="info"),
-                uvicorn.Config(node_app, host=settings.host, port=settings.node_port, log_level="info"),
+                uvicorn.Config(api, host=settings.host, port=settings.port, log_level="info", **HTTP_OPTIONS),
+                uvicorn.Config(node_app, host=settings.host, port=settings.node_port, log_level="info", **HTTP_OPTIONS),
             ]
         )
     )
+
+
+HTTP_OPTIONS: dict[str, Any] = {"http": JsonErrorsH11Protocol, "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+"""JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
 
 
 class _Server(uvicorn.Server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
+from sheesh.auth.hashpool import HashPool
 from sheesh.auth.ratelimit import RateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
@@ -25,6 +26,8 @@ class Services:
     images: ImageService
     sessions: SessionSigner
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    hashing: HashPool = field(default_factory=HashPool)
+    """Password checks run here, off the event loop."""
 
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
@@ -43,4 +46,5 @@ class Services:
     async def close(self) -> None:
         await self.vms.templates.wait_idle()
         await self.node.close()
+        self.hashing.close()
         self.store.close()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate
+from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate, client_ip
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, iso
-from sheesh.auth.passwords import hash_password, verify_password
+from sheesh.auth.passwords import hash_password
 from sheesh.auth.totp import OtpRequiredError, new_secret, provisioning_uri, require_otp, valid
 from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError
 from sheesh.models import ApiKey, Role, User
@@ -80,9 +80,20 @@ class CreateKeyBody(Body):
     @field_validator("expires_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("expiresAt needs a time zone (e.g. 2027-01-01T00:00:00Z)")
-        return value
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expiresAt is out of range") from None
+        if utc.year > MAX_EXPIRY_YEAR:
+            raise ValueError(f"expiresAt must be before the year {MAX_EXPIRY_YEAR + 1}")
+        return utc
+
+
+MAX_EXPIRY_YEAR = 9998
 
 
 class PurgeBody(Body):
@@ -103,8 +114,9 @@ async def list_users(_: AdminDep, svc: ServicesDep) -> list[UserOut]:
 
 
 @router.post("/v1/users", status_code=201, summary="Create a user (admin)")
-async def create_user(body: CreateUserBody, _: AdminDep, svc: ServicesDep) -> UserOut:
-    return UserOut.of(svc.auth.create_user(body.username, body.password, body.role))
+async def create_user(body: CreateUserBody, request: Request, _: AdminDep, svc: ServicesDep) -> UserOut:
+    user = await svc.hashing.run(client_ip(request), svc.auth.create_user, body.username, body.password, body.role)
+    return UserOut.of(user)
 
 
 @router.get("/v1/api-keys", summary="List the caller's API keys")
@@ -135,11 +147,11 @@ async def revoke(sha256: str, principal: PrincipalDep, svc: ServicesDep) -> JSON
 
 @router.post("/purge", summary="Delete all API keys of the user (username+password, or a token)")
 async def purge(request: Request, svc: ServicesDep, body: PurgeBody | None = None) -> JSONResponse:
-    if body is not None:  # the user and password pair wins over any token
-        user = svc.store.get_user_by_name(body.username)
-        if user is None or not verify_password(user.password_hash, body.password):
-            return JSONResponse({"message": "invalid username or password"}, status_code=403)
-        user_id = user.id
+    if body is not None:  # the user and password pair wins over any token; same lockout as a login
+        settings = svc.settings
+        check = svc.auth.check_password
+        args = (body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
+        user_id = (await svc.hashing.run(client_ip(request), check, *args)).id
     else:
         user_id = authenticate(request, svc, None).user_id
     return JSONResponse({"purged": svc.auth.purge(user_id)})
@@ -151,10 +163,11 @@ class LoginBody(Body):
     otp: StrictStr | None = None
 
 
-def _login(svc: ServicesDep, body: LoginBody) -> User:
-    """Password (with lockout), then the one-time passcode when the user has 2FA on."""
+async def _login(svc: ServicesDep, request: Request, body: LoginBody) -> User:
+    """Password (with lockout; on the hashing pool), then the one-time passcode when the user has 2FA on."""
     settings = svc.settings
-    user = svc.auth.check_password(body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
+    args = (body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
+    user = await svc.hashing.run(client_ip(request), svc.auth.check_password, *args)
     require_otp(user, body.otp)
     return user
 
@@ -212,13 +225,14 @@ async def totp_disable(body: OtpBody, principal: PrincipalDep, svc: ServicesDep)
 
 
 @router.post("/v1/users/me/password", status_code=204, summary="Change the password (2FA-protected)")
-async def change_password(body: PasswordBody, principal: PrincipalDep, svc: ServicesDep) -> Response:
+async def change_password(body: PasswordBody, request: Request, principal: PrincipalDep, svc: ServicesDep) -> Response:
     user = _current_user(svc, principal)
     settings = svc.settings
-    svc.auth.check_password(user.username, body.current_password, settings.login_max_failures, settings.login_lockout_s)
+    args = (user.username, body.current_password, settings.login_max_failures, settings.login_lockout_s)
+    await svc.hashing.run(client_ip(request), svc.auth.check_password, *args)
     require_otp(user, body.otp)  # even when the caller authenticated with an API key
     user = _current_user(svc, principal)
-    user.password_hash = hash_password(body.new_password)
+    user.password_hash = await svc.hashing.run(client_ip(request), hash_password, body.new_password)
     svc.store.save_user(user)
     return Response(status_code=204)
 
@@ -232,7 +246,7 @@ def _codec(request: Request) -> None:
 @router.post("/auth", summary="Log in (karma.run): the response is a signature valid 15 minutes")
 async def karma_login(body: LoginBody, request: Request, svc: ServicesDep) -> JSONResponse:
     _codec(request)
-    user = _login(svc, body)
+    user = await _login(svc, request, body)
     return JSONResponse(svc.sessions.issue(user.id, "signature", svc.settings.signature_ttl_s))
 
 
@@ -249,8 +263,8 @@ async def karma_refresh(request: Request, svc: ServicesDep) -> JSONResponse:
 
 
 @router.post("/auth/login", status_code=204, summary="Log in to the admin UI: sets the rds_session cookie")
-async def cookie_login(body: LoginBody, svc: ServicesDep) -> Response:
-    user = _login(svc, body)
+async def cookie_login(body: LoginBody, request: Request, svc: ServicesDep) -> Response:
+    user = await _login(svc, request, body)
     ttl = svc.settings.cookie_ttl_s
     response = Response(status_code=204)
     response.set_cookie(
