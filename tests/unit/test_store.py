@@ -96,3 +96,29 @@ def test_sql_store_migrates_and_persists(tmp_path: Path) -> None:
     tables = set(inspect(second.engine).get_table_names())
     assert {"vms", "images", "api_keys", "alembic_version"} <= tables
     assert [v.id for v in second.list_vms()] == ["vm-9"]
+
+
+def test_exec_logs_newest_first_bounded_and_gone_with_the_vm(store: Store) -> None:
+    from sheesh.models import ExecKind, ExecLog
+
+    store.add_vm(_vm("vm-1", "172.16.0.2"))
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(7):
+        kind = ExecKind.EXEC if i % 2 else ExecKind.RUN_TS
+        entry = ExecLog(
+            id=f"xl-{i}",
+            vm_id="vm-1",
+            kind=kind,
+            command=f"cmd {i}",
+            started_at=base + timedelta(seconds=i),
+            duration_ms=1.5,
+            exit_code=i,
+            stdout_tail="out",
+        )
+        store.add_exec_log(entry, keep=5)
+    got = store.list_exec_logs("vm-1", None, 100)
+    assert [e.id for e in got] == ["xl-6", "xl-5", "xl-4", "xl-3", "xl-2"]
+    assert got[0].started_at == base + timedelta(seconds=6) and got[0].stdout_tail == "out"
+    assert [e.id for e in store.list_exec_logs("vm-1", ExecKind.EXEC, 2)] == ["xl-5", "xl-3"]
+    store.delete_vm("vm-1")
+    assert store.list_exec_logs("vm-1", None, 100) == []

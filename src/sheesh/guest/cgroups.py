@@ -4,7 +4,9 @@ Layout under ``/sys/fs/cgroup`` (mounted by ``rc.sysinit``)::
 
     sheesh-agent/      the agent itself (high cpu.weight, oom_score_adj -1000)
     sheesh-exec/       every exec, run-ts and run-js: memory.max below the VM's memory, pids.max, low cpu.weight
-        <id>/          one job; on timeout the whole cgroup is killed (``cgroup.kill``), escaped children included
+        <id>/          one job (its own pids.max, so a fork bomb left running in the background still leaves
+                       room for other jobs); on timeout the whole cgroup is killed (``cgroup.kill``), escaped
+                       children included
 
 A fork bomb or a memory hog in a job hits the limits of ``sheesh-exec`` and nothing else: the agent keeps
 answering. Where cgroup v2 is not available (the agent on a host, for tests) ``ExecCgroups.setup`` returns
@@ -21,8 +23,10 @@ import uuid
 ROOT = "/sys/fs/cgroup"
 AGENT = "sheesh-agent"
 EXEC = "sheesh-exec"
-PIDS_MAX = 1024
+PIDS_MAX = 2048
 """Processes and threads that all jobs of a VM may have together."""
+JOB_PIDS_MAX = 512
+"""Processes and threads one job may have."""
 RESERVE_MIN_MB = 40
 """Memory kept out of the jobs' reach (the agent, the kernel), at least this or 1/8 of the VM's memory."""
 
@@ -102,6 +106,7 @@ class ExecCgroups:
             with contextlib.suppress(OSError):
                 _write(os.path.join(jobs, "memory.swap.max"), "0")
             _write(os.path.join(jobs, "pids.max"), str(PIDS_MAX))
+            _write(os.path.join(jobs, "cgroup.subtree_control"), "+pids")
             if "cpu" in wanted:
                 _write(os.path.join(agent, "cpu.weight"), "1000")
                 _write(os.path.join(jobs, "cpu.weight"), "100")
@@ -117,6 +122,7 @@ class ExecCgroups:
             self._lingering = [cg for cg in self._lingering if not cg.remove()]
         path = os.path.join(self.parent, uuid.uuid4().hex[:16])
         os.mkdir(path)
+        _write(os.path.join(path, "pids.max"), str(JOB_PIDS_MAX))
         return JobCgroup(path)
 
     def release(self, cgroup: JobCgroup) -> None:

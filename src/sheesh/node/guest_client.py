@@ -72,11 +72,11 @@ class GuestClient:
         try:
             while data := await reader.read(65536):
                 for msg in decoder.feed(data):
-                    self._note_agent(msg.get("agent"))
                     fut = self._pending.pop(msg.get("id", -1), None)
                     self._sent_to.pop(msg.get("id", -1), None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
+                    self._note_agent(msg.get("agent"))
         except OSError:
             pass
         finally:
@@ -129,6 +129,8 @@ class GuestClient:
         finally:
             self._pending.pop(rid, None)
             self._sent_to.pop(rid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: an outcome that arrived while we gave up must not be reported
         if not reply.get("ok"):
             message = str(reply.get("error") or "guest agent error")
             kind = reply.get("kind")

@@ -1,0 +1,82 @@
+"""A real `sheesh serve` (fake VMM) answers unparsable and oversized requests with JSON, never a reset."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sheesh.config import Settings
+from sheesh.image.builder import ImageBuilder
+from tests.server import ServerProcess, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    image_dir = Settings().resolved_image_dir()
+    ImageBuilder(image_dir).build()
+    with running_server(tmp_path_factory.mktemp("limits") / "data", image_dir, SHEESH_VMM="fake") as srv:
+        yield srv
+
+
+def _raw(server: ServerProcess, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read the whole answer (the server closes after it)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered early; the answer must still be readable
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /v1/vms?q=" + b"b" * 600_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"THIS IS NOT HTTP\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", 400),
+    ],
+)
+def test_unparsable_requests_get_json_errors(server: ServerProcess, payload: bytes, status: int) -> None:
+    got, headers, body = _raw(server, payload)
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["message"]
+
+
+def test_oversized_json_body_is_413_not_a_reset(server: ServerProcess) -> None:
+    env = {f"K{i}": "x" * 100_000 for i in range(256)}
+    r = httpx.post(
+        server.url + "/v1/vms/vm-nope/exec", json={"cmd": "true", "env": env}, headers={"X-API-Key": server.api_key}
+    )
+    assert r.status_code == 413 and "larger than" in r.json()["message"]
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted while it streams
+        yield b'{"cmd": "true", "env": {"A": "'
+        for _ in range(40):
+            yield b"y" * 100_000
+        yield b'"}}'
+
+    r = httpx.post(
+        server.url + "/v1/vms/vm-nope/exec",
+        content=chunked(),
+        headers={"X-API-Key": server.api_key, "content-type": "application/json"},
+    )
+    assert r.status_code == 413 and r.json()["message"]
+    assert httpx.get(server.url + "/openapi.json").status_code == 200
+
+
+def test_ordinary_requests_still_work_after(server: ServerProcess) -> None:
+    with server.client() as c:
+        assert c.get("/v1/vms").status_code == 200
