@@ -39,3 +39,54 @@ def to_openapi_30(node: Any) -> Any:
             out[flag] = out.pop(bound)
             out[bound] = True
     return out
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+_WHY = {
+    400: "Bad input (validation failed)",
+    401: "Missing or invalid credentials",
+    409: "Conflict with the current state",
+    403: "Expired or tampered signature/cookie, or not allowed",
+    404: "Not found",
+    413: "Request body too large",
+    429: "Rate limited (see Retry-After)",
+    503: "The VM's node or guest agent is unavailable",
+}
+
+
+def complete_responses(doc: dict[str, Any]) -> dict[str, Any]:
+    """Make every operation list the error statuses it can really answer, and none it cannot: FastAPI's
+    422 is never sent (validation errors are 400); every operation can be rate limited (429); one with a body
+    can be too large (413) or invalid (400), as can one with parameters; all take credentials (a header, the
+    cookie, or a login body) and can answer 401 and 403; one with a path parameter can answer 404, one on a VM
+    also 409 (its state) and 503 (its node or guest)."""
+    for path, item in doc.get("paths", {}).items():
+        for op in item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            responses: dict[str, Any] = op["responses"]
+            responses.pop("422", None)
+            codes = {429}
+            params = op.get("parameters", [])
+            if "requestBody" in op:
+                codes |= {400, 413}
+            if params:
+                codes.add(400)
+            codes |= {401, 403}  # every operation in the document takes credentials (header, cookie or body)
+            if any(p.get("in") == "path" for p in params):
+                codes.add(404)
+            if "{vm_id}" in path:
+                codes |= {409, 503}  # the VM's state forbids it; its node or guest agent cannot be reached
+            for code in sorted(codes):
+                responses.setdefault(
+                    str(code),
+                    {"description": _WHY[code], "content": {"application/json": {"schema": _ERROR_REF}}},
+                )
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas.setdefault(
+        "ErrorOut",
+        {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"], "title": "ErrorOut"},
+    )
+    return doc

@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from sheesh.api.openapi import to_openapi_30
+from sheesh.api.openapi import complete_responses, to_openapi_30
 from sheesh.errors import NotFoundError
 
 router = APIRouter(include_in_schema=False)
@@ -91,7 +91,7 @@ def install(app: FastAPI) -> None:
 
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            app.openapi_schema = to_openapi_30(schema)
+            app.openapi_schema = complete_responses(to_openapi_30(schema))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
