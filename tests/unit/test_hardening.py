@@ -208,3 +208,21 @@ async def test_a_machine_that_ended_says_why(settings: Settings) -> None:
     await svc.vms.reconcile()
     after = svc.vms.get(vm.id)
     assert after.state == VmState.STOPPED and after.error == "the VM's process was killed by SIGKILL"
+
+
+def test_openapi_describes_what_the_server_does(app: tuple[TestClient, Services, FakeNodeClient]) -> None:
+    c, _, _ = app
+    doc = c.get("/openapi.json").json()
+    assert "422" not in str(doc) and "HTTPValidationError" not in doc["components"]["schemas"]
+    otp = doc["components"]["schemas"]["LoginBody"]["properties"]["otp"]
+    assert otp == {"type": "string", "title": "Otp", "nullable": True}  # not "anything"
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            codes = set(op["responses"])
+            assert {"401", "403", "429"} <= codes, (method, path)
+            if "requestBody" in op:
+                assert {"400", "413"} <= codes, (method, path)
+            if "{vm_id}" in path:
+                assert {"404", "409", "503"} <= codes, (method, path)
+    # a wrong type for a nullable string is refused, as the document says
+    assert c.post("/auth", json={"username": "admin", "password": "x", "otp": 123456}).status_code == 400

@@ -15,10 +15,11 @@ def to_openapi_30(node: Any) -> Any:
     out = {k: to_openapi_30(v) for k, v in node.items()}
     if out.get("openapi", "").startswith("3.1"):
         out["openapi"] = "3.0.3"
+    null_forms = ({"type": "null"}, {"nullable": True})  # children are converted first: both spellings
     for key in ("anyOf", "oneOf"):
         options = out.get(key)
-        if isinstance(options, list) and any(o == {"type": "null"} for o in options):
-            rest = [o for o in options if o != {"type": "null"}]
+        if isinstance(options, list) and any(o in null_forms for o in options):
+            rest = [o for o in options if o not in null_forms]
             del out[key]
             out["nullable"] = True
             if len(rest) == 1:
