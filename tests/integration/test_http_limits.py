@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Iterator
@@ -25,10 +26,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def _raw(server: ServerProcess, payload: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, read the whole answer (the server closes after it)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        try:
-            s.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered early; the answer must still be readable
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(payload)  # the server may answer early; the answer must still be readable
         s.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := s.recv(65536):

@@ -35,7 +35,7 @@ def app(settings: Settings) -> Iterator[tuple[TestClient, Services, FakeNodeClie
 
 
 def test_expires_at_out_of_range_is_400_and_stores_nothing(app: tuple[TestClient, Services, FakeNodeClient]) -> None:
-    c, svc, _ = app
+    c, _, _ = app
     before = len(c.get("/v1/api-keys", headers=ADMIN).json())
     for bad in ("9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59Z", "2001-01-01T00:00:00Z", "2030-01-01T00:00:00"):
         r = c.post("/v1/api-keys", json={"expiresAt": bad}, headers=ADMIN)
