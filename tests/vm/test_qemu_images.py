@@ -23,18 +23,20 @@ def _stream(path: Path) -> Iterator[bytes]:
 def test_upload_boot_and_protect_custom_image(shared_server: ServerProcess, guest_image: BuiltImage) -> None:
     with shared_server.client(timeout=300) as c:
         builtin = next(i for i in c.get("/v1/images").json() if i["isDefault"])
-        assert builtin["ready"] is True and builtin["rootfsSizeMb"] == 512
+        size = guest_image.rootfs_size_mb
+        assert builtin["ready"] is True and builtin["rootfsSizeMb"] == size
         img = c.post("/v1/images", json={"name": "copy-of-builtin", "description": "re-uploaded"}).json()
         r = c.put(f"/v1/images/{img['id']}/kernel", content=_stream(guest_image.kernel), headers=OCTET)
         assert r.status_code == 200, r.text
         r = c.put(f"/v1/images/{img['id']}/rootfs", content=_stream(guest_image.rootfs), headers=OCTET)
         assert r.status_code == 200, r.text
-        assert r.json()["ready"] is True and r.json()["rootfsSizeMb"] == 512
-        r = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": [], "imageId": img["id"], "diskSizeMb": 512})
+        assert r.json()["ready"] is True and r.json()["rootfsSizeMb"] == size
+        shape = {"cpu": 1, "memMb": 256, "allowIps": [], "imageId": img["id"], "diskSizeMb": size}
+        r = c.post("/v1/vms", json=shape)
         assert r.status_code == 201, r.text
         vm = r.json()["id"]
         out = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "id -u; df -m --output=size / | tail -1"}).json()
-        assert out["stdout"].split()[0] == "1000" and 400 < int(out["stdout"].split()[1]) <= 512
+        assert out["stdout"].split()[0] == "1000" and size * 0.8 < int(out["stdout"].split()[1]) <= size
         assert c.delete(f"/v1/images/{img['id']}").status_code == 409
         assert c.put(f"/v1/images/{img['id']}/kernel", content=b"x", headers=OCTET).status_code == 409
         assert c.delete(f"/v1/vms/{vm}").status_code == 204
