@@ -14,18 +14,19 @@ import statistics
 import time
 
 from sheesh.models import FirewallAction, FirewallRule, PortForward
-from sheesh.node.network import LinuxNetwork, NetConfig, VmNet, teardown
+from sheesh.node.contract import VmNet
+from sheesh.node.network import LinuxNetwork, NetConfig, teardown
 
 
 def vm(i: int) -> VmNet:
     rules = tuple(FirewallRule(f"10.{i % 250}.{j}.0/24", FirewallAction.ACCEPT) for j in range(3))
     return VmNet(
-        f"vm-bench{i:06d}",
-        f"10.99.{i // 250}.{i % 250 + 2}",
-        (f"192.168.{i % 250}.0/24", "10.99.0.1/32"),
-        i % 2 == 0,
-        (*rules, FirewallRule("0.0.0.0/0", FirewallAction.REJECT)),
-        (PortForward(22, 30000 + 2 * i), PortForward(80, 30001 + 2 * i)),
+        vm_id=f"vm-bench{i:06d}",
+        ip=f"10.99.{i // 250}.{i % 250 + 2}",
+        allow_ips=(f"192.168.{i % 250}.0/24", "10.99.0.1/32"),
+        outbound_internet=i % 2 == 0,
+        firewall=(*rules, FirewallRule("0.0.0.0/0", FirewallAction.REJECT)),
+        ports=(PortForward(22, 30000 + 2 * i), PortForward(80, 30001 + 2 * i)),
     )
 
 

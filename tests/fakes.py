@@ -15,7 +15,8 @@ from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.services import Services
 from sheesh.models import Image
 from sheesh.node.agent import NodeAgent
-from sheesh.store.repo import MemoryStore, Store
+from sheesh.store.memory import MemoryStore
+from sheesh.store.repo import Store
 from sheesh.vmm.driver import SERIAL_SOCKET
 from sheesh.vmm.fake import FakeDriver
 

@@ -73,7 +73,7 @@ class ProvisionMode(enum.StrEnum):
     SNAPSHOT = "snapshot"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Vm:
     """A VM as the control plane records it."""
 
@@ -114,7 +114,7 @@ class SnapshotKind(enum.StrEnum):
     TEMPLATE = "template"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Snapshot:
     """Saved machine (memory, device state, disk) of a VM; restorable into new VMs of the same shape."""
 
@@ -227,7 +227,7 @@ class Role(enum.StrEnum):
     USER = "user"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class User:
     id: str
     username: str
@@ -240,7 +240,7 @@ class User:
     locked_until: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ApiKey:
     """An API key record; the key itself is only ever shown once, at creation."""
 

@@ -77,7 +77,16 @@ def test_key_lifecycle_and_expiry(app: tuple[TestClient, Services]) -> None:
     past = datetime.now(UTC) - timedelta(seconds=1)
     user = svc.store.get_user_by_name("alice")
     assert user is not None
-    svc.store.add_api_key(ApiKey("key-old", user.id, "old", hashlib.sha256(b"sk_old").hexdigest(), past, past))
+    svc.store.add_api_key(
+        ApiKey(
+            id="key-old",
+            user_id=user.id,
+            label="old",
+            key_hash=hashlib.sha256(b"sk_old").hexdigest(),
+            created_at=past,
+            expires_at=past,
+        )
+    )
     assert c.get("/v1/users/me", headers={"X-API-Key": "sk_old"}).status_code == 401
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert c.post("/v1/api-keys", json={"expiresAt": soon}, headers=alice).json()["expiresAt"].endswith("Z")

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -22,29 +23,38 @@ from sheesh.guest import netif
 from sheesh.guest.agent import resolv_conf
 from sheesh.guest.execution import RequestError
 from sheesh.models import FirewallAction, FirewallRule, PortForward
-from sheesh.node.agent import NodeAgent, NodeVmSpec
-from sheesh.node.network import FakeNetwork, NetConfig, VmNet, host_nameservers, render_ruleset
+from sheesh.node.agent import NodeAgent
+from sheesh.node.contract import NodeVmSpec, VmNet, from_wire, to_wire
+from sheesh.node.network import FakeNetwork, NetConfig, host_nameservers, render_ruleset
 from sheesh.vmm.fake import FakeDriver
 from tests.fakes import fake_services
 
 KEY = {"X-API-Key": "test-key"}
 CFG = NetConfig("shtest0", "10.77.0.0/16")
 A = VmNet(
-    "vm-aaa",
-    "10.77.0.2",
-    ("10.77.0.1/32", "192.168.5.0/24", "192.168.5.7/32", "fd00::/8"),
-    False,
-    (FirewallRule("10.0.0.0/8", FirewallAction.ACCEPT), FirewallRule("0.0.0.0/0", FirewallAction.REJECT)),
-    (PortForward(8000, 20001), PortForward(53, 20002, "udp")),
+    vm_id="vm-aaa",
+    ip="10.77.0.2",
+    allow_ips=("10.77.0.1/32", "192.168.5.0/24", "192.168.5.7/32", "fd00::/8"),
+    outbound_internet=False,
+    firewall=(FirewallRule("10.0.0.0/8", FirewallAction.ACCEPT), FirewallRule("0.0.0.0/0", FirewallAction.REJECT)),
+    ports=(PortForward(8000, 20001), PortForward(53, 20002, "udp")),
 )
-B = VmNet("vm-bbb", "10.77.0.3", (), True)
+
+
+def _spec(vm_id: str, rootfs: Path = Path("r"), **extra: Any) -> NodeVmSpec:
+    return NodeVmSpec(
+        vm_id=vm_id, cpu=1, mem_mb=256, kernel=Path("k"), initrd=Path("i"), rootfs=rootfs, disk_size_mb=1024, **extra
+    )
+
+
+B = VmNet(vm_id="vm-bbb", ip="10.77.0.3", outbound_internet=True)
 
 
 def test_names_fit_and_are_unique() -> None:
     assert len(A.tap) <= 15 and A.tap != B.tap and A.tap.startswith("sh")
     assert A.mac == "52:54:0a:4d:00:02" and B.mac == "52:54:0a:4d:00:03"
     assert str(CFG.gateway) == "10.77.0.1/16"
-    assert VmNet.from_dict(json.loads(json.dumps(A.to_dict()))) == A
+    assert from_wire(VmNet, json.loads(json.dumps(to_wire(A)))) == A
 
 
 def test_ruleset_encodes_each_policy() -> None:
@@ -171,7 +181,7 @@ def test_guest_dns(tmp_path: Path) -> None:
 async def test_node_plugs_updates_and_unplugs(tmp_path: Path) -> None:
     network = FakeNetwork(CFG)
     node = NodeAgent(tmp_path / "vms", FakeDriver(), network=network)
-    spec = NodeVmSpec("vm-aaa", 1, 256, Path("k"), Path("i"), Path("r"), 1024, net=A)
+    spec = _spec("vm-aaa", net=A)
     (tmp_path / "vms" / "vm-aaa").mkdir(parents=True)
     (tmp_path / "vms" / "vm-aaa" / "disk.qcow2").write_text("{}")
     await node.start(spec)
@@ -180,8 +190,8 @@ async def test_node_plugs_updates_and_unplugs(tmp_path: Path) -> None:
         assert (machine.tap, machine.mac) == (A.tap, A.mac)
         assert network.taps == {A.tap} and network.applied == [A]
         # the fake guest agent is not root: the net op answered without changing the host
-        assert NodeVmSpec.from_json((tmp_path / "vms" / "vm-aaa" / "vm.json").read_text()).net == A
-        changed = VmNet(A.vm_id, A.ip, firewall=(FirewallRule("1.2.3.4/32", FirewallAction.DROP),))
+        assert from_wire(NodeVmSpec, json.loads((tmp_path / "vms" / "vm-aaa" / "vm.json").read_text())).net == A
+        changed = VmNet(vm_id=A.vm_id, ip=A.ip, firewall=(FirewallRule("1.2.3.4/32", FirewallAction.DROP),))
         await node.update_network("vm-aaa", changed)
         assert network.applied == [changed]
         assert node.spec_of("vm-aaa").net == changed
@@ -200,11 +210,11 @@ async def test_reattach_restores_all_rules_in_one_ruleset(tmp_path: Path) -> Non
     """A restarted node adopts its running VMs and applies one ruleset holding all of them (none of them
     is ever left out while the others are adopted); VMs that died are not in it."""
     first = NodeAgent(tmp_path / "vms", FakeDriver(), network=FakeNetwork(CFG))
-    nets = {"vm-aaa": A, "vm-bbb": VmNet("vm-bbb", "10.77.0.3")}
+    nets = {"vm-aaa": A, "vm-bbb": VmNet(vm_id="vm-bbb", ip="10.77.0.3")}
     for vm_id, net in nets.items():
         (tmp_path / "vms" / vm_id).mkdir(parents=True)
         (tmp_path / "vms" / vm_id / "disk.qcow2").write_text("{}")
-        await first.start(NodeVmSpec(vm_id, 1, 256, Path("k"), Path("i"), Path("r"), 1024, net=net))
+        await first.start(_spec(vm_id, net=net))
     network = FakeNetwork(CFG)
     second = NodeAgent(tmp_path / "vms", FakeDriver(), network=network)
     try:
@@ -288,7 +298,7 @@ async def test_restores_recreate_the_saved_devices(tmp_path: Path) -> None:
     node = NodeAgent(tmp_path / "vms", FakeDriver(), network=network, snapshots_dir=tmp_path / "snaps")
 
     def spec(vm_id: str, ip: str, snapshot: str | None = None) -> NodeVmSpec:
-        return NodeVmSpec(vm_id, 1, 256, Path("k"), Path("i"), tmp_path / "r", 1024, snapshot, net=VmNet(vm_id, ip))
+        return _spec(vm_id, rootfs=tmp_path / "r", snapshot_id=snapshot, net=VmNet(vm_id=vm_id, ip=ip))
 
     await node.create(spec("vm-src", "10.77.0.2"))
     try:
@@ -296,11 +306,11 @@ async def test_restores_recreate_the_saved_devices(tmp_path: Path) -> None:
         await node.snapshot("vm-src", "snap-1")
         assert json.loads((tmp_path / "snaps" / "snap-1" / "machine.json").read_text()) == {"nic": True}
         await node.create(spec("vm-clone", "10.77.0.3", "snap-1"))
-        assert node.has_nic("vm-clone") and VmNet("vm-clone", "10.77.0.3").tap in network.taps
+        assert node.has_nic("vm-clone") and VmNet(vm_id="vm-clone", ip="10.77.0.3").tap in network.taps
         (tmp_path / "snaps" / "snap-1" / "machine.json").unlink()  # a snapshot from before networking
         await node.create(spec("vm-old", "10.77.0.4", "snap-1"))
         assert not node.has_nic("vm-old") and node.machine_spec(node.spec_of("vm-old")).tap is None
-        assert VmNet("vm-old", "10.77.0.4").tap not in network.taps
+        assert VmNet(vm_id="vm-old", ip="10.77.0.4").tap not in network.taps
     finally:
         for vm in ("vm-src", "vm-clone", "vm-old"):
             await node.destroy(vm)

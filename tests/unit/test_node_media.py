@@ -19,9 +19,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from sheesh.auth.sessions import SessionSigner
 from sheesh.models import VmKind
-from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
+from sheesh.node.agent import NodeAgent
+from sheesh.node.contract import NodeVmSpec
 from sheesh.node.fetch import pinned_requests, send_first
 from sheesh.node.media import MediaService, cloud_config, write_seed
+from sheesh.node.plumbing import GuestNet
+from sheesh.node.vmfiles import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE
 from sheesh.node.ws import create_node_app
 from sheesh.vmm.fake import FakeDriver
 from tests.media import http_server
@@ -47,8 +50,17 @@ class Node:
     def add_vm(self, vm_id: str, kind: VmKind = VmKind.FULL, disk_mb: int = 1024) -> Path:
         wd = self.agent.workdir(vm_id)
         wd.mkdir(parents=True)
-        spec = NodeVmSpec(vm_id, 1, 256, Path("k"), Path("i"), Path("r"), disk_mb, kind=kind)
-        (wd / "vm.json").write_text(spec.to_json())
+        spec = NodeVmSpec(
+            vm_id=vm_id,
+            cpu=1,
+            mem_mb=256,
+            kernel=Path("k"),
+            initrd=Path("i"),
+            rootfs=Path("r"),
+            disk_size_mb=disk_mb,
+            kind=kind,
+        )
+        self.agent.files.remember(spec)
         (wd / DISK_FILE).write_text("original disk")
         return wd
 
@@ -267,7 +279,7 @@ def test_cloud_config_is_json_yaml() -> None:
 
 
 def test_seed_carries_the_static_network(tmp_path: Path) -> None:
-    net = GuestNet("10.77.0.9", 16, "10.77.0.1", "52:54:0a:4d:00:09", ("10.0.0.53",))
+    net = GuestNet(ip="10.77.0.9", prefix=16, gateway="10.77.0.1", mac="52:54:0a:4d:00:09", dns=("10.0.0.53",))
     write_seed(tmp_path / "seed.iso", "vm-x", None, None, net)
     iso = pycdlib.PyCdlib()
     iso.open(str(tmp_path / "seed.iso"))

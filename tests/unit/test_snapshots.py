@@ -125,7 +125,17 @@ async def test_templates_of_an_older_generation_are_ignored_and_pruned(settings:
     svc, node = fake_services(settings)
     image = svc.store.list_images()[0].image.id
     old = [
-        Snapshot(f"snap-tpl-{i}", "tpl-x", datetime.now(UTC), 1, 256, image, 1024, SnapshotKind.TEMPLATE) for i in "ab"
+        Snapshot(
+            id=f"snap-tpl-{i}",
+            vm_id="tpl-x",
+            created_at=datetime.now(UTC),
+            cpu=1,
+            mem_mb=256,
+            image_id=image,
+            disk_size_mb=1024,
+            kind=SnapshotKind.TEMPLATE,
+        )
+        for i in "ab"
     ]
     for snap in old:
         svc.store.add_snapshot(snap)

@@ -5,22 +5,23 @@ import pytest
 from sqlalchemy import inspect
 
 from sheesh.models import ApiKey, Image, ProvisionMode, Role, User, Vm, VmState
-from sheesh.store.repo import MemoryStore, SqlStore, Store
+from sheesh.store.memory import MemoryStore
+from sheesh.store.repo import SqlStore, Store
 
 
 def _vm(vm_id: str, ip: str) -> Vm:
     return Vm(
-        vm_id,
-        VmState.RUNNING,
-        1,
-        256,
-        ["10.0.0.0/8"],
-        True,
-        "img-a",
-        1024,
-        ip,
-        datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
-        ProvisionMode.BOOT,
+        id=vm_id,
+        state=VmState.RUNNING,
+        cpu=1,
+        mem_mb=256,
+        allow_ips=["10.0.0.0/8"],
+        outbound_internet=True,
+        image_id="img-a",
+        disk_size_mb=1024,
+        guest_ip=ip,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        provision_mode=ProvisionMode.BOOT,
     )
 
 
@@ -60,8 +61,17 @@ def test_images_default_and_keys(store: Store, tmp_path: Path) -> None:
     assert defaults == ["img-b"]
     stored = store.get_image("img-a")
     assert stored is not None and stored.path == tmp_path / "a"
-    store.add_api_key(ApiKey("key-1", "usr-1", "label", "abc", now, now + timedelta(days=1)))
-    store.add_api_key(ApiKey("key-2", "usr-2", "other", "def", now))
+    store.add_api_key(
+        ApiKey(
+            id="key-1",
+            user_id="usr-1",
+            label="label",
+            key_hash="abc",
+            created_at=now,
+            expires_at=now + timedelta(days=1),
+        )
+    )
+    store.add_api_key(ApiKey(id="key-2", user_id="usr-2", label="other", key_hash="def", created_at=now))
     found = store.find_api_key("abc")
     assert found is not None and found.user_id == "usr-1" and found.expires_at == now + timedelta(days=1)
     assert store.find_api_key("abd") is None
@@ -75,10 +85,10 @@ def test_images_default_and_keys(store: Store, tmp_path: Path) -> None:
 
 def test_users(store: Store) -> None:
     now = datetime.now(UTC)
-    user = User("usr-1", "alice", "hash", Role.USER, now)
+    user = User(id="usr-1", username="alice", password_hash="hash", role=Role.USER, created_at=now)
     store.add_user(user)
     with pytest.raises(Exception):  # noqa: B017 - IntegrityError or StoreError
-        store.add_user(User("usr-2", "alice", "hash", Role.USER, now))
+        store.add_user(User(id="usr-2", username="alice", password_hash="hash", role=Role.USER, created_at=now))
     user.failed_logins = 3
     user.locked_until = now + timedelta(minutes=5)
     store.save_user(user)

@@ -70,7 +70,13 @@ class ApiKeyAuth:
     def create_user(self, username: str, password: str, role: Role = Role.USER) -> User:
         if self.store.get_user_by_name(username) is not None:
             raise ConflictError(f"user {username} already exists")
-        user = User(f"usr-{secrets.token_hex(6)}", username, hash_password(password), role, datetime.now(UTC))
+        user = User(
+            id=f"usr-{secrets.token_hex(6)}",
+            username=username,
+            password_hash=hash_password(password),
+            role=role,
+            created_at=datetime.now(UTC),
+        )
         self.store.add_user(user)
         return user
 
@@ -124,7 +130,14 @@ class ApiKeyAuth:
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise InvalidInputError("expiresAt must be in the future")
         plaintext = generate_key()
-        key = ApiKey(f"key-{secrets.token_hex(6)}", user_id, label, hash_key(plaintext), datetime.now(UTC), expires_at)
+        key = ApiKey(
+            id=f"key-{secrets.token_hex(6)}",
+            user_id=user_id,
+            label=label,
+            key_hash=hash_key(plaintext),
+            created_at=datetime.now(UTC),
+            expires_at=expires_at,
+        )
         self.store.add_api_key(key)
         return key, plaintext
 

@@ -1,102 +1,16 @@
-"""The seam between the control plane and a node. ``NodeAgent`` implements it in-process."""
+"""The fake node the control plane's unit tests run on. The seam itself, ``NodeClient``, is part of the node
+contract (``sheesh.node.contract``), which ``NodeAgent`` implements in-process."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from sheesh.errors import NotFoundError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
-from sheesh.node.agent import NodeVmSpec
-from sheesh.node.network import VmNet
+from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet
 
-
-class NodeClient(Protocol):
-    """Operations on one node. Failures raise ``SheeshError`` subclasses with user-safe messages."""
-
-    name: str
-
-    async def create(self, spec: NodeVmSpec) -> None:
-        """Create the VM's disk and boot it; return once the guest agent answers."""
-        ...
-
-    async def start(self, spec: NodeVmSpec) -> None:
-        """Boot a stopped VM from its existing disk."""
-        ...
-
-    async def stop(self, vm_id: str) -> None:
-        """Graceful (ACPI) shutdown, forced after the node's stop timeout."""
-        ...
-
-    async def destroy(self, vm_id: str) -> None:
-        """Kill the VM and delete its storage. Idempotent."""
-        ...
-
-    def is_running(self, vm_id: str) -> bool: ...
-
-    def exit_reason(self, vm_id: str) -> str | None:
-        """Why the VM's machine ended without being asked to (None: a clean power-off, or not known)."""
-        ...
-
-    def local_vms(self) -> list[str]:
-        """Ids of all VM folders the node holds (to find leftovers without a record)."""
-        ...
-
-    async def ensure_network(self) -> bool:
-        """Restore the node's network rules if they were removed outside sheesh; True if it had to."""
-        ...
-
-    async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
-        """Adopt still-running VMs after a control-plane restart (all at once, so their network rules are
-        restored in one step); returns the ids of those alive."""
-        ...
-
-    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
-
-    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> float:
-        """Save the running (or paused) VM under ``snapshot_id``, first flushing the guest's file systems when
-        ``sync_guest`` (a paused guest cannot); returns the save time in ms."""
-        ...
-
-    async def delete_snapshot(self, snapshot_id: str) -> None: ...
-
-    async def pause(self, vm_id: str) -> None: ...
-
-    async def resume(self, vm_id: str) -> None: ...
-
-    async def ping(self, vm_id: str) -> dict[str, Any]:
-        """The guest agent's ping reply (``warm``: pre-started shells ready)."""
-        ...
-
-    async def run_script(
-        self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
-    ) -> ScriptResult:
-        """run-ts (Deno) or run-js (Node.js) as ``req.language`` says."""
-        ...
-
-    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
-        """Stream a tar.gz into ``dest``; nothing is written unless the whole archive is valid."""
-        ...
-
-    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
-        """Validate ``path`` and return the tar.gz byte stream of it."""
-        ...
-
-    async def update_network(self, vm_id: str, net: VmNet) -> None:
-        """Replace the VM's traffic policy (allowlist, firewall, port forwards); live if its tap is up."""
-        ...
-
-    async def eject_cdrom(self, vm_id: str) -> None:
-        """Take the ISO out of a full VM's CD-ROM drive (live if it runs). Idempotent."""
-        ...
-
-    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
-        """Last lines of the VM's ``serial``, ``stdout`` or ``stderr`` log."""
-        ...
-
-    def serial_tail(self, vm_id: str, lines: int) -> str: ...
-
-    async def close(self) -> None: ...
+__all__ = ["FakeNodeClient", "NodeClient"]
 
 
 class FakeNodeClient:
@@ -198,12 +112,12 @@ class FakeNodeClient:
     def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return [f"{kind} line {i}" for i in range(5)][-lines:]
 
-    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> float:
+    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
         self._record("snapshot" if sync_guest else "snapshot-nosync", vm_id)
         if vm_id not in self.running:
             raise UnavailableError(f"VM {vm_id} is not running")
         self.snapshots.add(snapshot_id)
-        return 1.0
+        return SnapshotInfo(snapshot_id=snapshot_id, save_ms=1.0)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         self._record("delete_snapshot", snapshot_id)
@@ -220,6 +134,10 @@ class FakeNodeClient:
 
     def serial_tail(self, vm_id: str, lines: int) -> str:
         return ""
+
+    async def status(self) -> NodeStatus:
+        capacity = NodeCapacity(vcpus=8, mem_mb=16384, disk_mb=100_000, disk_free_mb=90_000)
+        return NodeStatus(name=self.name, capacity=capacity, running=tuple(sorted(self.running)))
 
     async def close(self) -> None:
         self.calls.append(("close", ""))

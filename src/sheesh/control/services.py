@@ -10,9 +10,9 @@ from sheesh.auth.ratelimit import RateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.images import ImageService
-from sheesh.control.node_client import NodeClient
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
+from sheesh.node.contract import NodeClient
 from sheesh.store.repo import Store
 
 

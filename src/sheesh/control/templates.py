@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import template_ip
-from sheesh.control.node_client import NodeClient
 from sheesh.errors import SheeshError
 from sheesh.models import TEMPLATE_SNAPSHOT_PREFIX, ExecRequest, Snapshot, SnapshotKind
-from sheesh.node.agent import NodeVmSpec
-from sheesh.node.network import VmNet
+from sheesh.node.contract import NodeClient, NodeVmSpec, VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
@@ -86,24 +84,32 @@ class Templates:
         vm_id = f"tpl-{secrets.token_hex(6)}"
         snap_id = f"{GENERATION}{secrets.token_hex(6)}"
         disk_mb = max(DEFAULT_DISK_MB, image.image.rootfs_size_mb)  # the common size: no resize on restore
-        net = VmNet(vm_id, template_ip(self.guest_network)) if self.guest_network else None
+        net = VmNet(vm_id=vm_id, ip=template_ip(self.guest_network)) if self.guest_network else None
         spec = NodeVmSpec(
-            vm_id,
-            cpu,
-            mem_mb,
-            image.path / "vmlinux",
-            image.path / "initrd.cpio",
-            image.path / "rootfs.ext4",
-            disk_mb,
+            vm_id=vm_id,
+            cpu=cpu,
+            mem_mb=mem_mb,
+            kernel=image.path / "vmlinux",
+            initrd=image.path / "initrd.cpio",
+            rootfs=image.path / "rootfs.ext4",
+            disk_size_mb=disk_mb,
             net=net,
         )
         try:
             await self.node.create(spec)
             await self._settle(vm_id)
-            save_ms = await self.node.snapshot(vm_id, snap_id)
+            save_ms = (await self.node.snapshot(vm_id, snap_id)).save_ms
             self.store.add_snapshot(
                 Snapshot(
-                    snap_id, vm_id, datetime.now(UTC), cpu, mem_mb, image_id, disk_mb, SnapshotKind.TEMPLATE, save_ms
+                    id=snap_id,
+                    vm_id=vm_id,
+                    created_at=datetime.now(UTC),
+                    cpu=cpu,
+                    mem_mb=mem_mb,
+                    image_id=image_id,
+                    disk_size_mb=disk_mb,
+                    kind=SnapshotKind.TEMPLATE,
+                    save_ms=save_ms,
                 )
             )
             log.info(

@@ -18,7 +18,6 @@ from typing import TypeVar
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip, free_port
-from sheesh.control.node_client import NodeClient
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, SheeshError
 from sheesh.models import (
@@ -39,8 +38,7 @@ from sheesh.models import (
     VmState,
     can_transition,
 )
-from sheesh.node.agent import NodeVmSpec
-from sheesh.node.network import VmNet
+from sheesh.node.contract import NodeClient, NodeVmSpec, VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,14 @@ _ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING
 
 def vm_net(vm: Vm) -> VmNet:
     """The node's view of a VM's address and traffic policy."""
-    return VmNet(vm.id, vm.guest_ip, tuple(vm.allow_ips), vm.outbound_internet, tuple(vm.firewall), tuple(vm.ports))
+    return VmNet(
+        vm_id=vm.id,
+        ip=vm.guest_ip,
+        allow_ips=tuple(vm.allow_ips),
+        outbound_internet=vm.outbound_internet,
+        firewall=tuple(vm.firewall),
+        ports=tuple(vm.ports),
+    )
 
 
 def _single_hosts(cidrs: list[str]) -> list[str]:
@@ -129,13 +134,13 @@ class VmService:
         """Node spec of ``vm``; with ``source`` the node restores that snapshot instead of booting."""
         image = resolve_image(self.store, vm.image_id)
         return NodeVmSpec(
-            vm.id,
-            vm.cpu,
-            vm.mem_mb,
-            image.path / "vmlinux",
-            image.path / "initrd.cpio",
-            image.path / "rootfs.ext4",
-            vm.disk_size_mb,
+            vm_id=vm.id,
+            cpu=vm.cpu,
+            mem_mb=vm.mem_mb,
+            kernel=image.path / "vmlinux",
+            initrd=image.path / "initrd.cpio",
+            rootfs=image.path / "rootfs.ext4",
+            disk_size_mb=vm.disk_size_mb,
             snapshot_id=source.id if source else None,
             snapshot_disk_mb=source.disk_size_mb if source else None,
             kind=vm.kind,
@@ -230,18 +235,18 @@ class VmService:
             if vm.kind == VmKind.FULL:
                 raise ConflictError(f"VM {vm_id} is a full VM; snapshots and forks are for sandbox VMs")
             snap_id = f"snap-{secrets.token_hex(6)}"
-            save_ms = await self.node.snapshot(vm_id, snap_id, sync_guest=vm.state == VmState.RUNNING)
+            saved = await self.node.snapshot(vm_id, snap_id, sync_guest=vm.state == VmState.RUNNING)
             snap = Snapshot(
-                snap_id,
-                vm_id,
-                datetime.now(UTC),
-                vm.cpu,
-                vm.mem_mb,
-                vm.image_id,
-                vm.disk_size_mb,
-                SnapshotKind.USER,
-                save_ms,
-                vm.owner_id,
+                id=snap_id,
+                vm_id=vm_id,
+                created_at=datetime.now(UTC),
+                cpu=vm.cpu,
+                mem_mb=vm.mem_mb,
+                image_id=vm.image_id,
+                disk_size_mb=vm.disk_size_mb,
+                kind=SnapshotKind.USER,
+                save_ms=saved.save_ms,
+                owner_id=vm.owner_id,
             )
             self.store.add_snapshot(snap)
             return snap

@@ -21,10 +21,12 @@ from typing import Protocol
 import pycdlib
 
 from sheesh.models import VmKind
-from sheesh.node.agent import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE, GuestNet, NodeAgent, NodeVmSpec
-from sheesh.node.errors import MediaError
+from sheesh.node.agent import NodeAgent
+from sheesh.node.contract import NodeVmSpec
+from sheesh.node.errors import MediaError, NodeError
 from sheesh.node.fetch import Network, check_url, fetch, room_for
-from sheesh.vmm.driver import VmmError
+from sheesh.node.plumbing import GuestNet
+from sheesh.node.vmfiles import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE
 
 MIB = 1024 * 1024
 ISO_MAGIC_OFFSET = 0x8001
@@ -133,7 +135,7 @@ class MediaService:
             self._busy.discard(vm_id)
 
     def _path(self, vm_id: str, name: str) -> Path:
-        return self.node.workdir(vm_id) / name
+        return self.node.files.path(vm_id, name)
 
     async def download_iso(self, vm_id: str, url: str | None, report: Reporter) -> None:
         """Stages: 1 download (with ``!PR``), 2 check, 3 mount."""
@@ -185,14 +187,14 @@ class MediaService:
                 fmt = await self._check_image(download, spec.disk_size_mb)
                 await report.stage(3, f"Converting {fmt} image")
                 try:
-                    await self.node.driver.convert_disk(download, fmt, new_disk, spec.disk_size_mb, report.progress)
-                except VmmError as exc:
+                    await self.node.convert_disk(download, fmt, new_disk, spec.disk_size_mb, report.progress)
+                except NodeError as exc:
                     raise MediaError(exc.message) from exc
                 download.unlink()
                 await report.stage(4, "Writing cloud-init seed")
                 net = self.node.guest_net(spec)
                 await asyncio.to_thread(write_seed, new_seed, vm_id, password, ssh_key, net)
-                running = self.node.driver.is_running(vm_id)
+                running = self.node.is_running(vm_id)
                 await report.stage(5, "Installing image, restarting the VM" if running else "Installing image")
 
                 def swap() -> None:
@@ -209,8 +211,8 @@ class MediaService:
     async def _check_image(self, path: Path, disk_mb: int) -> str:
         """The image's format, if it is a standalone image that fits the VM's disk."""
         try:
-            info = await self.node.driver.inspect_disk(path)
-        except VmmError as exc:
+            info = await self.node.inspect_disk(path)
+        except NodeError as exc:
             raise MediaError(exc.message) from exc
         if info.backing_file:
             raise MediaError("images with a backing file are not accepted")

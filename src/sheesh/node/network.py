@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import json
 import logging
@@ -23,9 +22,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from sheesh.models import FirewallAction, FirewallRule, PortForward
+from sheesh.models import FirewallAction
+from sheesh.node.contract import VmNet
 from sheesh.node.errors import NodeError
 
 log = logging.getLogger(__name__)
@@ -51,51 +51,6 @@ class NetConfig:
     def gateway(self) -> ipaddress.IPv4Interface:
         net = ipaddress.IPv4Network(self.network)
         return ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
-
-
-@dataclass(frozen=True)
-class VmNet:
-    """One VM's network identity and policy."""
-
-    vm_id: str
-    ip: str
-    allow_ips: tuple[str, ...] = ()
-    outbound_internet: bool = False
-    firewall: tuple[FirewallRule, ...] = ()
-    ports: tuple[PortForward, ...] = ()
-
-    @property
-    def tap(self) -> str:
-        """Interface name (at most 15 characters)."""
-        return "sh" + hashlib.sha256(self.vm_id.encode()).hexdigest()[:12]
-
-    @property
-    def mac(self) -> str:
-        """Locally administered MAC made of the IPv4 address (unique while the address is)."""
-        octets = ipaddress.IPv4Address(self.ip).packed
-        return "52:54:" + ":".join(f"{b:02x}" for b in octets)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the node keeps it in the VM's spec file)."""
-        return {
-            "vm_id": self.vm_id,
-            "ip": self.ip,
-            "allow_ips": list(self.allow_ips),
-            "outbound_internet": self.outbound_internet,
-            "firewall": [[r.src, r.action.value] for r in self.firewall],
-            "ports": [[p.guest_port, p.host_port, p.protocol] for p in self.ports],
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> VmNet:
-        return cls(
-            str(raw["vm_id"]),
-            str(raw["ip"]),
-            tuple(raw.get("allow_ips", ())),
-            bool(raw.get("outbound_internet", False)),
-            tuple(FirewallRule(src, FirewallAction(action)) for src, action in raw.get("firewall", ())),
-            tuple(PortForward(int(g), int(h), str(p)) for g, h, p in raw.get("ports", ())),
-        )
 
 
 def _v4_set(cidrs: tuple[str, ...]) -> str | None:

@@ -1,9 +1,10 @@
-"""The ``Store`` seam used by the control plane, with a SQL implementation and an in-memory fake."""
+"""The ``Store`` seam used by the control plane and its SQL implementation (the fake: ``store/memory.py``)."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,14 +13,13 @@ from typing import Protocol
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, select, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from sheesh.models import (
     ApiKey,
     ExecKind,
     ExecLog,
-    FirewallAction,
     FirewallRule,
     Image,
     PortForward,
@@ -34,6 +34,7 @@ from sheesh.models import (
 )
 from sheesh.store.errors import StoreError
 from sheesh.store.tables import ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
+from sheesh.wire import from_wire, to_wire
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,17 @@ def _vm_from_row(row: VmRow) -> Vm:
         snapshot_id=row.snapshot_id,
         owner_id=row.owner_id,
         kind=VmKind(row.kind),
-        firewall=[FirewallRule(str(src), FirewallAction(action)) for src, action in row.firewall or []],
-        ports=[PortForward(int(g), int(h), str(proto)) for g, h, proto in row.ports or []],
+        firewall=from_wire(list[FirewallRule], [_named(r, ("src", "action")) for r in row.firewall or []]),
+        ports=from_wire(list[PortForward], [_named(p, PORT_FIELDS) for p in row.ports or []]),
     )
+
+
+PORT_FIELDS = ("guest_port", "host_port", "protocol")
+
+
+def _named(raw: object, names: tuple[str, ...]) -> object:
+    """Rows written before the wire codec kept firewall rules and ports as lists of values."""
+    return dict(zip(names, raw, strict=True)) if isinstance(raw, list) else raw
 
 
 def _vm_values(vm: Vm) -> dict[str, object]:
@@ -136,8 +145,8 @@ def _vm_values(vm: Vm) -> dict[str, object]:
         "snapshot_id": vm.snapshot_id,
         "owner_id": vm.owner_id,
         "kind": vm.kind.value,
-        "firewall": [[r.src, r.action.value] for r in vm.firewall],
-        "ports": [[p.guest_port, p.host_port, p.protocol] for p in vm.ports],
+        "firewall": to_wire(vm.firewall),
+        "ports": to_wire(vm.ports),
     }
 
 
@@ -163,22 +172,29 @@ def _exec_log_from_row(row: ExecLogRow) -> ExecLog:
 
 def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
     return Snapshot(
-        row.id,
-        row.vm_id,
-        _utc(row.created_at),
-        row.cpu,
-        row.mem_mb,
-        row.image_id,
-        row.disk_size_mb,
-        SnapshotKind(row.kind),
-        row.save_ms,
-        row.owner_id,
+        id=row.id,
+        vm_id=row.vm_id,
+        created_at=_utc(row.created_at),
+        cpu=row.cpu,
+        mem_mb=row.mem_mb,
+        image_id=row.image_id,
+        disk_size_mb=row.disk_size_mb,
+        kind=SnapshotKind(row.kind),
+        save_ms=row.save_ms,
+        owner_id=row.owner_id,
     )
 
 
 def _key_from_row(row: ApiKeyRow) -> ApiKey:
     expires = _utc(row.expires_at) if row.expires_at else None
-    return ApiKey(row.id, row.user_id or "", row.label, row.key_hash, _utc(row.created_at), expires)
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id or "",
+        label=row.label,
+        key_hash=row.key_hash,
+        created_at=_utc(row.created_at),
+        expires_at=expires,
+    )
 
 
 def _user_values(user: User) -> dict[str, object]:
@@ -197,15 +213,15 @@ def _user_values(user: User) -> dict[str, object]:
 
 def _user_from_row(row: UserRow) -> User:
     return User(
-        row.id,
-        row.username,
-        row.password_hash,
-        Role(row.role),
-        _utc(row.created_at),
-        row.totp_secret,
-        row.totp_enabled,
-        row.failed_logins,
-        _utc(row.locked_until) if row.locked_until else None,
+        id=row.id,
+        username=row.username,
+        password_hash=row.password_hash,
+        role=Role(row.role),
+        created_at=_utc(row.created_at),
+        totp_secret=row.totp_secret,
+        totp_enabled=row.totp_enabled,
+        failed_logins=row.failed_logins,
+        locked_until=_utc(row.locked_until) if row.locked_until else None,
     )
 
 
@@ -237,37 +253,56 @@ class SqlStore:
             migrate(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A transaction; driver errors (a duplicate key, a lost connection) become ``StoreError``."""
+        try:
+            with self._sessions.begin() as s:
+                yield s
+        except IntegrityError as exc:
+            raise StoreError(f"conflicting record: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with self._sessions() as s:
+                yield s
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
 
     def add_vm(self, vm: Vm) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.add(VmRow(**_vm_values(vm)))
 
     def save_vm(self, vm: Vm) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(update(VmRow).where(VmRow.id == vm.id).values(**_vm_values(vm)))
 
     def get_vm(self, vm_id: str) -> Vm | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(VmRow, vm_id)
             return _vm_from_row(row) if row else None
 
     def list_vms(self) -> list[Vm]:
-        with self._session() as s:
+        with self._read() as s:
             return [_vm_from_row(r) for r in s.scalars(select(VmRow).order_by(VmRow.created_at, VmRow.id))]
 
     def delete_vm(self, vm_id: str) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(delete(ExecLogRow).where(ExecLogRow.vm_id == vm_id))
             s.execute(delete(VmRow).where(VmRow.id == vm_id))
 
     def used_ips(self) -> set[str]:
-        with self._session() as s:
+        with self._read() as s:
             return set(s.scalars(select(VmRow.guest_ip)))
 
     def add_exec_log(self, entry: ExecLog, keep: int) -> None:
         values = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
-        with self._session.begin() as s:
+        with self._write() as s:
             s.add(ExecLogRow(**{**values, "kind": entry.kind.value}))
             s.flush()
             newest = (
@@ -287,11 +322,11 @@ class SqlStore:
         if kind is not None:
             query = query.where(ExecLogRow.kind == kind.value)
         query = query.order_by(ExecLogRow.started_at.desc(), ExecLogRow.id.desc()).limit(limit)
-        with self._session() as s:
+        with self._read() as s:
             return [_exec_log_from_row(r) for r in s.scalars(query)]
 
     def add_image(self, image: Image, path: Path) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.add(
                 ImageRow(
                     id=image.id,
@@ -305,28 +340,28 @@ class SqlStore:
             )
 
     def get_image(self, image_id: str) -> StoredImage | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(ImageRow, image_id)
             return _image_from_row(row) if row else None
 
     def list_images(self) -> list[StoredImage]:
-        with self._session() as s:
+        with self._read() as s:
             return [_image_from_row(r) for r in s.scalars(select(ImageRow).order_by(ImageRow.created_at))]
 
     def set_default_image(self, image_id: str) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(update(ImageRow).values(is_default=ImageRow.id == image_id))
 
     def update_image_size(self, image_id: str, rootfs_size_mb: int) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(update(ImageRow).where(ImageRow.id == image_id).values(rootfs_size_mb=rootfs_size_mb))
 
     def delete_image(self, image_id: str) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(delete(ImageRow).where(ImageRow.id == image_id))
 
     def add_snapshot(self, snap: Snapshot) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.add(
                 SnapshotRow(
                     id=snap.id,
@@ -343,21 +378,21 @@ class SqlStore:
             )
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(SnapshotRow, snapshot_id)
             return _snapshot_from_row(row) if row else None
 
     def list_snapshots(self) -> list[Snapshot]:
-        with self._session() as s:
+        with self._read() as s:
             rows = s.scalars(select(SnapshotRow).order_by(SnapshotRow.created_at, SnapshotRow.id))
             return [_snapshot_from_row(r) for r in rows]
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(delete(SnapshotRow).where(SnapshotRow.id == snapshot_id))
 
     def add_api_key(self, key: ApiKey) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.add(
                 ApiKeyRow(
                     id=key.id,
@@ -370,54 +405,54 @@ class SqlStore:
             )
 
     def find_api_key(self, key_hash: str) -> ApiKey | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
             return _key_from_row(row) if row else None
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(ApiKeyRow, key_id)
             return _key_from_row(row) if row else None
 
     def list_api_keys(self, user_id: str) -> list[ApiKey]:
-        with self._session() as s:
+        with self._read() as s:
             rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.user_id == user_id).order_by(ApiKeyRow.created_at))
             return [_key_from_row(r) for r in rows]
 
     def delete_api_key(self, key_id: str) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(delete(ApiKeyRow).where(ApiKeyRow.id == key_id))
 
     def delete_user_api_keys(self, user_id: str) -> int:
-        with self._session.begin() as s:
+        with self._write() as s:
             ids = list(s.scalars(select(ApiKeyRow.id).where(ApiKeyRow.user_id == user_id)))
             s.execute(delete(ApiKeyRow).where(ApiKeyRow.user_id == user_id))
             return len(ids)
 
     def count_api_keys(self) -> int:
-        with self._session() as s:
+        with self._read() as s:
             return len(list(s.scalars(select(ApiKeyRow.id))))
 
     def add_user(self, user: User) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.add(UserRow(**_user_values(user)))
 
     def save_user(self, user: User) -> None:
-        with self._session.begin() as s:
+        with self._write() as s:
             s.execute(update(UserRow).where(UserRow.id == user.id).values(**_user_values(user)))
 
     def get_user(self, user_id: str) -> User | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(UserRow, user_id)
             return _user_from_row(row) if row else None
 
     def get_user_by_name(self, username: str) -> User | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(select(UserRow).where(UserRow.username == username))
             return _user_from_row(row) if row else None
 
     def list_users(self) -> list[User]:
-        with self._session() as s:
+        with self._read() as s:
             return [_user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
 
     def close(self) -> None:
@@ -429,132 +464,3 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
-
-
-class MemoryStore:
-    """In-memory ``Store`` for unit tests."""
-
-    def __init__(self) -> None:
-        self.vms: dict[str, Vm] = {}
-        self.images: dict[str, StoredImage] = {}
-        self.keys: dict[str, ApiKey] = {}
-        self.users: dict[str, User] = {}
-        self.snapshots: dict[str, Snapshot] = {}
-        self.exec_logs: dict[str, list[ExecLog]] = {}
-
-    def add_vm(self, vm: Vm) -> None:
-        if vm.id in self.vms or vm.guest_ip in self.used_ips():
-            raise StoreError(f"duplicate VM {vm.id} or address {vm.guest_ip}")
-        self.vms[vm.id] = copy.deepcopy(vm)
-
-    def save_vm(self, vm: Vm) -> None:
-        if vm.id in self.vms:
-            self.vms[vm.id] = copy.deepcopy(vm)
-
-    def get_vm(self, vm_id: str) -> Vm | None:
-        vm = self.vms.get(vm_id)
-        return copy.deepcopy(vm) if vm else None
-
-    def list_vms(self) -> list[Vm]:
-        return [copy.deepcopy(v) for v in sorted(self.vms.values(), key=lambda v: (v.created_at, v.id))]
-
-    def delete_vm(self, vm_id: str) -> None:
-        self.vms.pop(vm_id, None)
-        self.exec_logs.pop(vm_id, None)
-
-    def used_ips(self) -> set[str]:
-        return {v.guest_ip for v in self.vms.values()}
-
-    def add_exec_log(self, entry: ExecLog, keep: int) -> None:
-        entries = [*self.exec_logs.get(entry.vm_id, []), entry]
-        entries.sort(key=lambda e: (e.started_at, e.id), reverse=True)
-        self.exec_logs[entry.vm_id] = entries[:keep]
-
-    def list_exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
-        entries = self.exec_logs.get(vm_id, [])
-        return [e for e in entries if kind is None or e.kind == kind][:limit]
-
-    def add_image(self, image: Image, path: Path) -> None:
-        self.images[image.id] = StoredImage(image, path)
-
-    def get_image(self, image_id: str) -> StoredImage | None:
-        return self.images.get(image_id)
-
-    def list_images(self) -> list[StoredImage]:
-        return list(self.images.values())
-
-    def set_default_image(self, image_id: str) -> None:
-        for key, stored in self.images.items():
-            img = stored.image
-            self.images[key] = StoredImage(
-                Image(img.id, img.name, img.description, img.rootfs_size_mb, key == image_id, img.created_at),
-                stored.path,
-            )
-
-    def update_image_size(self, image_id: str, rootfs_size_mb: int) -> None:
-        stored = self.images[image_id]
-        self.images[image_id] = StoredImage(
-            dataclasses.replace(stored.image, rootfs_size_mb=rootfs_size_mb), stored.path
-        )
-
-    def delete_image(self, image_id: str) -> None:
-        self.images.pop(image_id, None)
-
-    def add_snapshot(self, snap: Snapshot) -> None:
-        self.snapshots[snap.id] = copy.deepcopy(snap)
-
-    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
-        snap = self.snapshots.get(snapshot_id)
-        return copy.deepcopy(snap) if snap else None
-
-    def list_snapshots(self) -> list[Snapshot]:
-        return [copy.deepcopy(s) for s in sorted(self.snapshots.values(), key=lambda s: (s.created_at, s.id))]
-
-    def delete_snapshot(self, snapshot_id: str) -> None:
-        self.snapshots.pop(snapshot_id, None)
-
-    def add_api_key(self, key: ApiKey) -> None:
-        if key.key_hash in self.keys:
-            raise StoreError("duplicate API key")
-        self.keys[key.key_hash] = key
-
-    def find_api_key(self, key_hash: str) -> ApiKey | None:
-        return self.keys.get(key_hash)
-
-    def get_api_key(self, key_id: str) -> ApiKey | None:
-        return next((k for k in self.keys.values() if k.id == key_id), None)
-
-    def list_api_keys(self, user_id: str) -> list[ApiKey]:
-        return sorted((k for k in self.keys.values() if k.user_id == user_id), key=lambda k: k.created_at)
-
-    def delete_api_key(self, key_id: str) -> None:
-        self.keys = {h: k for h, k in self.keys.items() if k.id != key_id}
-
-    def delete_user_api_keys(self, user_id: str) -> int:
-        before = len(self.keys)
-        self.keys = {h: k for h, k in self.keys.items() if k.user_id != user_id}
-        return before - len(self.keys)
-
-    def count_api_keys(self) -> int:
-        return len(self.keys)
-
-    def add_user(self, user: User) -> None:
-        if self.get_user_by_name(user.username) is not None:
-            raise StoreError(f"user {user.username} exists")
-        self.users[user.id] = copy.deepcopy(user)
-
-    def save_user(self, user: User) -> None:
-        self.users[user.id] = copy.deepcopy(user)
-
-    def get_user(self, user_id: str) -> User | None:
-        user = self.users.get(user_id)
-        return copy.deepcopy(user) if user else None
-
-    def get_user_by_name(self, username: str) -> User | None:
-        return next((copy.deepcopy(u) for u in self.users.values() if u.username == username), None)
-
-    def list_users(self) -> list[User]:
-        return [copy.deepcopy(u) for u in self.users.values()]
-
-    def close(self) -> None:
-        pass

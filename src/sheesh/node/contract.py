@@ -1,0 +1,230 @@
+"""The node contract: every type that crosses the control plane <-> node seam, and the ``NodeClient`` protocol.
+
+This module is the whole of what the control plane knows about nodes (import-linter keeps it so). Its types are
+kw-only frozen dataclasses of JSON-friendly fields; ``to_wire`` turns any of them into plain JSON data and
+``from_wire`` back (``sheesh.wire``), so a node on another host can speak exactly this over HTTP. Messages that
+stand alone carry ``version`` (``CONTRACT_VERSION``): a peer refuses a version it does not know (``WireError``).
+
+The embedded local node (``sheesh.node.agent.NodeAgent``) takes these objects in-process; the exec and script
+records (``ExecRequest``, ``ScriptResult``, ...) are shared with the API and live in ``sheesh.models``, and
+cross the seam through the same codec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sheesh.models import (
+    ExecRequest,
+    ExecResult,
+    FirewallRule,
+    PortForward,
+    ScriptRequest,
+    ScriptResult,
+    VmKind,
+)
+from sheesh.wire import WIRE_VERSION, WireError, from_wire, to_wire
+
+__all__ = [
+    "CONTRACT_TYPES",
+    "CONTRACT_VERSION",
+    "ExecRequest",
+    "ExecResult",
+    "NodeCapacity",
+    "NodeClient",
+    "NodeStatus",
+    "NodeVmSpec",
+    "ScriptRequest",
+    "ScriptResult",
+    "SnapshotInfo",
+    "VmNet",
+    "WireError",
+    "from_wire",
+    "to_wire",
+]
+CONTRACT_VERSION = WIRE_VERSION
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmNet:
+    """One VM's network identity and traffic policy."""
+
+    vm_id: str
+    ip: str
+    allow_ips: tuple[str, ...] = ()
+    outbound_internet: bool = False
+    firewall: tuple[FirewallRule, ...] = ()
+    ports: tuple[PortForward, ...] = ()
+
+    @property
+    def tap(self) -> str:
+        """Interface name (at most 15 characters)."""
+        return "sh" + hashlib.sha256(self.vm_id.encode()).hexdigest()[:12]
+
+    @property
+    def mac(self) -> str:
+        """Locally administered MAC made of the IPv4 address (unique while the address is)."""
+        octets = ipaddress.IPv4Address(self.ip).packed
+        return "52:54:" + ":".join(f"{b:02x}" for b in octets)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeVmSpec:
+    """What a node needs to run a VM: shape, image files and disk size; ``snapshot_id`` (with the disk size it
+    was taken at) makes ``create`` restore that snapshot instead of booting."""
+
+    version: int = CONTRACT_VERSION
+    vm_id: str
+    cpu: int
+    mem_mb: int
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    disk_size_mb: int
+    snapshot_id: str | None = None
+    snapshot_disk_mb: int | None = None
+    kind: VmKind = VmKind.SANDBOX
+    net: VmNet | None = None
+    """Address and traffic policy (used when the node has networking)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotInfo:
+    """A snapshot a node saved."""
+
+    snapshot_id: str
+    save_ms: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeCapacity:
+    """What a node has to give: vCPUs, memory and disk (in MiB), and how much disk is free."""
+
+    vcpus: int
+    mem_mb: int
+    disk_mb: int
+    disk_free_mb: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeStatus:
+    """A node's report of itself."""
+
+    version: int = CONTRACT_VERSION
+    name: str
+    capacity: NodeCapacity
+    running: tuple[str, ...] = ()
+    """Ids of the VMs whose machines run."""
+
+
+CONTRACT_TYPES: tuple[type[Any], ...] = (
+    VmNet,
+    NodeVmSpec,
+    SnapshotInfo,
+    NodeCapacity,
+    NodeStatus,
+    FirewallRule,
+    PortForward,
+    ExecRequest,
+    ExecResult,
+    ScriptRequest,
+    ScriptResult,
+)
+"""Every record that crosses the seam (the wire tests round-trip each of them)."""
+
+
+class NodeClient(Protocol):
+    """Operations on one node. Failures raise ``SheeshError`` subclasses with user-safe messages."""
+
+    name: str
+
+    async def create(self, spec: NodeVmSpec) -> None:
+        """Create the VM's disk and boot it (or restore ``spec.snapshot_id``); return once its agent answers."""
+        ...
+
+    async def start(self, spec: NodeVmSpec) -> None:
+        """Boot a stopped VM from its existing disk."""
+        ...
+
+    async def stop(self, vm_id: str) -> None:
+        """Graceful (ACPI) shutdown, forced after the node's stop timeout."""
+        ...
+
+    async def destroy(self, vm_id: str) -> None:
+        """Kill the VM and delete its storage. Idempotent."""
+        ...
+
+    def is_running(self, vm_id: str) -> bool: ...
+
+    def exit_reason(self, vm_id: str) -> str | None:
+        """Why the VM's machine ended without being asked to (None: a clean power-off, or not known)."""
+        ...
+
+    def local_vms(self) -> list[str]:
+        """Ids of all VM folders the node holds (to find leftovers without a record)."""
+        ...
+
+    async def ensure_network(self) -> bool:
+        """Restore the node's network rules if they were removed outside sheesh; True if it had to."""
+        ...
+
+    async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
+        """Adopt still-running VMs after a control-plane restart (all at once, so their network rules are
+        restored in one step); returns the ids of those alive."""
+        ...
+
+    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
+
+    async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
+        """Save the running (or paused) VM under ``snapshot_id``, first flushing the guest's file systems when
+        ``sync_guest`` (a paused guest cannot answer)."""
+        ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+    async def pause(self, vm_id: str) -> None: ...
+
+    async def resume(self, vm_id: str) -> None: ...
+
+    async def ping(self, vm_id: str) -> dict[str, Any]:
+        """The guest agent's ping reply (``warm``: pre-started shells ready)."""
+        ...
+
+    async def run_script(
+        self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
+    ) -> ScriptResult:
+        """run-ts (Deno) or run-js (Node.js) as ``req.language`` says."""
+        ...
+
+    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
+        """Stream a tar.gz into ``dest``; nothing is written unless the whole archive is valid."""
+        ...
+
+    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
+        """Validate ``path`` and return the tar.gz byte stream of it."""
+        ...
+
+    async def update_network(self, vm_id: str, net: VmNet) -> None:
+        """Replace the VM's traffic policy (allowlist, firewall, port forwards); live if its tap is up."""
+        ...
+
+    async def eject_cdrom(self, vm_id: str) -> None:
+        """Take the ISO out of a full VM's CD-ROM drive (live if it runs). Idempotent."""
+        ...
+
+    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+        """Last lines of the VM's ``serial``, ``stdout`` or ``stderr`` log."""
+        ...
+
+    def serial_tail(self, vm_id: str, lines: int) -> str: ...
+
+    async def status(self) -> NodeStatus:
+        """The node's name, capacity and running VMs."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,165 @@
+"""A node's conversations with the guest agents of its VMs (one ``GuestClient`` per VM): exec, run-ts and
+run-js, file transfers, identity refresh and network settings, all as ``protocol.Op`` requests."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from sheesh.errors import SheeshError
+from sheesh.guest.protocol import Op
+from sheesh.models import ExecRequest, ExecResult, ScriptLanguage, ScriptRequest, ScriptResult
+from sheesh.node.guest_client import GuestClient
+from sheesh.node.plumbing import GuestNet
+
+EXEC_GRACE_S = 5.0
+"""How much longer than a program's own timeout the node waits (the guest enforces the timeout)."""
+TRANSFER_CHUNK = 256 * 1024
+TRANSFER_TIMEOUT_S = 60.0
+
+
+async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    buf = bytearray()
+    async for chunk in chunks:
+        buf.extend(chunk)
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def _finished(reply: dict[str, Any]) -> dict[str, Any]:
+    """The fields every program run answers with."""
+    return {
+        "exit_code": int(reply["exit_code"]),
+        "stdout": str(reply["stdout"]),
+        "stderr": str(reply["stderr"]),
+        "timed_out": bool(reply.get("timed_out")),
+        "truncated": bool(reply.get("truncated")),
+    }
+
+
+class Guests:
+    """The guest agents of one node's VMs, reached through each VM's agent socket."""
+
+    def __init__(self, socket_of: Callable[[str], Path]) -> None:
+        self._socket_of = socket_of
+        self._clients: dict[str, GuestClient] = {}
+
+    def client(self, vm_id: str) -> GuestClient:
+        client = self._clients.get(vm_id)
+        if client is None:
+            client = GuestClient(self._socket_of(vm_id))
+            self._clients[vm_id] = client
+        return client
+
+    async def drop(self, vm_id: str) -> None:
+        client = self._clients.pop(vm_id, None)
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        for vm_id in list(self._clients):
+            await self.drop(vm_id)
+
+    async def wait_ready(
+        self, vm_id: str, timeout_s: float, alive: Callable[[], bool], refresh: bool, net: GuestNet | None
+    ) -> bool:
+        """Wait for the agent of a booted or restored machine. A restored machine's first request is the
+        identity refresh (fresh entropy, current time, new boot id), which doubles as the readiness probe and
+        carries the NIC settings (one round trip less per clone). Returns whether the NIC was set."""
+        probe: dict[str, Any] = {}
+        if refresh:
+            probe = {"op": Op.REFRESH, "seed": base64.b64encode(os.urandom(64)).decode(), "time_ns": time.time_ns()}
+            if net is not None:
+                probe["net"] = dataclasses.asdict(net)
+        answer = await self.client(vm_id).wait_ready(timeout_s, alive=alive, **probe)
+        return "net" in answer
+
+    async def configure_net(self, vm_id: str, net: GuestNet) -> list[str]:
+        reply = await self.client(vm_id).call(Op.NET, 10, **dataclasses.asdict(net))
+        return list(reply.get("steps") or [])
+
+    async def ping(self, vm_id: str) -> dict[str, Any]:
+        return await self.client(vm_id).call(Op.PING, 5)
+
+    async def sync(self, vm_id: str) -> None:
+        with contextlib.suppress(SheeshError):
+            await self.client(vm_id).call(Op.SYNC, 30)
+
+    async def resize_fs(self, vm_id: str) -> None:
+        await self.client(vm_id).call(Op.RESIZE_FS, 10)
+
+    async def _run(self, vm_id: str, op: Op, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
+        """A program-running op: the guest enforces ``timeout_ms``; we wait a grace period longer (a dead or
+        restarted agent fails the call at once, see ``GuestClient``)."""
+        wait = (timeout_ms / 1000 if timeout_ms else 24 * 3600) + EXEC_GRACE_S
+        return await self.client(vm_id).call(op, wait, timeout_ms=timeout_ms, **args)
+
+    async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
+        args = {"cmd": req.cmd, "cwd": req.cwd, "env": req.env, "output_limit": output_limit}
+        reply = await self._run(vm_id, Op.EXEC, req.timeout_ms, **args)
+        return ExecResult(**_finished(reply))
+
+    async def run_script(
+        self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
+    ) -> ScriptResult:
+        reply = await self._run(
+            vm_id,
+            Op.RUN_TS if req.language == ScriptLanguage.TS else Op.RUN_JS,
+            req.timeout_ms,
+            code=req.code,
+            path=req.path,
+            args=req.args,
+            env=req.env,
+            deno_flags=req.deno_flags,
+            output_limit=output_limit,
+            allow_net=allow_net,
+            error_stack=req.error_stack,
+        )
+        return ScriptResult(
+            **_finished(reply), result=reply.get("result"), has_result="result" in reply, error=reply.get("error")
+        )
+
+    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
+        """Stream a tar.gz into the guest (one chunk in flight); extracted only if the whole archive is valid.
+        An exception from ``chunks`` aborts the upload in the guest and propagates."""
+        guest = self.client(vm_id)
+        key = (await guest.call(Op.UPLOAD_BEGIN, TRANSFER_TIMEOUT_S, dest=dest, max_bytes=max_expanded))["upload"]
+        try:
+            async for chunk in _rechunk(chunks, TRANSFER_CHUNK):
+                data = base64.b64encode(chunk).decode()
+                await guest.call(Op.UPLOAD_CHUNK, TRANSFER_TIMEOUT_S, upload=key, data=data)
+        except BaseException:
+            with contextlib.suppress(SheeshError):
+                await guest.call(Op.UPLOAD_ABORT, TRANSFER_TIMEOUT_S, upload=key)
+            raise
+        reply = await guest.call(Op.UPLOAD_END, TRANSFER_TIMEOUT_S, upload=key)
+        return {"files": int(reply["files"]), "bytes": int(reply["bytes"])}
+
+    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
+        """Start a tar.gz of ``path`` (errors raise here, before any byte) and return its chunk stream."""
+        guest = self.client(vm_id)
+        key = (await guest.call(Op.DOWNLOAD_BEGIN, TRANSFER_TIMEOUT_S, path=path))["download"]
+
+        async def stream() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                while not done:
+                    reply = await guest.call(Op.DOWNLOAD_NEXT, TRANSFER_TIMEOUT_S, download=key)
+                    done = bool(reply["eof"])
+                    if data := base64.b64decode(reply["data"]):
+                        yield data
+            finally:
+                if not done:
+                    with contextlib.suppress(SheeshError):
+                        await guest.call(Op.DOWNLOAD_CLOSE, TRANSFER_TIMEOUT_S, download=key)
+
+        return stream()
