@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sheesh.config import Settings
 from sheesh.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnavailableError
-from sheesh.image.builder import BuiltImage
+from sheesh.image.built import BuiltImage
 from sheesh.image.validate import check_kernel, check_rootfs
 from sheesh.models import Image
 from sheesh.store.repo import Store, StoredImage

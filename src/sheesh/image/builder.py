@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from sheesh import guest as guest_package
+from sheesh.image.built import BuiltImage
 from sheesh.image.cpio import CpioWriter
 from sheesh.image.errors import ImageBuildError
 from sheesh.image.kernel import extract_vmlinux, module_load_order
@@ -106,36 +107,6 @@ def default_recipe() -> Recipe:
     for name, data in sorted(guest_files().items()):
         digest.update(name.encode() + b"\0" + data)
     return Recipe(files_digest=digest.hexdigest()[:16])
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    """A finished image on disk."""
-
-    path: Path
-    recipe_hash: str
-    kernel_version: str
-    rootfs_size_mb: int
-
-    @property
-    def kernel(self) -> Path:
-        return self.path / "vmlinux"
-
-    @property
-    def initrd(self) -> Path:
-        return self.path / "initrd.cpio"
-
-    @property
-    def rootfs(self) -> Path:
-        return self.path / "rootfs.ext4"
-
-    @classmethod
-    def load(cls, path: Path) -> BuiltImage:
-        try:
-            manifest = json.loads((path / "manifest.json").read_text())
-            return cls(path, manifest["recipe_hash"], manifest["kernel_version"], manifest["rootfs_size_mb"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise ImageBuildError(f"no usable image at {path}") from exc
 
 
 def _run(cmd: list[str], log: Callable[[str], None] | None = None) -> str:
