@@ -113,12 +113,14 @@ def test_concurrent_logins_do_not_stall_other_requests(app: tuple[TestClient, Se
     ]
     for t in threads:
         t.start()
-    time.sleep(0.1)
-    t0 = time.monotonic()
-    assert c.get("/v1/vms", headers=ADMIN).status_code == 200
-    assert time.monotonic() - t0 < 0.5, "a plain GET waited for password hashing"
-    for t in threads:
-        t.join()
+    try:
+        time.sleep(0.1)
+        assert c.get("/v1/vms", headers=ADMIN).status_code == 200
+        # ten checks take 2 s on the one hashing thread: the GET did not wait for them
+        assert calls < 6, f"a plain GET waited for {calls} password checks"
+    finally:
+        for t in threads:
+            t.join()
     assert calls == 10
 
 
@@ -179,7 +181,7 @@ def test_exec_logs_are_kept_bounded_owner_scoped_and_deleted_with_the_vm(
     c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=ADMIN)
     assert c.get(f"/v1/vms/{vm}/exec-logs?limit=1", headers=ADMIN).json()[0]["error"] == "guest busy"
     for i in range(210):
-        asyncio.run(svc.vms.exec(vm, ExecRequest(f"n{i}")))
+        asyncio.run(svc.execs.exec(vm, ExecRequest(f"n{i}")))
     assert len(svc.store.list_exec_logs(vm, None, 1000)) == 200
     assert c.delete(f"/v1/vms/{vm}", headers=ADMIN).status_code == 204
     assert svc.store.list_exec_logs(vm, None, 1000) == []

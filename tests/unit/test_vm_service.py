@@ -36,7 +36,7 @@ async def test_create_stop_start_delete(settings: Settings) -> None:
     with pytest.raises(ConflictError):
         await svc.vms.stop(vm.id)
     with pytest.raises(ConflictError):
-        await svc.vms.exec(vm.id, ExecRequest("true"))
+        await svc.execs.exec(vm.id, ExecRequest("true"))
     await svc.vms.start(vm.id)
     with pytest.raises(ConflictError):
         await svc.vms.start(vm.id)
@@ -73,7 +73,7 @@ async def test_disk_size_and_references_are_validated(settings: Settings) -> Non
 async def test_exec_applies_default_timeout(settings: Settings) -> None:
     svc, _node = fake_services(settings)
     vm = await svc.vms.create(REQ)
-    result = await svc.vms.exec(vm.id, ExecRequest("echo hi"))
+    result = await svc.execs.exec(vm.id, ExecRequest("echo hi"))
     assert result.stdout == "echo hi" and result.exit_code == 0
 
 

@@ -15,7 +15,8 @@ from sheesh.errors import ConflictError, NotFoundError, PayloadTooLargeError, Un
 from sheesh.image.built import BuiltImage
 from sheesh.image.validate import check_kernel, check_rootfs
 from sheesh.models import Image
-from sheesh.store.repo import Store, StoredImage
+from sheesh.store.repo import Store
+from sheesh.store.rows import StoredImage
 
 
 def builtin_image_id(built: BuiltImage) -> str:

@@ -9,6 +9,7 @@ from sheesh.auth.hashpool import HashPool
 from sheesh.auth.ratelimit import RateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
+from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
@@ -22,6 +23,7 @@ class Services:
     store: Store
     node: NodeClient
     vms: VmService
+    execs: ExecService
     auth: ApiKeyAuth
     images: ImageService
     sessions: SessionSigner
@@ -38,6 +40,7 @@ class Services:
             store,
             node,
             vms,
+            ExecService(store, node, settings, vms),
             ApiKeyAuth(store, settings.api_key, settings.instance_secret),
             ImageService(store, settings),
             SessionSigner(load_or_create_key(settings.data_dir / "session.key")),

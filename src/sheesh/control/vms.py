@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import ipaddress
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip, free_port
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
-from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, SheeshError
+from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import (
-    ExecKind,
-    ExecLog,
-    ExecRequest,
-    ExecResult,
     FirewallRule,
     PortForward,
     ProvisionMode,
-    ScriptLanguage,
-    ScriptRequest,
-    ScriptResult,
     Snapshot,
     SnapshotKind,
     Vm,
@@ -42,15 +31,10 @@ from sheesh.node.contract import NodeClient, NodeVmSpec, VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
-_R = TypeVar("_R", ExecResult, ScriptResult)
 
 MAX_FIREWALL_RULES = 64
 MAX_PORT_FORWARDS = 16
-EXEC_LOG_KEEP = 200
-"""Execution history entries kept per VM (the oldest go first)."""
-EXEC_LOG_TAIL = 2048
-"""Characters of stdout/stderr kept in each history entry (the end of the output)."""
-EXEC_LOG_COMMAND = 2048
+
 _ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.PAUSED)
 
 
@@ -66,12 +50,6 @@ def vm_net(vm: Vm) -> VmNet:
     )
 
 
-def _single_hosts(cidrs: list[str]) -> list[str]:
-    """The addresses of the host-sized networks (/32, /128) in ``cidrs``."""
-    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    return [str(n.network_address) for n in nets if n.num_addresses == 1]
-
-
 def check_allow_ips(cidrs: list[str], guest_network: str) -> None:
     """Refuse allowlist entries inside the guest network: VMs cannot reach each other (isolated bridge ports,
     no proxy ARP), so such an entry could never work. The gateway (the node itself) is allowed; wider
@@ -85,10 +63,6 @@ def check_allow_ips(cidrs: list[str], guest_network: str) -> None:
                 f"allowIps entry {cidr} is inside the guest network {guest_network}: VMs cannot reach each other "
                 f"(only the node's address {gateway} may be allowed there)"
             )
-
-
-def _tail(text: str) -> str:
-    return text[-EXEC_LOG_TAIL:]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,7 +305,7 @@ class VmService:
             self.store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
 
-    async def _running(self, vm_id: str, what: str) -> Vm:
+    async def running(self, vm_id: str, what: str) -> Vm:
         vm = self.get(vm_id)
         if vm.state != VmState.RUNNING:
             raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
@@ -339,82 +313,6 @@ class VmService:
             await self.reconcile()
             raise ConflictError(f"VM {vm_id} is not running")
         return vm
-
-    async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
-        await self._running(vm_id, "exec")
-        timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
-        limit = self.settings.exec_output_limit_bytes
-        return await self._logged(
-            vm_id,
-            ExecKind.EXEC,
-            req.cmd[:EXEC_LOG_COMMAND],
-            lambda: self.node.exec(vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), limit),
-        )
-
-    async def run_script(self, vm_id: str, req: ScriptRequest) -> ScriptResult:
-        """run-ts or run-js. Deno gets network permission only where the VM has egress: all hosts with
-        outbound internet, else the single addresses of its allowlist."""
-        kind = ExecKind.RUN_TS if req.language == ScriptLanguage.TS else ExecKind.RUN_JS
-        vm = await self._running(vm_id, kind.value)
-        allow_net: bool | list[str] = True if vm.outbound_internet else _single_hosts(vm.allow_ips)
-        timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
-        req = dataclasses.replace(req, timeout_ms=timeout)
-        code = req.code or ""
-        what = req.path or "sha256:" + hashlib.sha256(code.encode()).hexdigest()
-        limit = self.settings.exec_output_limit_bytes
-        return await self._logged(vm_id, kind, what, lambda: self.node.run_script(vm_id, req, allow_net, limit))
-
-    async def _logged(self, vm_id: str, kind: ExecKind, command: str, run: Callable[[], Awaitable[_R]]) -> _R:
-        """Run ``run`` and add the outcome (or the failure) to the VM's execution history."""
-        started = datetime.now(UTC)
-        t0 = time.monotonic()
-        result: _R | None = None
-        error: str | None = None
-        try:
-            result = await run()
-            return result
-        except SheeshError as exc:
-            error = exc.message
-            raise
-        finally:
-            entry = ExecLog(
-                id=f"xl-{secrets.token_hex(8)}",
-                vm_id=vm_id,
-                kind=kind,
-                command=command,
-                started_at=started,
-                duration_ms=round((time.monotonic() - t0) * 1000, 1),
-                exit_code=result.exit_code if result else None,
-                timed_out=result.timed_out if result else False,
-                stdout_tail=_tail(result.stdout) if result else "",
-                stderr_tail=_tail(result.stderr) if result else "",
-                error=error if result is None else None,
-            )
-            if self.store.get_vm(vm_id) is not None:  # not when the VM was deleted meanwhile
-                self.store.add_exec_log(entry, EXEC_LOG_KEEP)
-
-    def exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
-        self.get(vm_id)
-        return self.store.list_exec_logs(vm_id, kind, limit)
-
-    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
-        """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""
-        await self._running(vm_id, "upload")
-        limit = self.settings.upload_max_bytes
-
-        async def counted() -> AsyncIterator[bytes]:
-            total = 0
-            async for chunk in chunks:
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLargeError(f"upload exceeds {limit} bytes (compressed)")
-                yield chunk
-
-        return await self.node.upload(vm_id, dest, counted(), self.settings.upload_max_expanded_bytes)
-
-    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
-        await self._running(vm_id, "download")
-        return await self.node.download(vm_id, path)
 
     async def add_firewall_rule(self, vm_id: str, rule: FirewallRule) -> list[FirewallRule]:
         """Append an inbound rule (first match wins; traffic matching none is dropped)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sheesh.models import ApiKey, ExecKind, ExecLog, Image, Snapshot, User, Vm
 from sheesh.store.errors import StoreError
-from sheesh.store.repo import StoredImage
+from sheesh.store.rows import StoredImage
 
 
 class MemoryStore:

@@ -1,12 +1,11 @@
-"""The ``Store`` seam used by the control plane and its SQL implementation (the fake: ``store/memory.py``)."""
+"""The ``Store`` seam used by the control plane and its SQL implementation (the fake: ``store/memory.py``;
+row conversions: ``store/rows.py``)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -20,29 +19,24 @@ from sheesh.models import (
     ApiKey,
     ExecKind,
     ExecLog,
-    FirewallRule,
     Image,
-    PortForward,
-    ProvisionMode,
-    Role,
     Snapshot,
-    SnapshotKind,
     User,
     Vm,
-    VmKind,
-    VmState,
 )
 from sheesh.store.errors import StoreError
+from sheesh.store.rows import (
+    StoredImage,
+    exec_log_from_row,
+    image_from_row,
+    key_from_row,
+    snapshot_from_row,
+    user_from_row,
+    user_values,
+    vm_from_row,
+    vm_values,
+)
 from sheesh.store.tables import ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
-from sheesh.wire import from_wire, to_wire
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    """An image record plus where its files live on the node."""
-
-    image: Image
-    path: Path
 
 
 class Store(Protocol):
@@ -95,142 +89,6 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def _vm_from_row(row: VmRow) -> Vm:
-    created = _utc(row.created_at)
-    return Vm(
-        id=row.id,
-        state=VmState(row.state),
-        cpu=row.cpu,
-        mem_mb=row.mem_mb,
-        allow_ips=list(row.allow_ips),
-        outbound_internet=row.outbound_internet,
-        image_id=row.image_id,
-        disk_size_mb=row.disk_size_mb,
-        guest_ip=row.guest_ip,
-        created_at=created,
-        provision_mode=ProvisionMode(row.provision_mode),
-        node=row.node,
-        error=row.error,
-        snapshot_id=row.snapshot_id,
-        owner_id=row.owner_id,
-        kind=VmKind(row.kind),
-        firewall=from_wire(list[FirewallRule], [_named(r, ("src", "action")) for r in row.firewall or []]),
-        ports=from_wire(list[PortForward], [_named(p, PORT_FIELDS) for p in row.ports or []]),
-    )
-
-
-PORT_FIELDS = ("guest_port", "host_port", "protocol")
-
-
-def _named(raw: object, names: tuple[str, ...]) -> object:
-    """Rows written before the wire codec kept firewall rules and ports as lists of values."""
-    return dict(zip(names, raw, strict=True)) if isinstance(raw, list) else raw
-
-
-def _vm_values(vm: Vm) -> dict[str, object]:
-    return {
-        "id": vm.id,
-        "state": vm.state.value,
-        "cpu": vm.cpu,
-        "mem_mb": vm.mem_mb,
-        "allow_ips": list(vm.allow_ips),
-        "outbound_internet": vm.outbound_internet,
-        "image_id": vm.image_id,
-        "disk_size_mb": vm.disk_size_mb,
-        "guest_ip": vm.guest_ip,
-        "created_at": vm.created_at,
-        "provision_mode": vm.provision_mode.value,
-        "node": vm.node,
-        "error": vm.error,
-        "snapshot_id": vm.snapshot_id,
-        "owner_id": vm.owner_id,
-        "kind": vm.kind.value,
-        "firewall": to_wire(vm.firewall),
-        "ports": to_wire(vm.ports),
-    }
-
-
-def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def _exec_log_from_row(row: ExecLogRow) -> ExecLog:
-    return ExecLog(
-        id=row.id,
-        vm_id=row.vm_id,
-        kind=ExecKind(row.kind),
-        command=row.command,
-        started_at=_utc(row.started_at),
-        duration_ms=row.duration_ms,
-        exit_code=row.exit_code,
-        timed_out=row.timed_out,
-        stdout_tail=row.stdout_tail,
-        stderr_tail=row.stderr_tail,
-        error=row.error,
-    )
-
-
-def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
-    return Snapshot(
-        id=row.id,
-        vm_id=row.vm_id,
-        created_at=_utc(row.created_at),
-        cpu=row.cpu,
-        mem_mb=row.mem_mb,
-        image_id=row.image_id,
-        disk_size_mb=row.disk_size_mb,
-        kind=SnapshotKind(row.kind),
-        save_ms=row.save_ms,
-        owner_id=row.owner_id,
-    )
-
-
-def _key_from_row(row: ApiKeyRow) -> ApiKey:
-    expires = _utc(row.expires_at) if row.expires_at else None
-    return ApiKey(
-        id=row.id,
-        user_id=row.user_id or "",
-        label=row.label,
-        key_hash=row.key_hash,
-        created_at=_utc(row.created_at),
-        expires_at=expires,
-    )
-
-
-def _user_values(user: User) -> dict[str, object]:
-    return {
-        "id": user.id,
-        "username": user.username,
-        "password_hash": user.password_hash,
-        "role": user.role.value,
-        "created_at": user.created_at,
-        "totp_secret": user.totp_secret,
-        "totp_enabled": user.totp_enabled,
-        "failed_logins": user.failed_logins,
-        "locked_until": user.locked_until,
-    }
-
-
-def _user_from_row(row: UserRow) -> User:
-    return User(
-        id=row.id,
-        username=row.username,
-        password_hash=row.password_hash,
-        role=Role(row.role),
-        created_at=_utc(row.created_at),
-        totp_secret=row.totp_secret,
-        totp_enabled=row.totp_enabled,
-        failed_logins=row.failed_logins,
-        locked_until=_utc(row.locked_until) if row.locked_until else None,
-    )
-
-
-def _image_from_row(row: ImageRow) -> StoredImage:
-    created = _utc(row.created_at)
-    image = Image(row.id, row.name, row.description, row.rootfs_size_mb, row.is_default, created)
-    return StoredImage(image, Path(row.path))
-
-
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest alembic revision."""
     cfg = Config(str(Path(__file__).with_name("alembic.ini")))
@@ -276,20 +134,20 @@ class SqlStore:
 
     def add_vm(self, vm: Vm) -> None:
         with self._write() as s:
-            s.add(VmRow(**_vm_values(vm)))
+            s.add(VmRow(**vm_values(vm)))
 
     def save_vm(self, vm: Vm) -> None:
         with self._write() as s:
-            s.execute(update(VmRow).where(VmRow.id == vm.id).values(**_vm_values(vm)))
+            s.execute(update(VmRow).where(VmRow.id == vm.id).values(**vm_values(vm)))
 
     def get_vm(self, vm_id: str) -> Vm | None:
         with self._read() as s:
             row = s.get(VmRow, vm_id)
-            return _vm_from_row(row) if row else None
+            return vm_from_row(row) if row else None
 
     def list_vms(self) -> list[Vm]:
         with self._read() as s:
-            return [_vm_from_row(r) for r in s.scalars(select(VmRow).order_by(VmRow.created_at, VmRow.id))]
+            return [vm_from_row(r) for r in s.scalars(select(VmRow).order_by(VmRow.created_at, VmRow.id))]
 
     def delete_vm(self, vm_id: str) -> None:
         with self._write() as s:
@@ -323,7 +181,7 @@ class SqlStore:
             query = query.where(ExecLogRow.kind == kind.value)
         query = query.order_by(ExecLogRow.started_at.desc(), ExecLogRow.id.desc()).limit(limit)
         with self._read() as s:
-            return [_exec_log_from_row(r) for r in s.scalars(query)]
+            return [exec_log_from_row(r) for r in s.scalars(query)]
 
     def add_image(self, image: Image, path: Path) -> None:
         with self._write() as s:
@@ -342,11 +200,11 @@ class SqlStore:
     def get_image(self, image_id: str) -> StoredImage | None:
         with self._read() as s:
             row = s.get(ImageRow, image_id)
-            return _image_from_row(row) if row else None
+            return image_from_row(row) if row else None
 
     def list_images(self) -> list[StoredImage]:
         with self._read() as s:
-            return [_image_from_row(r) for r in s.scalars(select(ImageRow).order_by(ImageRow.created_at))]
+            return [image_from_row(r) for r in s.scalars(select(ImageRow).order_by(ImageRow.created_at))]
 
     def set_default_image(self, image_id: str) -> None:
         with self._write() as s:
@@ -380,12 +238,12 @@ class SqlStore:
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         with self._read() as s:
             row = s.get(SnapshotRow, snapshot_id)
-            return _snapshot_from_row(row) if row else None
+            return snapshot_from_row(row) if row else None
 
     def list_snapshots(self) -> list[Snapshot]:
         with self._read() as s:
             rows = s.scalars(select(SnapshotRow).order_by(SnapshotRow.created_at, SnapshotRow.id))
-            return [_snapshot_from_row(r) for r in rows]
+            return [snapshot_from_row(r) for r in rows]
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         with self._write() as s:
@@ -407,17 +265,17 @@ class SqlStore:
     def find_api_key(self, key_hash: str) -> ApiKey | None:
         with self._read() as s:
             row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
-            return _key_from_row(row) if row else None
+            return key_from_row(row) if row else None
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
         with self._read() as s:
             row = s.get(ApiKeyRow, key_id)
-            return _key_from_row(row) if row else None
+            return key_from_row(row) if row else None
 
     def list_api_keys(self, user_id: str) -> list[ApiKey]:
         with self._read() as s:
             rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.user_id == user_id).order_by(ApiKeyRow.created_at))
-            return [_key_from_row(r) for r in rows]
+            return [key_from_row(r) for r in rows]
 
     def delete_api_key(self, key_id: str) -> None:
         with self._write() as s:
@@ -435,25 +293,25 @@ class SqlStore:
 
     def add_user(self, user: User) -> None:
         with self._write() as s:
-            s.add(UserRow(**_user_values(user)))
+            s.add(UserRow(**user_values(user)))
 
     def save_user(self, user: User) -> None:
         with self._write() as s:
-            s.execute(update(UserRow).where(UserRow.id == user.id).values(**_user_values(user)))
+            s.execute(update(UserRow).where(UserRow.id == user.id).values(**user_values(user)))
 
     def get_user(self, user_id: str) -> User | None:
         with self._read() as s:
             row = s.get(UserRow, user_id)
-            return _user_from_row(row) if row else None
+            return user_from_row(row) if row else None
 
     def get_user_by_name(self, username: str) -> User | None:
         with self._read() as s:
             row = s.scalar(select(UserRow).where(UserRow.username == username))
-            return _user_from_row(row) if row else None
+            return user_from_row(row) if row else None
 
     def list_users(self) -> list[User]:
         with self._read() as s:
-            return [_user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
+            return [user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
 
     def close(self) -> None:
         self.engine.dispose()

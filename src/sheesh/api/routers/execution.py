@@ -30,7 +30,7 @@ def _check_timeout(svc: ServicesDep, timeout_ms: int | None) -> None:
 )
 async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut:
     _check_timeout(svc, body.timeout_ms)
-    result = await svc.vms.exec(vm_id, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
+    result = await svc.execs.exec(vm_id, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
     return ExecOut(
         exitCode=result.exit_code,
         stdout=result.stdout,
@@ -68,7 +68,7 @@ async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONRes
         timeout_ms=body.timeout_ms,
         error_stack=body.error_stack,
     )
-    return _script_out(await svc.vms.run_script(vm_id, req))
+    return _script_out(await svc.execs.run_script(vm_id, req))
 
 
 @router.post(
@@ -88,7 +88,7 @@ async def run_js(vm_id: OwnedVmId, body: RunJsBody, svc: ServicesDep) -> JSONRes
         timeout_ms=body.timeout_ms,
         error_stack=body.error_stack,
     )
-    return _script_out(await svc.vms.run_script(vm_id, req))
+    return _script_out(await svc.execs.run_script(vm_id, req))
 
 
 @router.get("/{vm_id}/exec-logs", summary="Recent exec, run-ts and run-js calls of a VM, newest first")
@@ -99,4 +99,4 @@ async def exec_logs(
     type: Annotated[Literal["all", "exec", "run-ts", "run-js"], Query(description="Which calls")] = "all",
 ) -> list[ExecLogOut]:
     kind = None if type == "all" else ExecKind(type)
-    return [ExecLogOut.of(e) for e in svc.vms.exec_logs(vm_id, kind, limit)]
+    return [ExecLogOut.of(e) for e in svc.execs.exec_logs(vm_id, kind, limit)]

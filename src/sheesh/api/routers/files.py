@@ -45,7 +45,7 @@ async def upload(
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLargeError(f"upload exceeds {limit} bytes (compressed)")
-    await svc.vms.upload(vm_id, dest, request.stream())
+    await svc.execs.upload(vm_id, dest, request.stream())
     return Response(status_code=204)
 
 
@@ -67,7 +67,7 @@ async def download(
     path: Annotated[str, Query(description="Directory to download (under /workspace)")],
 ) -> StreamingResponse:
     _check_dest(path)
-    stream = await svc.vms.download(vm_id, path)
+    stream = await svc.execs.download(vm_id, path)
     name = (path.rstrip("/").rsplit("/", 1)[-1] or "workspace") + ".tar.gz"
     return StreamingResponse(
         stream, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'}

@@ -11,7 +11,7 @@ from sheesh.api.deps import AdminDep, ServicesDep
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, ErrorOut, iso
 from sheesh.control.images import image_ready
-from sheesh.store.repo import StoredImage
+from sheesh.store.rows import StoredImage
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses={**ERRORS, 413: {"model": ErrorOut}})
 BINARY = {

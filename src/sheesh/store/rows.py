@@ -1,0 +1,170 @@
+"""Conversions between the domain records (``sheesh.models``) and their SQL rows (``tables.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sheesh.models import (
+    ApiKey,
+    ExecKind,
+    ExecLog,
+    FirewallRule,
+    Image,
+    PortForward,
+    ProvisionMode,
+    Role,
+    Snapshot,
+    SnapshotKind,
+    User,
+    Vm,
+    VmKind,
+    VmState,
+)
+from sheesh.store.tables import ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
+from sheesh.wire import from_wire, to_wire
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image record plus where its files live on the node."""
+
+    image: Image
+    path: Path
+
+
+def vm_from_row(row: VmRow) -> Vm:
+    created = utc(row.created_at)
+    return Vm(
+        id=row.id,
+        state=VmState(row.state),
+        cpu=row.cpu,
+        mem_mb=row.mem_mb,
+        allow_ips=list(row.allow_ips),
+        outbound_internet=row.outbound_internet,
+        image_id=row.image_id,
+        disk_size_mb=row.disk_size_mb,
+        guest_ip=row.guest_ip,
+        created_at=created,
+        provision_mode=ProvisionMode(row.provision_mode),
+        node=row.node,
+        error=row.error,
+        snapshot_id=row.snapshot_id,
+        owner_id=row.owner_id,
+        kind=VmKind(row.kind),
+        firewall=from_wire(list[FirewallRule], [named(r, ("src", "action")) for r in row.firewall or []]),
+        ports=from_wire(list[PortForward], [named(p, PORT_FIELDS) for p in row.ports or []]),
+    )
+
+
+PORT_FIELDS = ("guest_port", "host_port", "protocol")
+
+
+def named(raw: object, names: tuple[str, ...]) -> object:
+    """Rows written before the wire codec kept firewall rules and ports as lists of values."""
+    return dict(zip(names, raw, strict=True)) if isinstance(raw, list) else raw
+
+
+def vm_values(vm: Vm) -> dict[str, object]:
+    return {
+        "id": vm.id,
+        "state": vm.state.value,
+        "cpu": vm.cpu,
+        "mem_mb": vm.mem_mb,
+        "allow_ips": list(vm.allow_ips),
+        "outbound_internet": vm.outbound_internet,
+        "image_id": vm.image_id,
+        "disk_size_mb": vm.disk_size_mb,
+        "guest_ip": vm.guest_ip,
+        "created_at": vm.created_at,
+        "provision_mode": vm.provision_mode.value,
+        "node": vm.node,
+        "error": vm.error,
+        "snapshot_id": vm.snapshot_id,
+        "owner_id": vm.owner_id,
+        "kind": vm.kind.value,
+        "firewall": to_wire(vm.firewall),
+        "ports": to_wire(vm.ports),
+    }
+
+
+def utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def exec_log_from_row(row: ExecLogRow) -> ExecLog:
+    return ExecLog(
+        id=row.id,
+        vm_id=row.vm_id,
+        kind=ExecKind(row.kind),
+        command=row.command,
+        started_at=utc(row.started_at),
+        duration_ms=row.duration_ms,
+        exit_code=row.exit_code,
+        timed_out=row.timed_out,
+        stdout_tail=row.stdout_tail,
+        stderr_tail=row.stderr_tail,
+        error=row.error,
+    )
+
+
+def snapshot_from_row(row: SnapshotRow) -> Snapshot:
+    return Snapshot(
+        id=row.id,
+        vm_id=row.vm_id,
+        created_at=utc(row.created_at),
+        cpu=row.cpu,
+        mem_mb=row.mem_mb,
+        image_id=row.image_id,
+        disk_size_mb=row.disk_size_mb,
+        kind=SnapshotKind(row.kind),
+        save_ms=row.save_ms,
+        owner_id=row.owner_id,
+    )
+
+
+def key_from_row(row: ApiKeyRow) -> ApiKey:
+    expires = utc(row.expires_at) if row.expires_at else None
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id or "",
+        label=row.label,
+        key_hash=row.key_hash,
+        created_at=utc(row.created_at),
+        expires_at=expires,
+    )
+
+
+def user_values(user: User) -> dict[str, object]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "password_hash": user.password_hash,
+        "role": user.role.value,
+        "created_at": user.created_at,
+        "totp_secret": user.totp_secret,
+        "totp_enabled": user.totp_enabled,
+        "failed_logins": user.failed_logins,
+        "locked_until": user.locked_until,
+    }
+
+
+def user_from_row(row: UserRow) -> User:
+    return User(
+        id=row.id,
+        username=row.username,
+        password_hash=row.password_hash,
+        role=Role(row.role),
+        created_at=utc(row.created_at),
+        totp_secret=row.totp_secret,
+        totp_enabled=row.totp_enabled,
+        failed_logins=row.failed_logins,
+        locked_until=utc(row.locked_until) if row.locked_until else None,
+    )
+
+
+def image_from_row(row: ImageRow) -> StoredImage:
+    created = utc(row.created_at)
+    image = Image(row.id, row.name, row.description, row.rootfs_size_mb, row.is_default, created)
+    return StoredImage(image, Path(row.path))
