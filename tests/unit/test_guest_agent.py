@@ -144,3 +144,16 @@ def test_commands_run_as_uid_1000(warm: bool) -> None:
         assert out["stdout"] == "1000\n1000\n1000\n1000\n"
     finally:
         shutil.rmtree(ws)
+
+
+def test_requests_are_checked_against_their_op_types(config: AgentConfig) -> None:
+    from sheesh.guest.agent import Agent
+
+    agent = Agent(config, lambda _: None)
+    with pytest.raises(RequestError, match="exec needs cmd$"):
+        agent.dispatch({"op": "exec"})
+    with pytest.raises(RequestError, match="upload_chunk needs data, upload"):
+        agent.dispatch({"op": "upload_chunk"})
+    with pytest.raises(RequestError, match="unknown op 'shutdown'"):
+        agent.dispatch({"op": "shutdown"})
+    assert agent.dispatch({"op": "ping"})["version"] == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import sys
@@ -38,11 +37,7 @@ def serve(
     port: int = typer.Option(None, help="Listen port (default from SHEESH_PORT or 3000)"),
 ) -> None:
     """Run the control plane with an embedded local node agent."""
-    from sheesh.api.app import create_app
-    from sheesh.bootstrap import build_services
-    from sheesh.node.agent import NodeAgent
-    from sheesh.node.media import MediaService
-    from sheesh.node.ws import create_node_app
+    from sheesh.bootstrap import build_apps
 
     settings = Settings()
     if host:
@@ -51,32 +46,32 @@ def serve(
         settings.port = port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        services = build_services(settings)
+        apps = build_apps(settings)
     except SheeshError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from exc
+    services = apps.services
     if not any(s.image.is_default for s in services.store.list_images()):
         console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
     for line in services.auth.bootstrap():
         console.print(f"[bold green]{line}[/bold green]")
-    api = create_app(services)
-    if not isinstance(services.node, NodeAgent):  # pragma: no cover - only local nodes are embedded
-        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info", **HTTP_OPTIONS)
-        return
-    blocked = [*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)]
-    media = MediaService(services.node, settings.media_max_bytes, settings.max_disk_size_mb, blocked)
-    node_app = create_node_app(services.node, services.sessions, media)
     asyncio.run(
         _serve_both(
             [
-                uvicorn.Config(api, host=settings.host, port=settings.port, log_level="info", **HTTP_OPTIONS),
-                uvicorn.Config(node_app, host=settings.host, port=settings.node_port, log_level="info", **HTTP_OPTIONS),
+                uvicorn.Config(apps.api, host=settings.host, port=settings.port, log_level="info", **HTTP_OPTIONS),
+                uvicorn.Config(
+                    apps.node, host=settings.host, port=settings.node_port, log_level="info", **HTTP_OPTIONS
+                ),
             ]
         )
     )
 
 
-HTTP_OPTIONS: dict[str, Any] = {"http": JsonErrorsH11Protocol, "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+HTTP_OPTIONS: dict[str, Any] = {
+    "http": JsonErrorsH11Protocol,
+    "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+    "log_level": "info",
+}
 """JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
 
 

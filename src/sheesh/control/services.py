@@ -9,6 +9,7 @@ from sheesh.auth.hashpool import HashPool
 from sheesh.auth.ratelimit import RateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
+from sheesh.control.accounts import AccountService
 from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
 from sheesh.control.templates import Templates
@@ -25,6 +26,7 @@ class Services:
     vms: VmService
     execs: ExecService
     auth: ApiKeyAuth
+    accounts: AccountService
     images: ImageService
     sessions: SessionSigner
     limiter: RateLimiter = field(default_factory=RateLimiter)
@@ -35,13 +37,15 @@ class Services:
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
         templates = Templates(store, node, guest_network=settings.guest_network)
         vms = VmService(store, node, settings, templates)
+        auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
         return cls(
             settings,
             store,
             node,
             vms,
             ExecService(store, node, settings, vms),
-            ApiKeyAuth(store, settings.api_key, settings.instance_secret),
+            auth,
+            AccountService(store, auth, settings),
             ImageService(store, settings),
             SessionSigner(load_or_create_key(settings.data_dir / "session.key")),
         )

@@ -198,9 +198,12 @@ class Agent:
 
     def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
-            handler = self.handlers[Op(str(req.get("op")))]
+            op = Op(str(req.get("op")))
+            handler = self.handlers[op]
         except (ValueError, KeyError):
             raise RequestError(f"unknown op {req.get('op')!r}") from None
+        if missing := protocol.missing_fields(op, req):
+            raise RequestError(f"{op} needs {', '.join(missing)}")
         try:
             return handler(req)
         except files.TransferError as exc:

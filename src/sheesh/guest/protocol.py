@@ -8,12 +8,11 @@ also names the agent process that sent it (``agent``): a different name than bef
 restarted, and requests sent to the old one will never be answered.
 """
 
-from __future__ import annotations
 
 import json
 import struct
 from enum import StrEnum
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 MAGIC = b"\xa5SHx"
 _LEN = struct.Struct(">I")
@@ -50,6 +49,126 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     INTERNAL = "internal"
+
+
+class ExecRequest(TypedDict):
+    cmd: str
+    cwd: NotRequired[str]
+    env: NotRequired[dict[str, str]]
+    timeout_ms: NotRequired[int | None]
+    output_limit: NotRequired[int]
+
+
+class ProgramReply(TypedDict):
+    """What exec, run-ts and run-js answer."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    truncated: bool
+
+
+class ScriptRequest(TypedDict):
+    code: NotRequired[str | None]
+    path: NotRequired[str | None]
+    args: NotRequired[list[str]]
+    env: NotRequired[list[str]]
+    deno_flags: NotRequired[list[str]]
+    timeout_ms: NotRequired[int | None]
+    output_limit: NotRequired[int]
+    allow_net: NotRequired[bool | list[str]]
+    error_stack: NotRequired[bool]
+
+
+class ScriptReply(ProgramReply):
+    result: NotRequired[object]
+    error: NotRequired[object]
+
+
+class NetRequest(TypedDict):
+    ip: str
+    prefix: int
+    gateway: str
+    mac: str
+    dns: NotRequired[list[str]]
+
+
+class RefreshRequest(TypedDict):
+    seed: str
+    time_ns: NotRequired[int]
+    net: NotRequired[NetRequest]
+
+
+class PingReply(TypedDict):
+    version: int
+    boot_id: str
+    warm: int
+
+
+class UploadBeginRequest(TypedDict):
+    dest: str
+    max_bytes: NotRequired[int]
+
+
+class UploadChunkRequest(TypedDict):
+    upload: str
+    data: str
+    """base64"""
+
+
+class UploadRef(TypedDict):
+    upload: str
+
+
+class UploadReply(TypedDict):
+    files: int
+    bytes: int
+
+
+class DownloadBeginRequest(TypedDict):
+    path: str
+
+
+class DownloadRef(TypedDict):
+    download: str
+
+
+class DownloadChunkReply(TypedDict):
+    data: str
+    """base64"""
+    eof: bool
+
+
+class Empty(TypedDict):
+    pass
+
+
+REQUESTS: dict[Op, type[Any]] = {
+    Op.PING: Empty,
+    Op.REFRESH: RefreshRequest,
+    Op.NET: NetRequest,
+    Op.RESIZE_FS: Empty,
+    Op.EXEC: ExecRequest,
+    Op.RUN_TS: ScriptRequest,
+    Op.RUN_JS: ScriptRequest,
+    Op.SYNC: Empty,
+    Op.UPLOAD_BEGIN: UploadBeginRequest,
+    Op.UPLOAD_CHUNK: UploadChunkRequest,
+    Op.UPLOAD_END: UploadRef,
+    Op.UPLOAD_ABORT: UploadRef,
+    Op.DOWNLOAD_BEGIN: DownloadBeginRequest,
+    Op.DOWNLOAD_NEXT: DownloadRef,
+    Op.DOWNLOAD_CLOSE: DownloadRef,
+}
+"""The request type of each op (the reply types are named beside them); the agent refuses a request that lacks
+a required field before any handler sees it."""
+
+
+def missing_fields(op: Op, request: dict[str, Any]) -> list[str]:
+    """The required fields of ``op``'s request type that ``request`` lacks."""
+    required: frozenset[str] = REQUESTS[op].__required_keys__
+    return sorted(k for k in required if k not in request)
 
 
 class ProtocolError(Exception):

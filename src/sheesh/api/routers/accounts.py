@@ -13,9 +13,7 @@ from pydantic import BaseModel, Field, StrictStr, field_validator
 from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate, client_ip
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, iso
-from sheesh.auth.passwords import hash_password
-from sheesh.auth.totp import OtpRequiredError, new_secret, provisioning_uri, require_otp, valid
-from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError
+from sheesh.errors import ForbiddenError, InvalidInputError
 from sheesh.models import ApiKey, Role, User
 
 router = APIRouter(tags=["accounts"], responses=ERRORS)
@@ -103,20 +101,18 @@ class PurgeBody(Body):
 
 @router.get("/v1/users/me", summary="The caller")
 async def me(principal: PrincipalDep, svc: ServicesDep) -> UserOut:
-    user = svc.store.get_user(principal.user_id)
-    assert user is not None
-    return UserOut.of(user)
+    return UserOut.of(svc.accounts.user(principal.user_id))
 
 
 @router.get("/v1/users", summary="List users (admin)")
 async def list_users(_: AdminDep, svc: ServicesDep) -> list[UserOut]:
-    return [UserOut.of(u) for u in svc.store.list_users()]
+    return [UserOut.of(u) for u in svc.accounts.list_users()]
 
 
 @router.post("/v1/users", status_code=201, summary="Create a user (admin)")
 async def create_user(body: CreateUserBody, request: Request, _: AdminDep, svc: ServicesDep) -> UserOut:
-    user = await svc.hashing.run(client_ip(request), svc.auth.create_user, body.username, body.password, body.role)
-    return UserOut.of(user)
+    create = svc.accounts.create_user
+    return UserOut.of(await svc.hashing.run(client_ip(request), create, body.username, body.password, body.role))
 
 
 @router.get("/v1/api-keys", summary="List the caller's API keys")
@@ -148,10 +144,8 @@ async def revoke(sha256: str, principal: PrincipalDep, svc: ServicesDep) -> JSON
 @router.post("/purge", summary="Delete all API keys of the user (username+password, or a token)")
 async def purge(request: Request, svc: ServicesDep, body: PurgeBody | None = None) -> JSONResponse:
     if body is not None:  # the user and password pair wins over any token; same lockout as a login
-        settings = svc.settings
-        check = svc.auth.check_password
-        args = (body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
-        user_id = (await svc.hashing.run(client_ip(request), check, *args)).id
+        check = svc.accounts.check_password
+        user_id = (await svc.hashing.run(client_ip(request), check, body.username, body.password)).id
     else:
         user_id = authenticate(request, svc, None).user_id
     return JSONResponse({"purged": svc.auth.purge(user_id)})
@@ -164,18 +158,8 @@ class LoginBody(Body):
 
 
 async def _login(svc: ServicesDep, request: Request, body: LoginBody) -> User:
-    """Password (with lockout; on the hashing pool), then the one-time passcode when the user has 2FA on."""
-    settings = svc.settings
-    args = (body.username, body.password, settings.login_max_failures, settings.login_lockout_s)
-    user = await svc.hashing.run(client_ip(request), svc.auth.check_password, *args)
-    require_otp(user, body.otp)
-    return user
-
-
-def _current_user(svc: ServicesDep, principal: PrincipalDep) -> User:
-    user = svc.store.get_user(principal.user_id)
-    assert user is not None
-    return user
+    login = svc.accounts.login
+    return await svc.hashing.run(client_ip(request), login, body.username, body.password, body.otp)
 
 
 class OtpBody(Body):
@@ -195,45 +179,26 @@ class PasswordBody(Body):
 
 @router.post("/v1/auth/totp", status_code=201, summary="Start 2FA enrolment: returns the TOTP secret")
 async def totp_enrol(principal: PrincipalDep, svc: ServicesDep) -> TotpOut:
-    user = _current_user(svc, principal)
-    if user.totp_enabled:
-        raise ConflictError("2FA is already on; turn it off first")
-    user.totp_secret = new_secret()
-    svc.store.save_user(user)
-    return TotpOut(secret=user.totp_secret, otpauthUri=provisioning_uri(user, user.totp_secret))
+    secret, uri = svc.accounts.totp_enrol(principal.user_id)
+    return TotpOut(secret=secret, otpauthUri=uri)
 
 
 @router.post("/v1/auth/totp/verify", status_code=204, summary="Finish enrolment with a current passcode: 2FA on")
 async def totp_verify(body: OtpBody, principal: PrincipalDep, svc: ServicesDep) -> Response:
-    user = _current_user(svc, principal)
-    if user.totp_secret is None:
-        raise ConflictError("start enrolment first (POST /v1/auth/totp)")
-    if not valid(user.totp_secret, body.otp):
-        raise OtpRequiredError("invalid one-time passcode")
-    user.totp_enabled = True
-    svc.store.save_user(user)
+    svc.accounts.totp_verify(principal.user_id, body.otp)
     return Response(status_code=204)
 
 
 @router.delete("/v1/auth/totp", status_code=204, summary="Turn 2FA off (needs a current passcode)")
 async def totp_disable(body: OtpBody, principal: PrincipalDep, svc: ServicesDep) -> Response:
-    user = _current_user(svc, principal)
-    require_otp(user, body.otp)
-    user.totp_enabled, user.totp_secret = False, None
-    svc.store.save_user(user)
+    svc.accounts.totp_disable(principal.user_id, body.otp)
     return Response(status_code=204)
 
 
 @router.post("/v1/users/me/password", status_code=204, summary="Change the password (2FA-protected)")
 async def change_password(body: PasswordBody, request: Request, principal: PrincipalDep, svc: ServicesDep) -> Response:
-    user = _current_user(svc, principal)
-    settings = svc.settings
-    args = (user.username, body.current_password, settings.login_max_failures, settings.login_lockout_s)
-    await svc.hashing.run(client_ip(request), svc.auth.check_password, *args)
-    require_otp(user, body.otp)  # even when the caller authenticated with an API key
-    user = _current_user(svc, principal)
-    user.password_hash = await svc.hashing.run(client_ip(request), hash_password, body.new_password)
-    svc.store.save_user(user)
+    args = (principal.user_id, body.current_password, body.new_password, body.otp)
+    await svc.hashing.run(client_ip(request), svc.accounts.change_password, *args)
     return Response(status_code=204)
 
 

@@ -84,9 +84,7 @@ async def agent_token(
     otp: Annotated[str | None, Query(description="One-time passcode, when 2FA is on")] = None,
     x_otp: Annotated[str | None, Header(alias="X-OTP")] = None,
 ) -> AgentTokenOut:
-    user = svc.store.get_user(principal.user_id)
-    if user is not None:
-        require_otp(user, otp or x_otp)
+    require_otp(svc.accounts.user(principal.user_id), otp or x_otp)
     settings = svc.settings
     ttl = settings.agent_token_ttl_s
     token = svc.sessions.issue(vm_id, "agent", ttl)
