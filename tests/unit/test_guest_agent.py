@@ -150,7 +150,7 @@ def test_requests_are_checked_against_their_op_types(config: AgentConfig) -> Non
     from sheesh.guest.agent import Agent
 
     agent = Agent(config, lambda _: None)
-    with pytest.raises(RequestError, match="exec needs cmd$"):
+    with pytest.raises(RequestError, match=r"exec needs cmd$"):
         agent.dispatch({"op": "exec"})
     with pytest.raises(RequestError, match="upload_chunk needs data, upload"):
         agent.dispatch({"op": "upload_chunk"})
