@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated settings and a fake-VMM stack."""
+"""Shared fixtures: isolated settings and the API on a fake node (``stack``); the admin key is
+``tests.fakes.ADMIN``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from sheesh.api.app import create_app
 from sheesh.config import Settings
+from tests.fakes import FakeStack, fake_services
 
 
 @pytest.fixture
@@ -21,3 +25,11 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
         stop_timeout_s=5,
         templates=False,
     )
+
+
+@pytest.fixture
+def stack(settings: Settings) -> Iterator[FakeStack]:
+    """The API on the fake node (``tests.fakes``), started: a ``TestClient``, its services and the node."""
+    svc, node = fake_services(settings)
+    with TestClient(create_app(svc)) as client:
+        yield FakeStack(client=client, svc=svc, node=node)

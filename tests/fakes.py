@@ -7,8 +7,11 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from fastapi.testclient import TestClient
 
 from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
@@ -29,6 +32,17 @@ def add_default_image(store: Store, path: Path, rootfs_mb: int = 512) -> str:
     store.add_image(image, path)
     store.set_default_image(image.id)
     return image.id
+
+
+ADMIN = {"X-API-Key": "test-key"}
+"""Headers of the admin API key the ``settings`` fixture configures."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FakeStack:
+    client: TestClient
+    svc: Services
+    node: FakeNodeClient
 
 
 def fake_services(settings: Settings) -> tuple[Services, FakeNodeClient]:

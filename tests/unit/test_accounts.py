@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
-from sheesh.api.app import create_app
-from sheesh.config import Settings
 from sheesh.control.services import Services
 from sheesh.models import ApiKey
-from tests.fakes import fake_services
+from tests.fakes import ADMIN, FakeStack
 
-ADMIN = {"X-API-Key": "test-key"}
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[tuple[TestClient, Services]]:
-    svc, _ = fake_services(settings)
-    with TestClient(create_app(svc)) as c:
-        yield c, svc
+def app(stack: FakeStack) -> tuple[TestClient, Services]:
+    return stack.client, stack.svc
 
 
 def _user(c: TestClient, name: str) -> dict[str, str]:

@@ -1,25 +1,20 @@
 """HTTP surface on fakes: auth, status codes, validation messages, response shapes."""
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from sheesh.api.app import create_app
-from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
-from tests.fakes import fake_services
+from tests.fakes import ADMIN as KEY
+from tests.fakes import FakeStack
 
-KEY = {"X-API-Key": "test-key"}
 GOOD = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet": True}
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[tuple[TestClient, FakeNodeClient]]:
-    svc, node = fake_services(settings)
-    with TestClient(create_app(svc)) as c:
-        yield c, node
+def client(stack: FakeStack) -> tuple[TestClient, FakeNodeClient]:
+    return stack.client, stack.node
 
 
 def test_auth_required_on_v1(client: tuple[TestClient, FakeNodeClient]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -20,18 +19,15 @@ from sheesh.control.services import Services
 from sheesh.control.vms import CreateVm
 from sheesh.errors import RateLimitedError
 from sheesh.models import ExecRequest, ExecResult, VmState
-from tests.fakes import fake_services
+from tests.fakes import ADMIN, FakeStack, fake_services
 
-ADMIN = {"X-API-Key": "test-key"}
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[tuple[TestClient, Services, FakeNodeClient]]:
-    svc, node = fake_services(settings)
-    with TestClient(create_app(svc)) as c:
-        yield c, svc, node
+def app(stack: FakeStack) -> tuple[TestClient, Services, FakeNodeClient]:
+    return stack.client, stack.svc, stack.node
 
 
 def test_expires_at_out_of_range_is_400_and_stores_nothing(app: tuple[TestClient, Services, FakeNodeClient]) -> None:

@@ -5,19 +5,17 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from sheesh.api.app import create_app
 from sheesh.config import Settings
 from sheesh.image.errors import InvalidImageError
 from sheesh.image.validate import check_kernel, check_rootfs
-from tests.fakes import fake_services
+from tests.fakes import ADMIN as KEY
+from tests.fakes import FakeStack
 
-KEY = {"X-API-Key": "test-key"}
 OCTET = {**KEY, "content-type": "application/octet-stream"}
 
 
@@ -67,10 +65,8 @@ def test_rootfs_checks(tmp_path: Path, ext4: Path) -> None:
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    svc, _ = fake_services(settings)
-    with TestClient(create_app(svc)) as c:
-        yield c
+def client(stack: FakeStack) -> TestClient:
+    return stack.client
 
 
 def test_image_lifecycle(client: TestClient, ext4: Path, settings: Settings) -> None:

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 
-from sheesh.api.app import create_app
 from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.vms import CreateVm
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError
 from sheesh.models import Snapshot, SnapshotKind, VmState
-from tests.fakes import fake_services
+from tests.fakes import ADMIN as KEY
+from tests.fakes import FakeStack, fake_services
 
-KEY = {"X-API-Key": "test-key"}
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[tuple[TestClient, FakeNodeClient]]:
-    svc, node = fake_services(settings)
-    with TestClient(create_app(svc)) as c:
-        yield c, node
+def client(stack: FakeStack) -> tuple[TestClient, FakeNodeClient]:
+    return stack.client, stack.node
 
 
 def test_snapshot_restore_and_delete_rules(client: tuple[TestClient, FakeNodeClient]) -> None:
