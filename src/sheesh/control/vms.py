@@ -1,4 +1,6 @@
-"""VM lifecycle service: validation, placement on the (single) node, state machine, recovery."""
+"""VM lifecycle service: validation, placement on the (single) node, state machine, recovery, and the VM's
+traffic policy (firewall, port forwards), which changes under the same per-VM lock as the lifecycle. About 400
+lines for that reason; what runs inside guests is ``execution.py``."""
 
 from __future__ import annotations
 
