@@ -26,6 +26,16 @@ def upload(t: Transfers, dest: str, data: bytes, max_bytes: int = 1 << 30, chunk
     return t.end_upload(key)
 
 
+def drain(t: Transfers, key: str, first: bytes = b"") -> bytes:
+    """The rest of a download, after ``first``."""
+    data = first
+    while True:
+        chunk, eof = t.next_chunk(key)
+        data += chunk
+        if eof:
+            return data
+
+
 def snapshot(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -36,14 +46,7 @@ def test_upload_then_download_roundtrip(ws: Path) -> None:
     assert upload(t, "/workspace/project/new", data) == {"files": 2, "bytes": 9}
     assert (ws / "project/new/src/a.txt").read_text() == "alpha"
     assert (ws / "project/new/b.txt").read_text() == "beta"
-    key = t.begin_download("/workspace/project")
-    chunks = []
-    while True:
-        chunk, eof = t.next_chunk(key)
-        chunks.append(chunk)
-        if eof:
-            break
-    got = members(b"".join(chunks))
+    got = members(drain(t, t.begin_download("/workspace/project")))
     assert got["new/src/a.txt"] == b"alpha" and got["new/b.txt"] == b"beta"
     assert not [p for p in ws.iterdir() if p.name.startswith(".sheesh-upload")]
 
@@ -134,14 +137,7 @@ def test_download_keeps_symlinks_as_links(ws: Path) -> None:
     (ws / "p").mkdir()
     os.symlink("/etc/passwd", ws / "p" / "pw")
     t = Transfers(str(ws), "/workspace", None)
-    key = t.begin_download("/workspace/p")
-    data = b""
-    while True:
-        chunk, eof = t.next_chunk(key)
-        data += chunk
-        if eof:
-            break
-    assert members(data) == {"pw": None}
+    assert members(drain(t, t.begin_download("/workspace/p"))) == {"pw": None}
 
 
 def test_upload_staging_is_outside_the_workspace(ws: Path) -> None:
@@ -183,15 +179,10 @@ def test_subfolder_swapped_for_a_link_mid_download_is_not_followed(ws: Path, tmp
     (ws / "p" / "sub" / "mine.txt").write_text("mine")
     t = Transfers(str(ws), "/workspace", None)
     key = t.begin_download("/workspace/p")
-    chunks = [t.next_chunk(key)[0]]
+    first = t.next_chunk(key)[0]
     os.rename(ws / "p" / "sub", ws / "p" / "sub.old")
     os.symlink(secrets_dir, ws / "p" / "sub")
-    while True:
-        chunk, eof = t.next_chunk(key)
-        chunks.append(chunk)
-        if eof:
-            break
-    archive = b"".join(chunks)
+    archive = drain(t, key, first)
     got = members(archive)
     assert b"secret-hash" not in archive
     assert not any(name.startswith("sub/") for name in got)
@@ -200,11 +191,4 @@ def test_subfolder_swapped_for_a_link_mid_download_is_not_followed(ws: Path, tmp
 
 def test_download_of_one_file(ws: Path) -> None:
     t = Transfers(str(ws), "/workspace", None)
-    key = t.begin_download("/workspace/existing.txt")
-    data = b""
-    while True:
-        chunk, eof = t.next_chunk(key)
-        data += chunk
-        if eof:
-            break
-    assert members(data) == {"existing.txt": b"keep"}
+    assert members(drain(t, t.begin_download("/workspace/existing.txt"))) == {"existing.txt": b"keep"}

@@ -8,7 +8,6 @@ also names the agent process that sent it (``agent``): a different name than bef
 restarted, and requests sent to the old one will never be answered.
 """
 
-
 import json
 import struct
 from enum import StrEnum

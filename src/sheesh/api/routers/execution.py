@@ -11,7 +11,7 @@ from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
 from sheesh.api.routers.vms import LIMITED
 from sheesh.api.schemas import ExecBody, ExecLogOut, ExecOut, RunJsBody, RunTsBody, RunTsOut
 from sheesh.errors import InvalidInputError
-from sheesh.models import ExecKind, ExecRequest, ScriptLanguage, ScriptRequest, ScriptResult
+from sheesh.models import ExecKind, ExecRequest, ScriptLanguage, ScriptRequest
 
 router = APIRouter(prefix="/v1/vms", tags=["exec"], responses=LIMITED)
 MAX_EXEC_LOGS = 200
@@ -40,7 +40,21 @@ async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut
     )
 
 
-def _script_out(res: ScriptResult) -> JSONResponse:
+async def _run_script(
+    svc: ServicesDep, vm_id: str, body: RunTsBody | RunJsBody, language: ScriptLanguage
+) -> JSONResponse:
+    _check_timeout(svc, body.timeout_ms)
+    req = ScriptRequest(
+        language=language,
+        code=body.code,
+        path=body.path,
+        args=body.args,
+        env=body.env,
+        deno_flags=body.deno_flags if isinstance(body, RunTsBody) else [],
+        timeout_ms=body.timeout_ms,
+        error_stack=body.error_stack,
+    )
+    res = await svc.execs.run_script(vm_id, req)
     out: dict[str, Any] = {"exitCode": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
     if res.has_result:
         out["result"] = res.result
@@ -57,18 +71,7 @@ def _script_out(res: ScriptResult) -> JSONResponse:
     dependencies=[Depends(rate_limited("run_ts"))],
 )
 async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
-    _check_timeout(svc, body.timeout_ms)
-    req = ScriptRequest(
-        language=ScriptLanguage.TS,
-        code=body.code,
-        path=body.path,
-        args=body.args,
-        env=body.env,
-        deno_flags=body.deno_flags,
-        timeout_ms=body.timeout_ms,
-        error_stack=body.error_stack,
-    )
-    return _script_out(await svc.execs.run_script(vm_id, req))
+    return await _run_script(svc, vm_id, body, ScriptLanguage.TS)
 
 
 @router.post(
@@ -78,17 +81,7 @@ async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONRes
     dependencies=[Depends(rate_limited("run_js"))],
 )
 async def run_js(vm_id: OwnedVmId, body: RunJsBody, svc: ServicesDep) -> JSONResponse:
-    _check_timeout(svc, body.timeout_ms)
-    req = ScriptRequest(
-        language=ScriptLanguage.JS,
-        code=body.code,
-        path=body.path,
-        args=body.args,
-        env=body.env,
-        timeout_ms=body.timeout_ms,
-        error_stack=body.error_stack,
-    )
-    return _script_out(await svc.execs.run_script(vm_id, req))
+    return await _run_script(svc, vm_id, body, ScriptLanguage.JS)
 
 
 @router.get("/{vm_id}/exec-logs", summary="Recent exec, run-ts and run-js calls of a VM, newest first")
