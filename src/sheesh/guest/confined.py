@@ -15,6 +15,8 @@ import errno
 import os
 from typing import IO
 
+from sheesh.guest.protocol import ErrorKind
+
 CHUNK = 256 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -22,7 +24,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class TransferError(Exception):
     """A transfer refused by policy; ``kind`` is ``invalid``, ``not_found`` or ``too_large``."""
 
-    def __init__(self, message: str, kind: str = "invalid") -> None:
+    def __init__(self, message: str, kind: str = ErrorKind.INVALID) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -56,7 +58,7 @@ def open_confined(workspace: str, guest_root: str, path: str, create: bool = Fal
             try:
                 child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
-                raise TransferError(f"{path} does not exist", "not_found") from None
+                raise TransferError(f"{path} does not exist", ErrorKind.NOT_FOUND) from None
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise TransferError(f"{path} is not a folder (or was replaced by a link)") from None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sheesh.guest.cgroups import ExecCgroups, JobCgroup
+from sheesh.guest.protocol import ErrorKind
 
 GUEST_WORKSPACE = "/workspace"
 EXIT_TIMEOUT = 124
@@ -35,7 +36,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class RequestError(Exception):
     """A request the agent refuses; ``kind`` is sent back to the node (``protocol.ErrorKind`` values)."""
 
-    def __init__(self, message: str, kind: str = "invalid") -> None:
+    def __init__(self, message: str, kind: str = ErrorKind.INVALID) -> None:
         super().__init__(message)
         self.kind = kind
 

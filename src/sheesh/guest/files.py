@@ -13,6 +13,7 @@ from typing import Any
 
 from sheesh.guest.confined import TransferError, confine, open_confined
 from sheesh.guest.download import Download
+from sheesh.guest.protocol import ErrorKind
 from sheesh.guest.upload import Upload
 
 __all__ = ["TransferError", "Transfers"]
@@ -82,7 +83,7 @@ class Transfers:
         with self._lock:
             upload = self.uploads.get(key)
         if upload is None:
-            raise TransferError("unknown upload", "not_found")
+            raise TransferError("unknown upload", ErrorKind.NOT_FOUND)
         return upload
 
     def feed(self, key: str, data: bytes) -> None:
@@ -103,7 +104,7 @@ class Transfers:
     def begin_download(self, path: str) -> str:
         source = confine(self.workspace, self.guest_root, path)
         if not os.path.exists(source):
-            raise TransferError(f"{path} does not exist", "not_found")
+            raise TransferError(f"{path} does not exist", ErrorKind.NOT_FOUND)
         only = None
         if not os.path.isdir(source):  # one file: archived from its folder, by name
             path, only = os.path.dirname(os.path.normpath(path)), os.path.basename(source)
@@ -117,12 +118,12 @@ class Transfers:
         with self._lock:
             download = self.downloads.get(key)
         if download is None:
-            raise TransferError("unknown download", "not_found")
+            raise TransferError("unknown download", ErrorKind.NOT_FOUND)
         data = download.next_chunk()
         if not data:
             self.close_download(key)
             if download.error:
-                raise TransferError(f"archive failed: {download.error}", "internal")
+                raise TransferError(f"archive failed: {download.error}", ErrorKind.INTERNAL)
             return b"", True
         return data, False
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from sheesh.guest.cgroups import ExecCgroups
 from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, WarmShells, env_list, run_job
+from sheesh.guest.protocol import ErrorKind
 
 DNS_TLS_READ = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/usr/share/ca-certificates")
 SCRATCH_DIRS = ("/tmp", "/var/tmp")
@@ -150,7 +151,7 @@ def run_script(
     user_env = env_list([str(e) for e in req.get("env") or []])
     if not os.path.exists(binary):
         what = "deno" if language == "ts" else "node"
-        raise RequestError(f"{what} is not installed in this image", "internal")
+        raise RequestError(f"{what} is not installed in this image", ErrorKind.INTERNAL)
     run_dir = tempfile.mkdtemp(prefix=f"sheesh-{language}-")
     nonce = uuid.uuid4().hex
     stack = "true" if req.get("error_stack") else "false"

@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from sheesh.guest.confined import CHUNK, DIR_FLAGS, Pipe, TransferError, open_confined
+from sheesh.guest.protocol import ErrorKind
 
 MAX_ENTRIES = 100_000
 
@@ -86,7 +87,7 @@ class Upload:
     def _extract_all(self, tar: tarfile.TarFile) -> None:
         for count, member in enumerate(tar, 1):
             if count > MAX_ENTRIES:
-                raise TransferError(f"archive has more than {MAX_ENTRIES} entries", "too_large")
+                raise TransferError(f"archive has more than {MAX_ENTRIES} entries", ErrorKind.TOO_LARGE)
             rel = _check_member(member)
             if not rel:
                 continue
@@ -102,7 +103,7 @@ class Upload:
                 while block := src.read(CHUNK):
                     self.bytes += len(block)
                     if self.bytes > self.max_bytes:
-                        raise TransferError(f"archive expands beyond {self.max_bytes} bytes", "too_large")
+                        raise TransferError(f"archive expands beyond {self.max_bytes} bytes", ErrorKind.TOO_LARGE)
                     out.write(block)
                 os.fchmod(out.fileno(), (member.mode & 0o777) | 0o600)
                 if self.chown:
