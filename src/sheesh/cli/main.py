@@ -58,10 +58,8 @@ def serve(
     asyncio.run(
         _serve_both(
             [
-                uvicorn.Config(apps.api, host=settings.host, port=settings.port, log_level="info", **HTTP_OPTIONS),
-                uvicorn.Config(
-                    apps.node, host=settings.host, port=settings.node_port, log_level="info", **HTTP_OPTIONS
-                ),
+                uvicorn.Config(apps.api, host=settings.host, port=settings.port, **HTTP_OPTIONS),
+                uvicorn.Config(apps.node, host=settings.host, port=settings.node_port, **HTTP_OPTIONS),
             ]
         )
     )
