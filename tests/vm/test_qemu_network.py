@@ -108,7 +108,9 @@ def _vm_connect(c: httpx.Client, vm: str, ip: str, port: int) -> str:
 
 
 def _vm_serve(c: httpx.Client, vm: str, port: int, text: str) -> None:
-    cmd = f"setsid python3 -c '{SERVE}' {port} {text} >/dev/null 2>&1 < /dev/null & sleep 1"
+    # wait until it listens (a freshly booted guest under TCG can take more than a second to start Python)
+    ready = f"for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.1; done"
+    cmd = f"setsid python3 -c '{SERVE}' {port} {text} >/dev/null 2>&1 < /dev/null & {ready}"
     assert c.post(f"/v1/vms/{vm}/exec", json={"cmd": cmd}).json()["exitCode"] == 0
 
 
