@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,8 @@ def running_server(**env: str) -> Iterator[ServerProcess]:
     """Build (or reuse) the image, start a server (extra ``SHEESH_*`` env), stop it and kill its VMs after."""
     image = ImageBuilder(Settings().resolved_image_dir()).build()
     with tempfile.TemporaryDirectory(prefix="sheesh-bench-") as tmp:
-        limits = '{"create": 100000, "exec": 100000, "run_ts": 100000, "upload": 100000, "download": 100000}'
+        buckets = ("create", "exec", "run_ts", "run_js", "upload", "download")
+        limits = json.dumps(dict.fromkeys(buckets, 100000))
         env = {
             "SHEESH_RATE_LIMITS": limits,
             "SHEESH_GLOBAL_RATE_LIMIT": "0",
