@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import json
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
