@@ -137,7 +137,6 @@ class Agent:
         write: Callable[[bytes], None],
         shells: WarmShells | None = None,
         transfers: files.Transfers | None = None,
-        cgroups: ExecCgroups | None = None,
     ) -> None:
         self.config = config
         self.transfers = transfers or files.Transfers(
@@ -146,16 +145,15 @@ class Agent:
         self._write = write
         self._lock = threading.Lock()
         self.shells = shells
-        self.cgroups = cgroups if cgroups is not None else (shells.cgroups if shells is not None else None)
         t = self.transfers
         self.handlers: dict[Op, Callable[[dict[str, Any]], dict[str, Any]]] = {
             Op.PING: self._ping,
             Op.REFRESH: lambda req: refresh_identity(config, req),
             Op.NET: lambda req: configure_network(config, req),
             Op.RESIZE_FS: _resize_fs,
-            Op.EXEC: lambda req: run_exec(config, req, self.shells, self.cgroups),
-            Op.RUN_TS: lambda req: run_script(config, req, "ts", config.deno, shells=self.shells, cgroups=self.cgroups),
-            Op.RUN_JS: lambda req: run_script(config, req, "js", config.node, shells=self.shells, cgroups=self.cgroups),
+            Op.EXEC: lambda req: run_exec(config, req, self.shells),
+            Op.RUN_TS: lambda req: run_script(config, req, "ts", config.deno, shells=self.shells),
+            Op.RUN_JS: lambda req: run_script(config, req, "js", config.node, shells=self.shells),
             Op.SYNC: _sync,
             Op.UPLOAD_BEGIN: lambda req: {
                 "upload": t.begin_upload(str(req.get("dest")), int(req.get("max_bytes") or 1 << 30))

@@ -254,7 +254,6 @@ def collect(
 def run_job(
     config: RunConfig,
     shells: WarmShells | None,
-    cgroups: ExecCgroups | None,
     *,
     cwd: str,
     env: dict[str, str],
@@ -263,7 +262,9 @@ def run_job(
     output_limit: int | None,
 ) -> dict[str, Any]:
     """Run ``cmd`` in a shell (warm if one is ready) as the exec user; ``stderr_bytes`` is left for the caller
-    to decode. Background processes the job leaves keep running (and keep its cgroup) unless it timed out."""
+    to decode. Background processes the job leaves keep running (and keep its cgroup) unless it timed out.
+    Jobs get cgroups from the shell pool's (a job without a pool, on a host, has none)."""
+    cgroups = shells.cgroups if shells is not None else None
     shell = shells.take() if shells is not None else None
     if shell is None:
         shell = spawn_shell(config, cgroups)
@@ -318,12 +319,7 @@ def env_list(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def run_exec(
-    config: RunConfig,
-    req: dict[str, Any],
-    shells: WarmShells | None = None,
-    cgroups: ExecCgroups | None = None,
-) -> dict[str, Any]:
+def run_exec(config: RunConfig, req: dict[str, Any], shells: WarmShells | None = None) -> dict[str, Any]:
     """Run ``cmd`` like ``bash -lc``; collect at most ``output_limit`` bytes per stream; kill the job on
     timeout."""
     cmd = req.get("cmd")
@@ -335,7 +331,6 @@ def run_exec(
     reply = run_job(
         config,
         shells,
-        cgroups if cgroups is not None else (shells.cgroups if shells is not None else None),
         cwd=cwd,
         env=user_env(req.get("env")),
         cmd=cmd,

@@ -23,7 +23,6 @@ import tempfile
 import uuid
 from typing import Any
 
-from sheesh.guest.cgroups import ExecCgroups
 from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, WarmShells, env_list, run_job
 from sheesh.guest.protocol import ErrorKind
 
@@ -141,7 +140,6 @@ def run_script(
     binary: str,
     *,
     shells: WarmShells | None = None,
-    cgroups: ExecCgroups | None = None,
 ) -> dict[str, Any]:
     """Run ``req`` (``code`` or ``path``, ``args``, ``env`` ``["K=V"]``, ``timeout_ms``; run-ts also
     ``deno_flags`` and ``allow_net``; ``error_stack``) as ``language`` "ts" (Deno) or "js" (Node.js)."""
@@ -178,7 +176,6 @@ def run_script(
         reply = run_job(
             config,
             shells,
-            cgroups,
             cwd=config.workspace,
             env=env,
             cmd="exec " + shlex.join(argv),
