@@ -28,8 +28,9 @@ def client_ip(request: Request) -> str:
 
 
 def resolve_principal(request: Request, svc: Services) -> Principal | None:
-    """The principal of a request's credentials, or None (none, unknown, expired, tampered); never raises.
-    Resolved once per request (the rate limiter and ``authenticate`` share it)."""
+    """The principal of a request's credentials, or None (none, unknown, expired, tampered); never raises: why
+    a signature or cookie failed is kept for ``authenticate``. Resolved once per request (the rate limiter and
+    ``authenticate`` share it)."""
     state = request.scope.setdefault("state", {})
     if "principal" in state:
         cached: Principal | None = state["principal"]
@@ -41,10 +42,9 @@ def resolve_principal(request: Request, svc: Services) -> Principal | None:
         if signature or cookie:
             kind, token = ("signature", signature) if signature else ("cookie", cookie or "")
             try:
-                claims = svc.sessions.verify(token, kind)
-            except SheeshError:
-                claims = None
-            principal = svc.auth.principal_for_user(claims.user_id) if claims else None
+                principal = svc.auth.principal_for_user(svc.sessions.verify(token, kind).user_id)
+            except SheeshError as exc:
+                state["auth_error"] = exc
     state["principal"] = principal
     return principal
 
@@ -92,13 +92,9 @@ def authenticate(request: Request, svc: ServicesDep, _: Annotated[str | None, De
     No credentials or an unknown key: 401. A tampered or expired signature or cookie: 403."""
     principal = resolve_principal(request, svc)
     if principal is None:
-        signature = request.headers.get("x-karma-signature")
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if signature or cookie:
-            kind, token = ("signature", signature) if signature else ("cookie", cookie or "")
-            claims = svc.sessions.verify(token, kind)
-            principal = svc.auth.principal_for_user(claims.user_id)
-    if principal is None:
+        error: SheeshError | None = request.scope["state"].get("auth_error")
+        if error is not None:
+            raise error
         raise HTTPException(status_code=401, detail="missing or invalid API key")
     request.state.principal = principal
     return principal
