@@ -43,9 +43,8 @@ class GuestClient:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._sent_to: dict[int, str | None] = {}
-        """The agent process each pending request was sent to (None: not known yet)."""
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str | None]] = {}
+        """Each waiting request's future and the agent process it was sent to (None: not known yet)."""
         self.agent_id: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -72,8 +71,7 @@ class GuestClient:
         try:
             while data := await reader.read(65536):
                 for msg in decoder.feed(data):
-                    fut = self._pending.pop(msg.get("id", -1), None)
-                    self._sent_to.pop(msg.get("id", -1), None)
+                    fut, _ = self._pending.pop(msg.get("id", -1), (None, None))
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
                     self._note_agent(msg.get("agent"))
@@ -86,22 +84,20 @@ class GuestClient:
                 self._writer = None
 
     def _fail_pending(self, exc: Exception) -> None:
-        for fut in self._pending.values():
+        for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
-        self._sent_to.clear()
 
     def _note_agent(self, agent: object) -> None:
         """A reply named its agent process: requests sent to another (earlier) one will never be answered."""
         if not isinstance(agent, str) or agent == self.agent_id:
             return
         self.agent_id = agent
-        for rid, sent_to in list(self._sent_to.items()):
+        for rid, (fut, sent_to) in list(self._pending.items()):
             if sent_to is not None and sent_to != agent:
-                fut = self._pending.pop(rid, None)
-                self._sent_to.pop(rid, None)
-                if fut is not None and not fut.done():
+                del self._pending[rid]
+                if not fut.done():
                     fut.set_exception(UnavailableError("the guest agent restarted while the request ran"))
 
     async def call(self, op: Op, timeout: float, **args: Any) -> dict[str, Any]:
@@ -116,8 +112,7 @@ class GuestClient:
         writer = await self._ensure()
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending[rid] = fut
-        self._sent_to[rid] = self.agent_id
+        self._pending[rid] = (fut, self.agent_id)
         try:
             writer.write(protocol.encode({"id": rid, "op": op, **args}))
             await asyncio.wait_for(writer.drain(), max(0.0, deadline - loop.time()))
@@ -128,7 +123,6 @@ class GuestClient:
             raise UnavailableError(f"guest agent connection failed: {exc}") from exc
         finally:
             self._pending.pop(rid, None)
-            self._sent_to.pop(rid, None)
             if fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved: an outcome that arrived while we gave up must not be reported
         if not reply.get("ok"):
