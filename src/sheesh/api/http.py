@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 
-import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD_BYTES = 16 * 1024
@@ -53,20 +53,11 @@ class JsonErrorsH11Protocol(H11Protocol):
         else:
             status, message = 400, "malformed HTTP request"
         body = json.dumps({"message": message}).encode()
-        head = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        try:
-            conn = h11.Connection(h11.SERVER)  # the request's own connection state is broken: answer afresh
-            conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            conn.next_event()
-            out = conn.send(h11.Response(status_code=status, headers=head))
-            out = (out or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError:  # pragma: no cover - h11 accepts this fixed exchange
-            out = b""
-        self.transport.write(out)
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
         self._linger()
 
     def _linger(self) -> None:
