@@ -192,3 +192,14 @@ def test_subfolder_swapped_for_a_link_mid_download_is_not_followed(ws: Path, tmp
 def test_download_of_one_file(ws: Path) -> None:
     t = Transfers(str(ws), "/workspace", None)
     assert members(drain(t, t.begin_download("/workspace/existing.txt"))) == {"existing.txt": b"keep"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_folders_made_for_an_upload_belong_to_the_user_and_existing_ones_keep_their_owner(ws: Path) -> None:
+    (ws / "rootowned").mkdir()
+    t = Transfers(str(ws), "/workspace", (1000, 1000))
+    data = targz([("file", "sub/x.txt", "x"), ("file", "y.txt", "y")])
+    assert upload(t, "/workspace/rootowned/a/b", data) == {"files": 2, "bytes": 2}
+    owners = {p: (ws / p).stat().st_uid for p in ("rootowned", "rootowned/a", "rootowned/a/b", "rootowned/a/b/sub")}
+    assert owners == {"rootowned": 0, "rootowned/a": 1000, "rootowned/a/b": 1000, "rootowned/a/b/sub": 1000}
+    assert (ws / "rootowned/a/b/sub/x.txt").stat().st_uid == 1000

@@ -42,9 +42,32 @@ def confine(workspace: str, guest_root: str, path: str) -> str:
     return target
 
 
-def open_confined(workspace: str, guest_root: str, path: str, create: bool = False) -> int:
+def open_dir(name: str, dir_fd: int, shown: str, create: bool = False, chown: tuple[int, int] | None = None) -> int:
+    """A descriptor of the folder ``name`` in ``dir_fd``, never through a symlink. With ``create`` a missing
+    folder is made first, and given to ``chown`` (folders that existed keep their owner)."""
+    made = False
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+            made = True
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise TransferError(f"{shown} does not exist", ErrorKind.NOT_FOUND) from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise TransferError(f"{shown} is not a folder (or was replaced by a link)") from None
+        raise
+    if made and chown:
+        os.fchown(fd, *chown)
+    return fd
+
+
+def open_confined(
+    workspace: str, guest_root: str, path: str, create: bool = False, chown: tuple[int, int] | None = None
+) -> int:
     """A descriptor of the folder ``path`` (under ``guest_root``), reached from the workspace one component at
-    a time without following symlinks. With ``create`` missing folders are made (the caller chowns them).
+    a time without following symlinks (``open_dir``; with ``create`` missing folders are made for ``chown``).
     Symlinks the user made inside the workspace are resolved first (``confine``); one swapped in later fails."""
     target = confine(workspace, guest_root, path)
     real_root = os.path.realpath(workspace)
@@ -52,17 +75,7 @@ def open_confined(workspace: str, guest_root: str, path: str, create: bool = Fal
     fd = os.open(real_root, DIR_FLAGS)
     try:
         for part in [] if rel == "." else rel.split("/"):
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fd)
-            try:
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                raise TransferError(f"{path} does not exist", ErrorKind.NOT_FOUND) from None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise TransferError(f"{path} is not a folder (or was replaced by a link)") from None
-                raise
+            child = open_dir(part, fd, path, create, chown)
             os.close(fd)
             fd = child
     except BaseException:

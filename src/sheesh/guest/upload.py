@@ -10,7 +10,6 @@ destination, through folder descriptors (``confined.py``); on any error nothing 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import stat
@@ -20,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from sheesh.guest.confined import CHUNK, DIR_FLAGS, Pipe, TransferError, open_confined
+from sheesh.guest.confined import CHUNK, DIR_FLAGS, Pipe, TransferError, open_confined, open_dir
 from sheesh.guest.protocol import ErrorKind
 
 MAX_ENTRIES = 100_000
@@ -136,17 +135,12 @@ class Upload:
     def _move(self) -> None:
         """Check every target first (no file over a folder or a link), then move entries into ``dest``;
         every step below the workspace goes through folder descriptors (never a path the user can change)."""
-        dest_fd = open_confined(self.workspace, self.guest_root, self.dest, create=True)
+        dest_fd = open_confined(self.workspace, self.guest_root, self.dest, create=True, chown=self.chown)
         try:
-            self._fix_owner(dest_fd)
             self._check_tree(self.staging, dest_fd, "")
             self._move_tree(self.staging, dest_fd)
         finally:
             os.close(dest_fd)
-
-    def _fix_owner(self, fd: int) -> None:
-        if self.chown and os.fstat(fd).st_uid != self.chown[0]:
-            os.fchown(fd, *self.chown)
 
     def _check_tree(self, src: str, dir_fd: int | None, rel: str) -> None:
         """Refuse when a staged entry would land on a link or on an entry of the other kind."""
@@ -162,7 +156,9 @@ class Upload:
             if existing is not None and stat.S_ISDIR(existing.st_mode) != is_dir:
                 raise TransferError(f"destination {name} exists and is not a {'folder' if is_dir else 'file'}")
             if is_dir:
-                child = None if existing is None else _open_dir(entry.name, dir_fd, name)
+                child = None
+                if existing is not None and dir_fd is not None:  # (existing is only set with a dir_fd)
+                    child = open_dir(entry.name, dir_fd, f"destination {name}")
                 try:
                     self._check_tree(entry.path, child, name)
                 finally:
@@ -174,11 +170,8 @@ class Upload:
         try:
             for entry in os.scandir(src):
                 if entry.is_dir(follow_symlinks=False):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(entry.name, 0o755, dir_fd=dir_fd)
-                    child = _open_dir(entry.name, dir_fd, entry.name)
+                    child = open_dir(entry.name, dir_fd, f"destination {entry.name}", True, self.chown)
                     try:
-                        self._fix_owner(child)
                         self._move_tree(entry.path, child)
                     finally:
                         os.close(child)
@@ -186,12 +179,3 @@ class Upload:
                     os.rename(entry.name, entry.name, src_dir_fd=src_fd, dst_dir_fd=dir_fd)
         finally:
             os.close(src_fd)
-
-
-def _open_dir(name: str, dir_fd: int | None, shown: str) -> int:
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise TransferError(f"destination {shown} was replaced by a link or a file") from None
-        raise
