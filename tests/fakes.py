@@ -36,6 +36,16 @@ def add_default_image(store: Store, path: Path, rootfs_mb: int = 512) -> str:
 
 ADMIN = {"X-API-Key": "test-key"}
 """Headers of the admin API key the ``settings`` fixture configures."""
+PASSWORD = "correct horse battery"
+
+
+def user_headers(c: TestClient, name: str) -> dict[str, str]:
+    """Make user ``name`` (through the API) and the headers of a first API key of theirs."""
+    assert c.post("/v1/users", json={"username": name, "password": PASSWORD}, headers=ADMIN).status_code == 201
+    svc: Services = c.app.state.services  # type: ignore[attr-defined]
+    user = svc.store.get_user_by_name(name)
+    assert user is not None
+    return {"X-API-Key": svc.auth.create_key(user.id, "first")[1]}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     node_public_host: str | None = None
     """Host name clients use to reach the node (default: the listen address)."""
     agent_token_ttl_s: float = 60.0
+    node_region: str = "local"
+    """The node's region label (rerobots deployments and instances show it)."""
+    default_deployments: int = 3
+    """Deployments of the ``basic_vm`` workspace type made on the first start (rerobots surface)."""
+    vpn_port_range: tuple[int, int] = (1194, 1293)
+    """UDP ports of the per-instance OpenVPN servers."""
+    vpn_network: str = "10.200.0.0/16"
+    """Addresses of VPN clients: one /24 per instance VPN."""
+    ci_job_timeout_s: float = 1800.0
 
     vmm: Literal["qemu", "fake"] = "qemu"
     """``fake`` runs "VMs" as host processes with the guest agent (development and API fuzzing only)."""
@@ -92,6 +101,13 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     templates: bool = True
     """Serve creates from per-shape template snapshots (first create of a shape boots and builds one)."""
+
+    def node_host(self) -> str:
+        """The address clients reach the (local) node at: ``node_public_host``, else the listen address
+        (loopback when it listens on every address)."""
+        if self.node_public_host:
+            return self.node_public_host
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'sheesh.db'}"

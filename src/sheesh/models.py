@@ -96,6 +96,8 @@ class Vm:
     kind: VmKind = VmKind.SANDBOX
     firewall: list[FirewallRule] = field(default_factory=list)
     ports: list[PortForward] = field(default_factory=list)
+    vpn_network: str | None = None
+    """Addresses of the clients of the VM's VPN (rerobots instances), which reach the VM past its firewall."""
 
     @property
     def user_snapshot_id(self) -> str | None:

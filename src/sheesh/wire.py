@@ -1,9 +1,10 @@
 """The JSON codec of sheesh's wire records (bottom layer, no internal imports but ``errors``).
 
-``to_wire`` turns a record (a dataclass of str, int, float, bool, None, enums, paths, tuples, lists, dicts and
-nested records) into plain JSON data; ``from_wire`` checks such data against the record's type hints and builds
-the record. Records with a ``version`` field refuse another version than ``WIRE_VERSION``. The node contract
-and the store (firewall rules and port forwards in a VM's row) both use it: one encoding of each record.
+``to_wire`` turns a record (a dataclass of str, int, float, bool, None, enums, paths, datetimes (ISO 8601),
+tuples, lists, dicts and nested records) into plain JSON data; ``from_wire`` checks such data against the
+record's type hints and builds the record. Records with a ``version`` field refuse another version than
+``WIRE_VERSION``. The node contract and the store (firewall rules and port forwards in a VM's row, the rerobots
+records) use it: one encoding of each record.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import enum
 import types
 import typing
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +35,8 @@ def to_wire(obj: Any) -> Any:
         return obj.value
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat()
     if isinstance(obj, list | tuple):
         return [to_wire(v) for v in obj]
     if isinstance(obj, dict):
@@ -93,6 +97,10 @@ def _decode(hint: Any, raw: Any) -> Any:
         if not isinstance(raw, str):
             raise TypeError("expected a path string")
         return Path(raw)
+    if hint is datetime:
+        if not isinstance(raw, str):
+            raise TypeError("expected an ISO 8601 date string")
+        return datetime.fromisoformat(raw)
     if hint is float:
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise TypeError(f"expected a number, got {raw!r}")

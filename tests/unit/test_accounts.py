@@ -10,10 +10,9 @@ from fastapi.testclient import TestClient
 
 from sheesh.control.services import Services
 from sheesh.models import ApiKey
-from tests.fakes import ADMIN, FakeStack
+from tests.fakes import ADMIN, PASSWORD, FakeStack, user_headers
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -21,13 +20,7 @@ def app(stack: FakeStack) -> tuple[TestClient, Services]:
     return stack.client, stack.svc
 
 
-def _user(c: TestClient, name: str) -> dict[str, str]:
-    assert c.post("/v1/users", json={"username": name, "password": PASSWORD}, headers=ADMIN).status_code == 201
-    # a user's first key: made by the admin tooling here, through the service
-    svc: Services = c.app.state.services  # type: ignore[attr-defined]
-    user = svc.store.get_user_by_name(name)
-    assert user is not None
-    return {"X-API-Key": svc.auth.create_key(user.id, "first")[1]}
+_user = user_headers
 
 
 def test_three_header_conventions(app: tuple[TestClient, Services]) -> None:

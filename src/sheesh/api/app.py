@@ -12,7 +12,19 @@ from fastapi import Depends, FastAPI
 from sheesh import __version__
 from sheesh.api import errors, limits, ratelimit
 from sheesh.api.deps import authenticate
-from sheesh.api.routers import accounts, console, docs, execution, files, images, network, snapshots, vms
+from sheesh.api.routers import (
+    accounts,
+    console,
+    docs,
+    execution,
+    files,
+    images,
+    network,
+    rerobots,
+    snapshots,
+    vms,
+    workspaces,
+)
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -36,6 +48,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
         for line in svc.auth.bootstrap():  # idempotent; `sheesh serve` has usually shown these already
             log.warning("%s", line)
         await svc.vms.recover()
+        await svc.start()
         task = asyncio.create_task(_reconcile_loop(svc))
         try:
             yield
@@ -62,6 +75,8 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     for module in (vms, execution, files, snapshots, images, network):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(accounts.router)
+    app.include_router(workspaces.router)
+    app.include_router(rerobots.router)
     docs.install(app)
     console.install(app, svc.settings.resolved_web_dir())
     return app

@@ -1,4 +1,6 @@
-"""Maps every error to a JSON body ``{"message": ...}`` with the seed's status codes."""
+"""Maps every error to a JSON body ``{"message": ...}`` with the seed's status codes. On the rerobots surface
+(routes that mark the request with ``REROBOTS_SURFACE``) the body also has ``error_message``, the key rerobots
+clients read, and a 401 says ``wrong authorization token`` as rerobots does."""
 
 from __future__ import annotations
 
@@ -40,8 +42,22 @@ def status_for(exc: SheeshError) -> int:
     return 500
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"message": message}, status_code=status, headers=headers)
+REROBOTS_SURFACE = "rerobots"
+WRONG_TOKEN = "wrong authorization token"
+
+
+def error(
+    status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None
+) -> JSONResponse:
+    body: dict[str, object] = {"message": message}
+    if request is not None and request.scope.get("state", {}).get("surface") == REROBOTS_SURFACE:
+        if status == 401:
+            body["message"] = message = WRONG_TOKEN
+        body["error_message"] = message
+        if status == 409:
+            body["result_message"] = message
+            body["success"] = False
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -62,22 +78,22 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(SheeshError)
-    async def _sheesh(_: Request, exc: SheeshError) -> JSONResponse:
+    async def _sheesh(request: Request, exc: SheeshError) -> JSONResponse:
         status = status_for(exc)
         if status >= 500:
             log.warning("request failed: %s", exc.message)
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitedError) else None
-        return error(status, exc.message, headers)
+        return error(status, exc.message, headers, request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, _validation_message(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(400, _validation_message(exc), request=request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None), request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return error(500, "internal error")
+        return error(500, "internal error", request=request)

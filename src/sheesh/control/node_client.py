@@ -8,7 +8,7 @@ from typing import Any
 
 from sheesh.errors import NotFoundError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
-from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet
+from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
 
 __all__ = ["FakeNodeClient", "NodeClient"]
 
@@ -29,6 +29,8 @@ class FakeNodeClient:
         self.specs: dict[str, NodeVmSpec] = {}
         self.networks: dict[str, VmNet] = {}
         self.exits: dict[str, str | None] = {}
+        self.authorized: dict[str, list[str]] = {}
+        self.vpns: dict[str, VpnSpec] = {}
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -53,6 +55,7 @@ class FakeNodeClient:
 
     async def destroy(self, vm_id: str) -> None:
         self._record("destroy", vm_id)
+        self.vpns.pop(vm_id, None)
         self.running.discard(vm_id)
         self.leftovers.discard(vm_id)
 
@@ -101,6 +104,21 @@ class FakeNodeClient:
             yield payload
 
         return stream()
+
+    async def authorize_ssh(self, vm_id: str, public_keys: Sequence[str]) -> list[str]:
+        self._record("authorize_ssh", vm_id)
+        if vm_id not in self.running:
+            raise UnavailableError(f"VM {vm_id} is not running")
+        self.authorized[vm_id] = list(public_keys)
+        return [f"ssh-ed25519 AAAAfake{vm_id} root@sheesh"]
+
+    async def start_vpn(self, spec: VpnSpec) -> None:
+        self._record("start_vpn", spec.vm_id)
+        self.vpns[spec.vm_id] = spec
+
+    async def stop_vpn(self, vm_id: str) -> None:
+        self._record("stop_vpn", vm_id)
+        self.vpns.pop(vm_id, None)
 
     async def eject_cdrom(self, vm_id: str) -> None:
         self._record("eject_cdrom", vm_id)

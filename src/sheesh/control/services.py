@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
@@ -10,10 +11,14 @@ from sheesh.auth.ratelimit import RateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.accounts import AccountService
+from sheesh.control.events import EventSender
 from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
+from sheesh.control.instances import InstanceService
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
+from sheesh.control.vpn import VpnService
+from sheesh.control.workspaces import WorkspaceService
 from sheesh.node.contract import NodeClient
 from sheesh.store.repo import Store
 
@@ -29,6 +34,9 @@ class Services:
     accounts: AccountService
     images: ImageService
     sessions: SessionSigner
+    workspaces: WorkspaceService
+    instances: InstanceService
+    vpn: VpnService
     limiter: RateLimiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
@@ -38,6 +46,9 @@ class Services:
         templates = Templates(store, node, guest_network=settings.guest_network)
         vms = VmService(store, node, settings, templates)
         auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
+        workspaces = WorkspaceService(store, settings)
+        vpn = VpnService(store, settings, vms, node)
+        events = EventSender([*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)])
         return cls(
             settings,
             store,
@@ -48,9 +59,18 @@ class Services:
             AccountService(store, auth, settings),
             ImageService(store, settings),
             SessionSigner(load_or_create_key(settings.data_dir / "session.key")),
+            workspaces,
+            InstanceService(store, settings, vms, node, workspaces, events, vpn),
+            vpn,
         )
 
+    async def start(self) -> None:
+        """After the VMs are recovered: the default workspace type, then instances and the reservation queue."""
+        self.workspaces.ensure_defaults()
+        await self.instances.recover()
+
     async def close(self) -> None:
+        await self.instances.close()
         await self.vms.templates.wait_idle()
         await self.node.close()
         self.hashing.close()

@@ -49,6 +49,7 @@ def vm_net(vm: Vm) -> VmNet:
         outbound_internet=vm.outbound_internet,
         firewall=tuple(vm.firewall),
         ports=tuple(vm.ports),
+        vpn_network=vm.vpn_network,
     )
 
 
@@ -352,6 +353,12 @@ class VmService:
             if not any(p.host_port == host_port for p in vm.ports):
                 raise NotFoundError(f"VM {vm_id} has no port forward on node port {host_port}")
             vm.ports = [p for p in vm.ports if p.host_port != host_port]
+            await self._apply_network(vm)
+
+    async def set_vpn_network(self, vm_id: str, network: str | None) -> None:
+        """Let the clients of the VM's VPN (addresses in ``network``) reach it; None: no VPN."""
+        async with self._locked(vm_id) as vm:
+            vm.vpn_network = network
             await self._apply_network(vm)
 
     async def _apply_network(self, vm: Vm) -> None:

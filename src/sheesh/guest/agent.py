@@ -36,6 +36,7 @@ from sheesh.guest.cgroups import ExecCgroups
 from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, WarmShells, run_exec
 from sheesh.guest.protocol import ErrorKind, Op
 from sheesh.guest.scripts import run_script
+from sheesh.guest.sshd import SshError, SshServer
 
 AGENT_ID = uuid.uuid4().hex
 """Names this agent process in every reply: the node notices a restarted agent by a new name."""
@@ -59,6 +60,8 @@ class AgentConfig(RunConfig):
     in_vm: bool = True
     """False when the agent serves a Unix socket on a host (tests, the fake VMM): it must not change the
     machine it runs on (network, clock, RNG, cgroups)."""
+    ssh: SshServer | None = None
+    """The VM's SSH server; None: the agent offers no SSH."""
 
 
 _RNDADDENTROPY = 0x40085203
@@ -83,6 +86,9 @@ def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]
         time.clock_settime_ns(time.CLOCK_REALTIME, now_ns)
         done.append("clock")
     config.boot_id = uuid.uuid4().hex
+    if config.ssh is not None:
+        config.ssh.start(regenerate=True)
+        done.append("ssh")
     reply: dict[str, Any] = {"boot_id": config.boot_id, "done": done}
     if isinstance(net := req.get("net"), dict):
         reply["net"] = configure_network(config, net)
@@ -155,6 +161,7 @@ class Agent:
             Op.RUN_TS: lambda req: run_script(config, req, "ts", config.deno, shells=self.shells),
             Op.RUN_JS: lambda req: run_script(config, req, "js", config.node, shells=self.shells),
             Op.SYNC: _sync,
+            Op.SSH_AUTHORIZE: self._ssh_authorize,
             Op.UPLOAD_BEGIN: lambda req: {
                 "upload": t.begin_upload(str(req.get("dest")), int(req.get("max_bytes") or 1 << 30))
             },
@@ -177,6 +184,14 @@ class Agent:
     def _ping(self, _: dict[str, Any]) -> dict[str, Any]:
         warm = self.shells.ready() if self.shells is not None else 0
         return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id, "warm": warm}
+
+    def _ssh_authorize(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.config.ssh is None:
+            raise RequestError("this agent offers no SSH server", ErrorKind.NOT_FOUND)
+        try:
+            return self.config.ssh.authorize(req.get("keys"))
+        except SshError as exc:
+            raise RequestError(str(exc)) from None
 
     def _upload_chunk(self, req: dict[str, Any]) -> dict[str, Any]:
         self.transfers.feed(str(req.get("upload")), base64.b64decode(str(req.get("data", ""))))
@@ -339,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.listen:
+        ssh = SshServer(os.path.join(os.path.dirname(os.path.abspath(args.workspace)), "ssh-root"), run_daemon=False)
         config = AgentConfig(
             deno=args.deno,
             node=args.node,
@@ -349,15 +365,19 @@ def main(argv: list[str] | None = None) -> int:
             user=os.environ.get("USER", "user"),
             poweroff=lambda: os._exit(0),
             in_vm=False,
+            ssh=ssh,
         )
+        ssh.start(regenerate=False)
         if not args.same_user:
             config.uid, config.gid = 1000, 1000
         serve_unix(config, args.listen, WarmShells(config))
         return 0
 
-    config = AgentConfig(workspace=args.workspace, poweroff=_guest_poweroff, staging=STAGING)
+    ssh = SshServer()
+    config = AgentConfig(workspace=args.workspace, poweroff=_guest_poweroff, staging=STAGING, ssh=ssh)
     cgroups = ExecCgroups.setup()
     watch_power_button(_guest_poweroff)
+    ssh.start(regenerate=False)
     while True:
         path = find_port()
         if path is not None:

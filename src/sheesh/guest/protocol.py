@@ -32,6 +32,7 @@ class Op(StrEnum):
     RUN_TS = "run_ts"
     RUN_JS = "run_js"
     SYNC = "sync"
+    SSH_AUTHORIZE = "ssh_authorize"
     UPLOAD_BEGIN = "upload_begin"
     UPLOAD_CHUNK = "upload_chunk"
     UPLOAD_END = "upload_end"
@@ -139,6 +140,15 @@ class DownloadChunkReply(TypedDict):
     eof: bool
 
 
+class SshAuthorizeRequest(TypedDict):
+    keys: list[str]
+    """root's authorized keys (OpenSSH lines): replace the previous ones."""
+
+
+class SshAuthorizeReply(TypedDict):
+    hostkeys: list[str]
+
+
 class Empty(TypedDict):
     pass
 
@@ -152,6 +162,7 @@ REQUESTS: dict[Op, type[Any]] = {
     Op.RUN_TS: ScriptRequest,
     Op.RUN_JS: ScriptRequest,
     Op.SYNC: Empty,
+    Op.SSH_AUTHORIZE: SshAuthorizeRequest,
     Op.UPLOAD_BEGIN: UploadBeginRequest,
     Op.UPLOAD_CHUNK: UploadChunkRequest,
     Op.UPLOAD_END: UploadRef,

@@ -58,8 +58,20 @@ class Recipe:
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
     packages: tuple[str, ...] = ("python3", "busybox-static", "e2fsprogs", "procps", "ca-certificates")
-    toolbox: tuple[str, ...] = ("git", "curl", "iproute2", "nodejs", "npm", "unzip", "jq", "less", "xz-utils")
-    """Installed with apt into the base tree: what sandbox users reach for first."""
+    toolbox: tuple[str, ...] = (
+        "git",
+        "curl",
+        "iproute2",
+        "nodejs",
+        "npm",
+        "unzip",
+        "jq",
+        "less",
+        "xz-utils",
+        "openssh-server",
+    )
+    """Installed with apt into the base tree: what sandbox users reach for first, and the SSH server of
+    rerobots instances (started by the guest agent with per-VM host keys, root login by key only)."""
     kernel_package: str = "linux-image-amd64"
     modules: tuple[str, ...] = tuple(GUEST_MODULES)
     full_vm_modules: tuple[str, ...] = tuple(FULL_VM_MODULES)
@@ -98,6 +110,7 @@ def guest_files() -> dict[str, bytes]:
         "etc/sheesh/console": (files / "console").read_bytes(),
         "etc/sheesh/vt-console": (files / "vt-console").read_bytes(),
         "etc/inittab": (files / "inittab").read_bytes(),
+        "etc/ssh/sshd_config.d/sheesh.conf": (files / "sshd.conf").read_bytes(),
         "initramfs/init": (files / "initramfs-init").read_bytes(),
     }
 
@@ -341,6 +354,8 @@ class ImageBuilder:
         (tree / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 sheesh\n")
         (tree / "etc/fstab").write_text("")
         (tree / "etc/resolv.conf").unlink(missing_ok=True)
+        for host_key in (tree / "etc/ssh").glob("ssh_host_*"):
+            host_key.unlink()  # made by apt's postinst: every VM makes its own (guest/sshd.py)
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt/archives"):
             shutil.rmtree(tree / junk, ignore_errors=True)
         (tree / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)

@@ -26,12 +26,13 @@ from typing import Any
 
 from sheesh.errors import NotFoundError, SheeshError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult, VmKind
-from sheesh.node.contract import NodeCapacity, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet
+from sheesh.node.contract import NodeCapacity, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
 from sheesh.node.errors import NodeError
 from sheesh.node.guests import Guests
 from sheesh.node.network import HostNetwork
 from sheesh.node.plumbing import GuestNet, Plumbing
 from sheesh.node.vmfiles import CDROM_FILE, DISK_FILE, INSTALLED_MARK, NIC_MARK, SEED_FILE, VmFiles
+from sheesh.node.vpn import VpnServers
 from sheesh.vmm.driver import (
     AGENT_SOCKET,
     SNAPSHOT_DISK,
@@ -82,6 +83,7 @@ class NodeAgent:
         self.files = VmFiles(vms_dir, name)
         self.plumbing = Plumbing(network)
         self.guests = Guests(lambda vm_id: self.files.path(vm_id, AGENT_SOCKET))
+        self.vpns = VpnServers(self.workdir, enabled=network is not None)
         self._restarting: set[str] = set()
 
     @property
@@ -152,6 +154,13 @@ class NodeAgent:
 
     async def ensure_network(self) -> bool:
         return await self.plumbing.ensure()
+
+    async def start_vpn(self, spec: VpnSpec) -> None:
+        self.spec_of(spec.vm_id)
+        await self.vpns.start(spec)
+
+    async def stop_vpn(self, vm_id: str) -> None:
+        await self.vpns.stop(vm_id)
 
     async def update_network(self, vm_id: str, net: VmNet) -> None:
         """New traffic policy (allowlist, firewall, ports) for a VM; applied at once if its tap is up."""
@@ -261,6 +270,7 @@ class NodeAgent:
         if not self.driver.is_running(vm_id) and self.workdir(vm_id).exists():
             await self.driver.attach(vm_id, self.workdir(vm_id))
         await self._drop(vm_id)
+        await self.vpns.stop(vm_id)
         net = self.plumbing.plugged(vm_id)
         if net is None:
             with contextlib.suppress(SheeshError):
@@ -388,6 +398,10 @@ class NodeAgent:
     ) -> ScriptResult:
         self._require_running(vm_id)
         return await self.guests.run_script(vm_id, req, allow_net, output_limit)
+
+    async def authorize_ssh(self, vm_id: str, public_keys: Sequence[str]) -> list[str]:
+        self._require_running(vm_id)
+        return await self.guests.authorize_ssh(vm_id, public_keys)
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
         self._require_running(vm_id)

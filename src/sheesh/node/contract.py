@@ -43,6 +43,7 @@ __all__ = [
     "ScriptResult",
     "SnapshotInfo",
     "VmNet",
+    "VpnSpec",
     "WireError",
     "from_wire",
     "to_wire",
@@ -60,11 +61,19 @@ class VmNet:
     outbound_internet: bool = False
     firewall: tuple[FirewallRule, ...] = ()
     ports: tuple[PortForward, ...] = ()
+    vpn_network: str | None = None
+    """Clients of the VM's VPN (``vpn_tun``) have these addresses: they reach the VM whatever its firewall
+    says, and nothing else."""
 
     @property
     def tap(self) -> str:
         """Interface name (at most 15 characters)."""
         return "sh" + hashlib.sha256(self.vm_id.encode()).hexdigest()[:12]
+
+    @property
+    def vpn_tun(self) -> str:
+        """The VM's VPN server interface (at most 15 characters)."""
+        return "sv" + hashlib.sha256(self.vm_id.encode()).hexdigest()[:12]
 
     @property
     def mac(self) -> str:
@@ -91,6 +100,22 @@ class NodeVmSpec:
     kind: VmKind = VmKind.SANDBOX
     net: VmNet | None = None
     """Address and traffic policy (used when the node has networking)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VpnSpec:
+    """An OpenVPN server for one VM: UDP ``port`` on the node, clients get addresses of ``network`` (a /24,
+    the server takes its first) and one route, to the VM's ``guest_ip``. Certificates are PEM; clients must
+    hold a certificate of ``ca_pem``."""
+
+    version: int = CONTRACT_VERSION
+    vm_id: str
+    port: int
+    network: str
+    guest_ip: str
+    ca_pem: str
+    cert_pem: str
+    key_pem: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +150,7 @@ class NodeStatus:
 CONTRACT_TYPES: tuple[type[Any], ...] = (
     VmNet,
     NodeVmSpec,
+    VpnSpec,
     SnapshotInfo,
     NodeCapacity,
     NodeStatus,
@@ -207,6 +233,19 @@ class NodeClient(Protocol):
 
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
         """Validate ``path`` and return the tar.gz byte stream of it."""
+        ...
+
+    async def authorize_ssh(self, vm_id: str, public_keys: Sequence[str]) -> list[str]:
+        """Make ``public_keys`` root's authorized keys in the VM (its SSH server listens on port 22) and return
+        the VM's SSH host public keys (its own: made at boot and again after every restore)."""
+        ...
+
+    async def start_vpn(self, spec: VpnSpec) -> None:
+        """Run (or restart with this spec) the VM's OpenVPN server; UnavailableError without VM networking."""
+        ...
+
+    async def stop_vpn(self, vm_id: str) -> None:
+        """Stop the VM's OpenVPN server, if any (also done when the VM is destroyed)."""
         ...
 
     async def update_network(self, vm_id: str, net: VmNet) -> None:

@@ -1,30 +1,29 @@
 """Downloads of user-supplied URLs (ISOs, cloud images) to a node file, with a size cap and progress.
 
-The node refuses addresses in its blocked networks (loopback, link-local with the clouds' metadata services,
-the guest network...): each host name is resolved once, every address is checked, and the connection goes to
-the checked address (the name stays in the Host header and the TLS server name), so a DNS answer cannot
-change between check and use. Redirects are followed by hand (at most 5), each one checked the same way.
+The node refuses addresses in its blocked networks (``sheesh.outbound``: loopback, link-local with the clouds'
+metadata services, the guest network...). Redirects are followed by hand (at most 5), each one checked the
+same way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import os
 import shutil
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
+from sheesh import outbound
 from sheesh.node.errors import MediaError
+from sheesh.outbound import Network, OutboundError, pinned_requests, send_first
+
+__all__ = ["FetchError", "Network", "check_url", "fetch", "room_for"]
 
 FREE_SPACE_MARGIN = 256 * 1024 * 1024
 """Space a download must leave free on the node's disk."""
 MAX_REDIRECTS = 5
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def room_for(directory: Path, size: int) -> bool:
@@ -38,56 +37,10 @@ class FetchError(MediaError):
 
 def check_url(url: str | None) -> str:
     """``url`` if it is an absolute http(s) URL, else FetchError."""
-    if not url:
-        raise FetchError("URL query parameter required")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError("the URL must be an absolute http:// or https:// URL")
-    return url
-
-
-def _blocked(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, blocked: Sequence[Network]) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in blocked)
-
-
-async def pinned_requests(client: httpx.AsyncClient, url: str, blocked: Sequence[Network]) -> list[httpx.Request]:
-    """GETs of ``url``, one per address of its host (to try in order); FetchError if the host does not
-    resolve or any of its addresses is in ``blocked``. With nothing blocked: one plain request."""
-    parts = urlsplit(check_url(url))
-    headers = {"Accept-Encoding": "identity"}
-    if not blocked:
-        return [client.build_request("GET", url, headers=headers)]
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise FetchError(f"cannot resolve {host}: {exc.strerror}") from None
-    addrs = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
-    for addr in addrs:
-        if _blocked(addr, blocked):
-            raise FetchError(f"{host} is {addr}, an address this node does not download from")
-    headers["Host"] = parts.netloc.rpartition("@")[2]
-    auth = httpx.BasicAuth(parts.username, parts.password or "") if parts.username else None
-    requests = []
-    for addr in addrs:
-        literal = f"[{addr}]" if addr.version == 6 else str(addr)
-        target = SplitResult(parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, "").geturl()
-        request = client.build_request("GET", target, headers=headers, extensions={"sni_hostname": host})
-        requests.append(next(auth.auth_flow(request)) if auth is not None else request)
-    return requests
-
-
-async def send_first(client: httpx.AsyncClient, requests: list[httpx.Request]) -> httpx.Response:
-    """The response from the first address that accepts the connection."""
-    for request in requests[:-1]:
-        try:
-            return await client.send(request, stream=True)
-        except httpx.ConnectError:
-            continue
-    return await client.send(requests[-1], stream=True)
+        return outbound.check_url(url)
+    except OutboundError as exc:
+        raise FetchError(exc.message) from None
 
 
 async def fetch(
@@ -108,7 +61,11 @@ async def fetch(
     try:
         async with httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(timeout_s)) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                resp = await send_first(client, await pinned_requests(client, url, blocked))
+                try:
+                    requests = await pinned_requests(client, url, blocked)
+                except OutboundError as exc:
+                    raise FetchError(exc.message) from None
+                resp = await send_first(client, requests)
                 if not resp.is_redirect:
                     break
                 await resp.aclose()

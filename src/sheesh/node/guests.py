@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ EXEC_GRACE_S = 5.0
 """How much longer than a program's own timeout the node waits (the guest enforces the timeout)."""
 TRANSFER_CHUNK = 256 * 1024
 TRANSFER_TIMEOUT_S = 60.0
+SSH_TIMEOUT_S = 30.0
+"""Making host keys under TCG can take seconds when the VM was just restored."""
 
 
 async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
@@ -96,6 +98,10 @@ class Guests:
 
     async def resize_fs(self, vm_id: str) -> None:
         await self.client(vm_id).call(Op.RESIZE_FS, 10)
+
+    async def authorize_ssh(self, vm_id: str, public_keys: Sequence[str]) -> list[str]:
+        reply = await self.client(vm_id).call(Op.SSH_AUTHORIZE, SSH_TIMEOUT_S, keys=list(public_keys))
+        return [str(k) for k in reply.get("hostkeys", [])]
 
     async def _run(self, vm_id: str, op: Op, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
         """A program-running op: the guest enforces ``timeout_ms``; we wait a grace period longer (a dead or

@@ -72,6 +72,8 @@ def _chain(name: str, rules: list[str], hook: str | None = None) -> str:
 
 def _firewall_rules(vm: VmNet) -> list[str]:
     rules = []
+    if vm.vpn_network:
+        rules.append(f"iifname {json.dumps(vm.vpn_tun)} ip saddr {vm.vpn_network} accept")
     for rule in vm.firewall:
         src = ipaddress.ip_network(rule.src, strict=False)
         if not isinstance(src, ipaddress.IPv4Network):
@@ -92,6 +94,7 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
     ingress: list[str] = []
     dnat: list[str] = []
     anti_spoof: list[str] = []
+    vpn_only: list[str] = []
     vm_chains = ""
     for vm in sorted(vms, key=lambda v: ipaddress.IPv4Address(v.ip)):
         if allow := _v4_set(vm.allow_ips):
@@ -100,6 +103,8 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
         if vm.outbound_internet:
             egress.append(f"iifname {br} ip saddr {vm.ip} oifname != {br} accept")
         ingress.append(f"oifname {br} ip daddr {vm.ip} jump {_chain_name(vm)}")
+        if vm.vpn_network:  # a VPN reaches its VM only: not the node, not other VMs, not the LAN
+            vpn_only.append(f"iifname {json.dumps(vm.vpn_tun)} ip daddr != {vm.ip} drop")
         vm_chains += _chain(_chain_name(vm), _firewall_rules(vm))
         dnat += [
             f"fib daddr type local {p.protocol} dport {p.host_port} dnat ip to {vm.ip}:{p.guest_port}" for p in vm.ports
@@ -114,6 +119,7 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
     internet = sorted((vm.ip for vm in vms if vm.outbound_internet), key=ipaddress.IPv4Address)
     internet_set = f"\tset internet {{\n\t\ttype ipv4_addr\n\t\telements = {{ {', '.join(internet)} }}\n\t}}\n"
     forward = [
+        *vpn_only,
         f"oifname {br} ct state established,related accept",
         f"iifname {br} ct state established,related accept",
         *egress,
@@ -130,6 +136,7 @@ def render_ruleset(cfg: NetConfig, vms: list[VmNet]) -> str:
                 f"iifname {br} ip daddr 127.0.0.0/8 drop",  # route_localnet is on for the bridge: never from guests
                 *host_allow,
                 f"iifname {br} drop",
+                *[f"iifname {json.dumps(vm.vpn_tun)} drop" for vm in vms if vm.vpn_network],
             ],
             "filter hook input priority filter",
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sheesh.models import ApiKey, ExecKind, ExecLog, Image, Snapshot, User, Vm
 from sheesh.store.errors import StoreError
-from sheesh.store.rows import StoredImage
+from sheesh.store.rows import R, Record, StoredImage
 
 
 class MemoryStore:
@@ -22,6 +22,7 @@ class MemoryStore:
         self.users: dict[str, User] = {}
         self.snapshots: dict[str, Snapshot] = {}
         self.exec_logs: dict[str, list[ExecLog]] = {}
+        self.records: dict[type[Record], dict[str, Record]] = {}
 
     def add_vm(self, vm: Vm) -> None:
         if vm.id in self.vms or vm.guest_ip in self.used_ips():
@@ -144,3 +145,25 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+    def add_record(self, rec: R) -> None:
+        table = self.records.setdefault(type(rec), {})
+        if rec.id in table:
+            raise StoreError(f"duplicate {type(rec).__name__} {rec.id}")
+        table[rec.id] = copy.deepcopy(rec)
+
+    def save_record(self, rec: R) -> None:
+        table = self.records.setdefault(type(rec), {})
+        if rec.id in table:
+            table[rec.id] = copy.deepcopy(rec)
+
+    def get_record(self, kind: type[R], record_id: str) -> R | None:
+        rec = self.records.get(kind, {}).get(record_id)
+        return copy.deepcopy(rec) if isinstance(rec, kind) else None
+
+    def list_records(self, kind: type[R]) -> list[R]:
+        recs = [r for r in self.records.get(kind, {}).values() if isinstance(r, kind)]
+        return [copy.deepcopy(r) for r in sorted(recs, key=lambda r: (r.created_at, r.id))]
+
+    def delete_record(self, kind: type[R], record_id: str) -> None:
+        self.records.get(kind, {}).pop(record_id, None)

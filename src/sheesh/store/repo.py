@@ -26,10 +26,14 @@ from sheesh.models import (
 )
 from sheesh.store.errors import StoreError
 from sheesh.store.rows import (
+    RECORD_ROWS,
+    R,
     StoredImage,
     exec_log_from_row,
     image_from_row,
     key_from_row,
+    record_from_row,
+    record_values,
     snapshot_from_row,
     user_from_row,
     user_values,
@@ -85,6 +89,21 @@ class Store(Protocol):
     def get_user(self, user_id: str) -> User | None: ...
     def get_user_by_name(self, username: str) -> User | None: ...
     def list_users(self) -> list[User]: ...
+
+    def add_record(self, rec: R) -> None:
+        """Store a new rerobots record (workspace type, deployment, instance, ...); a duplicate id: StoreError."""
+        ...
+
+    def save_record(self, rec: R) -> None:
+        """Replace the stored record with the same id (none: nothing happens)."""
+        ...
+
+    def get_record(self, kind: type[R], record_id: str) -> R | None: ...
+    def list_records(self, kind: type[R]) -> list[R]:
+        """Oldest first."""
+        ...
+
+    def delete_record(self, kind: type[R], record_id: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -312,6 +331,30 @@ class SqlStore:
     def list_users(self) -> list[User]:
         with self._read() as s:
             return [user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
+
+    def add_record(self, rec: R) -> None:
+        with self._write() as s:
+            s.add(RECORD_ROWS[type(rec)](**record_values(rec)))
+
+    def save_record(self, rec: R) -> None:
+        table = RECORD_ROWS[type(rec)]
+        with self._write() as s:
+            s.execute(update(table).where(table.id == rec.id).values(**record_values(rec)))
+
+    def get_record(self, kind: type[R], record_id: str) -> R | None:
+        with self._read() as s:
+            row = s.get(RECORD_ROWS[kind], record_id)
+            return record_from_row(kind, row) if row else None
+
+    def list_records(self, kind: type[R]) -> list[R]:
+        table = RECORD_ROWS[kind]
+        with self._read() as s:
+            return [record_from_row(kind, r) for r in s.scalars(select(table).order_by(table.created_at, table.id))]
+
+    def delete_record(self, kind: type[R], record_id: str) -> None:
+        table = RECORD_ROWS[kind]
+        with self._write() as s:
+            s.execute(delete(table).where(table.id == record_id))
 
     def close(self) -> None:
         self.engine.dispose()

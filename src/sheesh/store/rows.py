@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from sheesh.models import (
     ApiKey,
@@ -22,8 +23,53 @@ from sheesh.models import (
     VmKind,
     VmState,
 )
-from sheesh.store.tables import ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
+from sheesh.store.tables import (
+    ApiKeyRow,
+    CiJobRow,
+    CiProjectRow,
+    DeploymentRow,
+    ExecLogRow,
+    ImageRow,
+    InstanceRow,
+    RecordColumns,
+    ReservationRow,
+    SnapshotRow,
+    UserRow,
+    VmRow,
+    VpnClientRow,
+    WorkspaceTypeRow,
+)
 from sheesh.wire import from_wire, to_wire
+from sheesh.workspaces import CiJob, CiProject, Deployment, Instance, Reservation, VpnClient, WorkspaceType
+
+Record = WorkspaceType | Deployment | Instance | Reservation | VpnClient | CiProject | CiJob
+"""A record of the rerobots surface, kept as a JSON document with its key columns."""
+R = TypeVar("R", WorkspaceType, Deployment, Instance, Reservation, VpnClient, CiProject, CiJob)
+
+RecordRow = WorkspaceTypeRow | DeploymentRow | InstanceRow | ReservationRow | VpnClientRow | CiProjectRow | CiJobRow
+RECORD_ROWS: dict[type[Record], type[RecordRow]] = {
+    WorkspaceType: WorkspaceTypeRow,
+    Deployment: DeploymentRow,
+    Instance: InstanceRow,
+    Reservation: ReservationRow,
+    VpnClient: VpnClientRow,
+    CiProject: CiProjectRow,
+    CiJob: CiJobRow,
+}
+
+
+def record_values(rec: Record) -> dict[str, object]:
+    return {
+        "id": rec.id,
+        "owner_id": getattr(rec, "owner_id", None),
+        "created_at": rec.created_at,
+        "doc": to_wire(rec),
+    }
+
+
+def record_from_row(kind: type[R], row: object) -> R:
+    assert isinstance(row, RecordColumns)
+    return from_wire(kind, row.doc)
 
 
 @dataclass(frozen=True)
@@ -55,6 +101,7 @@ def vm_from_row(row: VmRow) -> Vm:
         kind=VmKind(row.kind),
         firewall=from_wire(list[FirewallRule], [named(r, ("src", "action")) for r in row.firewall or []]),
         ports=from_wire(list[PortForward], [named(p, PORT_FIELDS) for p in row.ports or []]),
+        vpn_network=row.vpn_network,
     )
 
 
@@ -77,6 +124,7 @@ def vm_values(vm: Vm) -> dict[str, object]:
         "image_id": vm.image_id,
         "disk_size_mb": vm.disk_size_mb,
         "guest_ip": vm.guest_ip,
+        "vpn_network": vm.vpn_network,
         "created_at": vm.created_at,
         "provision_mode": vm.provision_mode.value,
         "node": vm.node,

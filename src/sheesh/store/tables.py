@@ -34,6 +34,7 @@ class VmRow(Base):
     kind: Mapped[str] = mapped_column(String(16), default="sandbox")
     firewall: Mapped[list[Any]] = mapped_column(JSON, default=list)
     ports: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    vpn_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ImageRow(Base):
@@ -103,3 +104,44 @@ class ExecLogRow(Base):
     stdout_tail: Mapped[str] = mapped_column(Text)
     stderr_tail: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RecordColumns:
+    """A record of the rerobots surface: the columns it is looked up by, and the whole record as JSON
+    (``sheesh.wire``), so its fields can grow without a migration for each."""
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class WorkspaceTypeRow(RecordColumns, Base):
+    __tablename__ = "workspace_types"
+
+
+class DeploymentRow(RecordColumns, Base):
+    __tablename__ = "deployments"
+
+
+class InstanceRow(RecordColumns, Base):
+    __tablename__ = "instances"
+
+
+class ReservationRow(RecordColumns, Base):
+    __tablename__ = "reservations"
+
+
+class VpnClientRow(RecordColumns, Base):
+    __tablename__ = "vpn_clients"
+
+
+class CiProjectRow(RecordColumns, Base):
+    __tablename__ = "ci_projects"
+
+
+class CiJobRow(RecordColumns, Base):
+    __tablename__ = "ci_jobs"
+
+
+RECORD_TABLES = (WorkspaceTypeRow, DeploymentRow, InstanceRow, ReservationRow, VpnClientRow, CiProjectRow, CiJobRow)
