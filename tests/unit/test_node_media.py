@@ -21,11 +21,11 @@ from sheesh.auth.sessions import SessionSigner
 from sheesh.models import VmKind
 from sheesh.node.agent import NodeAgent
 from sheesh.node.contract import NodeVmSpec
-from sheesh.outbound import pinned_requests, send_first
 from sheesh.node.media import MediaService, cloud_config, write_seed
 from sheesh.node.plumbing import GuestNet
 from sheesh.node.vmfiles import CDROM_FILE, DISK_FILE, INSTALLED_MARK, SEED_FILE
 from sheesh.node.ws import create_node_app
+from sheesh.outbound import pinned_requests, send_first
 from sheesh.vmm.fake import FakeDriver
 from tests.media import http_server
 
