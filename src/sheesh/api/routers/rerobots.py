@@ -312,6 +312,7 @@ class InstanceOut(BaseModel):
     hostkeys: list[str] = []
     vpn: VpnOut | None = None
     error: str | None = Field(default=None, description="Why the instance ended without being terminated")
+    vmId: str | None = Field(default=None, description="The instance's sheesh VM (usable with /v1/vms)")
 
 
 def _vpn_out(svc: Services, inst: Instance) -> VpnOut:
@@ -337,6 +338,7 @@ async def instance(inst: OwnedInstance, svc: ServicesDep) -> InstanceOut:
         hostkeys=inst.hostkeys,
         vpn=_vpn_out(svc, inst) if inst.vpn != VpnStatus.NIL else None,
         error=inst.error,
+        vmId=inst.vm_id if inst.status != InstanceStatus.TERMINATED else None,
     )
 
 
