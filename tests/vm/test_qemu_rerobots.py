@@ -108,9 +108,10 @@ def test_ssh_as_root_with_the_returned_key_and_firewall(rr_server: ServerProcess
     assert done.stdout.split()[0] == "0"
     wrong = _ssh(tmp_path, {**info, "id": "other"}, generate_key_pair("other").private_openssh, "true")
     assert wrong.returncode == 255 and "Permission denied" in wrong.stderr, "another key is refused"
+    no_key = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     password = subprocess.run(
-        ["ssh", "-p", str(info["fwd"]["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "PreferredAuthentications=password", f"root@{lan.host_ip}", "true"],
+        ["ssh", "-p", str(info["fwd"]["port"]), *no_key, "-o", "PreferredAuthentications=password,keyboard-interactive",
+         f"root@{lan.host_ip}", "true"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert password.returncode == 255 and "Permission denied" in password.stderr
