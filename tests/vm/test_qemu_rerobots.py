@@ -4,6 +4,7 @@ a network namespace, and a reservation served when a deployment frees up, with i
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import threading
@@ -228,3 +229,56 @@ def test_a_reservation_becomes_an_instance_when_the_deployment_frees_up(
             _ended(api, launched["id"])
         assert admin.delete(f"/v1/deployments/{dep}").status_code == 204
         assert httpx.get(f"{rr_server.url}/deployment/{dep}").status_code == 404
+
+
+def test_vpn_clients_reach_the_instance_and_nothing_else(rr_server: ServerProcess, lan: Lan, tmp_path: Path) -> None:
+    """A real OpenVPN client in the test's LAN namespace connects with the returned .ovpn and reaches the
+    instance's SSH port through the tunnel, past a firewall that drops the LAN; the node itself stays shut."""
+    api = _api(rr_server)
+    launched = api.request_instance("basic_vm", vpn=True)
+    info = _ready(api, launched["id"])
+    deadline = time.monotonic() + 60
+    while info["vpn"]["status"] == "preparing" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        info = api.get_instance_info(launched["id"])
+    assert info["vpn"] == {"status": "ready", "clients": []}, info
+    creds = api.get_vpn_newclient(launched["id"])
+    assert f"remote {lan.host_ip} " in creds["ovpn"] and "<key>" in creds["ovpn"]
+    with rr_server.client() as c:
+        assert c.get(f"/vpn/{launched['id']}").json() == {"status": "ready", "clients": [creds["client_id"]]}
+        guest = c.get(f"/v1/vms/{info['vmId']}").json()["guestIp"]
+    api.flush_firewall_rules(launched["id"])
+    assert lan.connect(guest, 22) == "timeout", "the LAN is dropped by the firewall"
+
+    ovpn = tmp_path / "client.ovpn"
+    ovpn.write_text(creds["ovpn"])
+    log = tmp_path / "client.log"
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", lan.ns, "openvpn", "--config", str(ovpn), "--log", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "Initialization Sequence Completed" not in (log.read_text() if log.exists() else ""):
+            assert client.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert lan.connect(guest, 22).startswith("SSH-2.0-OpenSSH"), "through the tunnel"
+        server_side = str(ipaddress.ip_network(_vpn_network(rr_server, launched["id"])).network_address + 1)
+        assert lan.connect(server_side, rr_server.port) == "timeout", "VPN clients do not reach the node"
+    finally:
+        client.terminate()
+        client.wait(10)
+    assert lan.connect(guest, 22) == "timeout"
+    api.terminate_instance(launched["id"])
+    _ended(api, launched["id"])
+    assert not list((rr_server.data_dir / "vms").glob("*/vpn/openvpn.pid")), "the VPN server is gone"
+
+
+def _vpn_network(srv: ServerProcess, instance_id: str) -> str:
+    """The instance's VPN client network, from the VPN server's config on the node."""
+    configs = list((srv.data_dir / "vms").glob("*/vpn/server.conf"))
+    assert len(configs) == 1
+    line = next(ln for ln in configs[0].read_text().splitlines() if ln.startswith("server "))
+    _, address, mask = line.split()
+    return str(ipaddress.ip_network(f"{address}/{mask}"))

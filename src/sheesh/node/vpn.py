@@ -90,6 +90,13 @@ class VpnServers:
                 tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
                 raise NodeError(f"the VPN server did not start: {tail or 'no output'}")
             await asyncio.sleep(0.05)
+        # forward what clients send (to the VM only: network.py); forwarding is on per incoming interface
+        tun = VmNet(vm_id=spec.vm_id, ip=spec.guest_ip).vpn_tun
+        try:
+            Path(f"/proc/sys/net/ipv4/conf/{tun}/forwarding").write_text("1\n")
+        except OSError as exc:
+            await self.stop(spec.vm_id)
+            raise NodeError(f"cannot enable forwarding on {tun}: {exc}") from None
 
     async def stop(self, vm_id: str) -> None:
         folder = self._folder(vm_id)
