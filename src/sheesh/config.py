@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     vpn_network: str = "10.200.0.0/16"
     """Addresses of VPN clients: one /24 per instance VPN."""
     ci_job_timeout_s: float = 1800.0
+    """Longest a CI job's commands may run together (a job's ``timeout`` can only be shorter)."""
+    ci_max_parallel_jobs: int = 2
+    ci_local_repo_roots: list[Path] = Field(default_factory=list)
+    """Folders on the control plane's host whose git repositories CI projects may use as ``file://`` URLs."""
 
     vmm: Literal["qemu", "fake"] = "qemu"
     """``fake`` runs "VMs" as host processes with the guest agent (development and API fuzzing only)."""

@@ -41,6 +41,21 @@ def _blocked(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, blocked: Seque
     return any(addr in net for net in blocked)
 
 
+async def checked_addresses(
+    host: str, port: int, blocked: Sequence[Network]
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` resolves to; OutboundError if it does not resolve or any of them is blocked."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OutboundError(f"cannot resolve {host}: {exc.strerror}") from None
+    addrs = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+    for addr in addrs:
+        if _blocked(addr, blocked):
+            raise OutboundError(f"{host} is {addr}, an address sheesh does not send requests to")
+    return addrs
+
+
 async def pinned_requests(
     client: httpx.AsyncClient,
     url: str,
@@ -57,14 +72,7 @@ async def pinned_requests(
         return [client.build_request(method, url, headers=headers, json=json)]
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OutboundError(f"cannot resolve {host}: {exc.strerror}") from None
-    addrs = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
-    for addr in addrs:
-        if _blocked(addr, blocked):
-            raise OutboundError(f"{host} is {addr}, an address sheesh does not send requests to")
+    addrs = await checked_addresses(host, port, blocked)
     headers["Host"] = parts.netloc.rpartition("@")[2]
     auth = httpx.BasicAuth(parts.username, parts.password or "") if parts.username else None
     requests = []

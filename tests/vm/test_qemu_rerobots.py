@@ -20,6 +20,7 @@ from rerobots.api import APIClient, BusyWorkspaceDeployment
 
 from sheesh.control.sshkeys import generate_key_pair
 from sheesh.image.builder import BuiltImage
+from tests.gitrepos import commit, make_repo
 from tests.server import ServerProcess, running_server
 from tests.vm.conftest import Lan
 
@@ -38,6 +39,7 @@ def rr_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage,
         "SHEESH_TEMPLATES": "true",
         "SHEESH_DEFAULT_DEPLOYMENTS": "2",
         "SHEESH_MEDIA_BLOCKED_NETWORKS": "[]",  # the event receiver of the test listens on loopback
+        "SHEESH_CI_LOCAL_REPO_ROOTS": json.dumps([str(data.parent / "repos")]),
     }
     with running_server(data, guest_image.path.parent.parent, **env) as srv:
         yield srv
@@ -282,3 +284,40 @@ def _vpn_network(srv: ServerProcess, instance_id: str) -> str:
     line = next(ln for ln in configs[0].read_text().splitlines() if ln.startswith("server "))
     _, address, mask = line.split()
     return str(ipaddress.ip_network(f"{address}/{mask}"))
+
+
+def _finished(srv: ServerProcess, jid: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180
+    with srv.client() as c:
+        while True:
+            job: dict[str, Any] = c.get(f"/ci/job/{jid}").json()
+            if job["status"] not in ("queued", "running"):
+                return job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+
+
+def test_ci_jobs_on_a_local_repository_pass_and_fail(rr_server: ServerProcess) -> None:
+    repo = Path(rr_server.env["SHEESH_CI_LOCAL_REPO_ROOTS"].strip('[]"')) / "app"
+    good = make_repo(
+        repo,
+        {
+            ".rerobots.yml": "env: {WHO: ci}\nscript:\n  - test -f main.py\n  - python3 main.py\n  - git log\n",
+            "main.py": "import os\nprint('hello from', os.environ['WHO'], os.getuid())\n",
+        },
+    )
+    bad = commit(repo, {".rerobots.yml": "script:\n  - echo about to fail\n  - exit 7\n  - echo never\n"})
+    api = _api(rr_server)
+    pid = api.create_ci_project(f"file://{repo}")
+    assert [p["id"] for p in api.get_ci_projects()["projects"]] == [pid]
+    first = _finished(rr_server, api.get_ci_projects()["projects"][0]["jobs"][0])
+    assert first["status"] == "failed" and first["exit_code"] == 7, first["log"]
+    assert "about to fail" in first["log"] and "never" not in first["log"].replace("$ echo never", "")
+
+    passed = _finished(rr_server, api.submit_ci_job(pid, "main", good))
+    assert passed["status"] == "passed" and passed["exit_code"] == 0, passed["log"]
+    assert "hello from ci 1000" in passed["log"] and good[:7] in passed["log"]
+    failed = _finished(rr_server, api.submit_ci_job(pid, "main", bad))
+    assert failed["status"] == "failed" and failed["exit_code"] == 7
+    with rr_server.client() as c:
+        assert not [vm for vm in c.get("/v1/vms").json() if vm["state"] != "DELETING"], "job VMs are deleted"

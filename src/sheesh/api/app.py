@@ -14,6 +14,7 @@ from sheesh.api import errors, limits, ratelimit
 from sheesh.api.deps import authenticate
 from sheesh.api.routers import (
     accounts,
+    ci,
     console,
     docs,
     execution,
@@ -77,6 +78,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(workspaces.router)
     app.include_router(rerobots.router)
+    app.include_router(ci.router)
     docs.install(app)
     console.install(app, svc.settings.resolved_web_dir())
     return app

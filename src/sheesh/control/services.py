@@ -11,6 +11,7 @@ from sheesh.auth.ratelimit import RateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.accounts import AccountService
+from sheesh.control.ci import CiService
 from sheesh.control.events import EventSender
 from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
@@ -37,6 +38,7 @@ class Services:
     workspaces: WorkspaceService
     instances: InstanceService
     vpn: VpnService
+    ci: CiService
     limiter: RateLimiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
@@ -48,13 +50,14 @@ class Services:
         auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
         workspaces = WorkspaceService(store, settings)
         vpn = VpnService(store, settings, vms, node)
+        execs = ExecService(store, node, settings, vms)
         events = EventSender([*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)])
         return cls(
             settings,
             store,
             node,
             vms,
-            ExecService(store, node, settings, vms),
+            execs,
             auth,
             AccountService(store, auth, settings),
             ImageService(store, settings),
@@ -62,15 +65,19 @@ class Services:
             workspaces,
             InstanceService(store, settings, vms, node, workspaces, events, vpn),
             vpn,
+            CiService(store, settings, vms, execs, node, workspaces),
         )
 
     async def start(self) -> None:
-        """After the VMs are recovered: the default workspace type, then instances and the reservation queue."""
+        """After the VMs are recovered: the default workspace type, then instances and the reservation queue,
+        then CI jobs."""
         self.workspaces.ensure_defaults()
         await self.instances.recover()
+        await self.ci.recover()
 
     async def close(self) -> None:
         await self.instances.close()
+        await self.ci.close()
         await self.vms.templates.wait_idle()
         await self.node.close()
         self.hashing.close()

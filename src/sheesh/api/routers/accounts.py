@@ -6,11 +6,12 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate, client_ip
+from sheesh.api.rerobots import rerobots_surface
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, iso
 from sheesh.errors import ForbiddenError, InvalidInputError
@@ -133,7 +134,11 @@ async def delete_key(key_id: str, principal: PrincipalDep, svc: ServicesDep) -> 
     return Response(status_code=204)
 
 
-@router.post("/revoke/{sha256}", summary="Revoke the API key with this SHA-256 (a key can revoke itself)")
+@router.post(
+    "/revoke/{sha256}",
+    dependencies=[Depends(rerobots_surface)],
+    summary="Revoke the API key with this SHA-256 (a key can revoke itself)",
+)
 async def revoke(sha256: str, principal: PrincipalDep, svc: ServicesDep) -> JSONResponse:
     if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise InvalidInputError("expected the hex SHA-256 of the token")
@@ -141,7 +146,11 @@ async def revoke(sha256: str, principal: PrincipalDep, svc: ServicesDep) -> JSON
     return JSONResponse({"revoked": sha256.lower()})
 
 
-@router.post("/purge", summary="Delete all API keys of the user (username+password, or a token)")
+@router.post(
+    "/purge",
+    dependencies=[Depends(rerobots_surface)],
+    summary="Delete all API keys of the user (username+password, or a token)",
+)
 async def purge(request: Request, svc: ServicesDep, body: PurgeBody | None = None) -> JSONResponse:
     if body is not None:  # the user and password pair wins over any token; same lockout as a login
         check = svc.accounts.check_password
