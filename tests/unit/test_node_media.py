@@ -193,9 +193,9 @@ def test_downloads_refuse_blocked_addresses_also_after_redirects(node: Node, tmp
         assert hosts == [f"127.0.0.1:{port}", f"localhost:{port}"]
         assert (node.agent.workdir("vm-full") / CDROM_FILE).read_bytes() == iso
         for url, error in [
-            (f"http://127.0.0.2:{port}/a.iso", "127.0.0.2 is 127.0.0.2, an address this node does not download from"),
-            (f"{base}/evil.iso", "does not download from"),
-            (f"http://169.254.169.254:{port}/latest/meta-data", "does not download from"),
+            (f"http://127.0.0.2:{port}/a.iso", "127.0.0.2 is 127.0.0.2, an address sheesh does not send requests to"),
+            (f"{base}/evil.iso", "does not send requests to"),
+            (f"http://169.254.169.254:{port}/latest/meta-data", "does not send requests to"),
             (f"{base}/loop.iso", "more than 5 redirects"),
             ("http://name.invalid/a.iso", "cannot resolve name.invalid"),
         ]:
