@@ -10,10 +10,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 
+from sheesh.api.app import create_app
+from sheesh.config import Settings
+from sheesh.control.services import Services
 from sheesh.control.sshkeys import generate_key_pair
 from sheesh.errors import UnavailableError
-from sheesh.workspaces import InstanceStatus
-from tests.fakes import ADMIN, FakeStack, user_headers
+from sheesh.workspaces import Instance, InstanceStatus
+from tests.fakes import ADMIN, FakeStack, fake_services, user_headers
 
 V1 = {"Accept": "application/vnd.rerobots.v1+json"}
 
@@ -253,3 +256,25 @@ def test_admins_manage_types_and_deployments(c: TestClient) -> None:
     used = [d for d in c.get("/v1/deployments", headers=ADMIN).json() if d["instance"] == inst]
     assert len(used) == 1 and used[0]["queuelen"] == 1
     assert c.delete(f"/v1/deployments/{used[0]['id']}", headers=ADMIN).status_code == 409
+
+
+def test_a_restart_keeps_ready_instances_and_ends_interrupted_launches(settings: Settings) -> None:
+    svc, node = fake_services(settings)
+    with TestClient(create_app(svc, close_services=False)) as c:
+        alice = user_headers(c, "alice")
+        ready = _new(c, "basic_vm", alice).json()["id"]
+        _wait(c, ready, alice, "READY")
+        cut = _new(c, "basic_vm", alice).json()["id"]
+        _wait(c, cut, alice, "READY")
+    inst = svc.store.get_record(Instance, cut)
+    assert inst is not None
+    inst.status = InstanceStatus.INIT  # as if the service stopped in the middle of making it ready
+    svc.store.save_record(inst)
+    again = Services.create(settings, svc.store, node)
+    with TestClient(create_app(again)) as c:
+        assert c.get(f"/instance/{ready}", headers=alice).json()["status"] == "READY"
+        info = _wait(c, cut, alice, "TERMINATED")
+        assert "interrupted by a restart" in info["error"]
+        assert again.store.get_vm(str(inst.vm_id)) is None
+        assert c.get("/workspaces").json()["workspace_types"] == ["basic_vm"], "defaults are made once"
+        assert len(c.get("/deployments").json()["workspace_deployments"]) == settings.default_deployments
