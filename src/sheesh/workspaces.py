@@ -84,6 +84,8 @@ class Instance:
     """The reservation this instance serves, if it was made from one."""
     eurl: str | None = None
     """Where to POST the event when the instance from a reservation is ready."""
+    expires_at: datetime | None = None
+    """When the instance is terminated by itself (``expire_d`` of its request)."""
 
 
 @dataclass(kw_only=True)
@@ -98,6 +100,7 @@ class Reservation:
     public_key: str
     vpn: bool = False
     eurl: str | None = None
+    duration_s: int | None = None
 
     @property
     def desc(self) -> str:

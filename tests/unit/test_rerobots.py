@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -278,3 +279,18 @@ def test_a_restart_keeps_ready_instances_and_ends_interrupted_launches(settings:
         assert again.store.get_vm(str(inst.vm_id)) is None
         assert c.get("/workspaces").json()["workspace_types"] == ["basic_vm"], "defaults are made once"
         assert len(c.get("/deployments").json()["workspace_deployments"]) == settings.default_deployments
+
+
+def test_an_instance_with_a_duration_ends_by_itself(c: TestClient, stack: FakeStack) -> None:
+    alice = user_headers(c, "alice")
+    r = _new(c, "basic_vm", alice, {"expire_d": 10})
+    assert r.status_code == 400, "at least a minute"
+    inst = _new(c, "basic_vm", alice, {"expire_d": 60}).json()["id"]
+    info = _wait(c, inst, alice, "READY")
+    assert info["expiration"] > info["starttime"]
+    record = stack.svc.instances.get(inst)
+    assert record.expires_at is not None
+    record.expires_at -= timedelta(seconds=61)  # as if a minute had passed
+    stack.svc.store.save_record(record)
+    ended = _wait(c, inst, alice, "TERMINATED")  # the reconcile loop (every 0.2 s here) ends it
+    assert ended["endtime"]

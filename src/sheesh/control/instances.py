@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sheesh.config import Settings
@@ -115,7 +115,9 @@ class InstanceService:
         vpn: bool = False,
         reserve: bool = False,
         eurl: str | None = None,
+        duration_s: int | None = None,
     ) -> Launched:
+        """``duration_s``: the instance ends by itself that long after it starts."""
         deps = self._candidates(target)
         wtype = self.workspaces.get_type(deps[0].type)
         if vpn and (not wtype.vpn or self.vpns is None):
@@ -132,7 +134,8 @@ class InstanceService:
             busy = self.workspaces.busy_ids()
             free = [d for d in deps if d.id not in busy and self.workspaces.queuelen(d, busy) == 0]
             if free:
-                inst = self._start(owner_id, min(free, key=lambda d: (d.icounter, d.created_at)), public_key, vpn)
+                dep = min(free, key=lambda d: (d.icounter, d.created_at))
+                inst = self._start(owner_id, dep, public_key, vpn, duration_s=duration_s)
                 return Launched(True, inst.id, private_key)
             if not reserve:
                 raise BusyError(f"{BUSY} Send reserve: true to queue a reservation.")
@@ -147,6 +150,7 @@ class InstanceService:
                 public_key=public_key,
                 vpn=vpn,
                 eurl=eurl,
+                duration_s=duration_s,
             )
             self.store.add_record(res)
             return Launched(False, res.id, private_key)
@@ -184,8 +188,17 @@ class InstanceService:
         self._work[instance_id] = task
 
     def _start(
-        self, owner_id: str | None, dep: Deployment, public_key: str, vpn: bool, res: Reservation | None = None
+        self,
+        owner_id: str | None,
+        dep: Deployment,
+        public_key: str,
+        vpn: bool,
+        *,
+        res: Reservation | None = None,
+        duration_s: int | None = None,
     ) -> Instance:
+        now = datetime.now(UTC)
+        duration_s = res.duration_s if res else duration_s
         inst = Instance(
             id=str(uuid.uuid4()),
             owner_id=owner_id,
@@ -193,11 +206,12 @@ class InstanceService:
             type=dep.type,
             region=dep.region,
             status=InstanceStatus.INIT,
-            created_at=datetime.now(UTC),
+            created_at=now,
             public_key=public_key,
             vpn=VpnStatus.PREPARING if vpn else VpnStatus.NIL,
             reservation=res.id if res else None,
             eurl=res.eurl if res else None,
+            expires_at=now + timedelta(seconds=duration_s) if duration_s else None,
         )
         self.store.add_record(inst)
         self._spawn(inst.id, self._launch(inst.id))
@@ -277,7 +291,19 @@ class InstanceService:
                     continue
                 busy.add(dep.id)
                 self.store.delete_record(Reservation, res.id)
-                self._start(res.owner_id, dep, res.public_key, res.vpn, res)
+                self._start(res.owner_id, dep, res.public_key, res.vpn, res=res)
+
+    async def expire(self) -> None:
+        """Terminate the instances whose requested duration is over (called periodically)."""
+        now = datetime.now(UTC)
+        for inst in self.store.list_records(Instance):
+            if (
+                inst.expires_at
+                and inst.expires_at <= now
+                and inst.status in (InstanceStatus.INIT, InstanceStatus.READY)
+            ):
+                log.info("instance %s reached its duration", inst.id)
+                await self.terminate(inst.id)
 
     async def recover(self) -> None:
         """After a restart: launches that were cut short end (their VM is deleted), teardowns finish, and

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from sheesh.api.deps import PrincipalDep, ServicesDep
 from sheesh.api.rerobots import int_param, json_body, paginate, rerobots_surface
@@ -204,6 +204,9 @@ class NewInstanceBody(BaseModel):
     vpn: StrictBool = False
     reserve: StrictBool = False
     eurl: Annotated[StrictStr | None, Field(max_length=2048)] = None
+    expire_d: Annotated[StrictInt | None, Field(ge=60, le=30 * 86400)] = Field(
+        default=None, description="Seconds after its start at which the instance is terminated"
+    )
 
 
 class NewInstanceOut(BaseModel):
@@ -239,6 +242,7 @@ async def new_instance(target: str, request: Request, principal: PrincipalDep, s
         vpn=body.vpn,
         reserve=body.reserve,
         eurl=body.eurl,
+        duration_s=body.expire_d,
     )
     return NewInstanceOut(success=launched.success, id=launched.id, sshkey=launched.private_key)
 
@@ -313,6 +317,7 @@ class InstanceOut(BaseModel):
     vpn: VpnOut | None = None
     error: str | None = Field(default=None, description="Why the instance ended without being terminated")
     vmId: str | None = Field(default=None, description="The instance's sheesh VM (usable with /v1/vms)")
+    expiration: str | None = Field(default=None, description="When it ends by itself (expire_d)")
 
 
 def _vpn_out(svc: Services, inst: Instance) -> VpnOut:
@@ -339,6 +344,7 @@ async def instance(inst: OwnedInstance, svc: ServicesDep) -> InstanceOut:
         vpn=_vpn_out(svc, inst) if inst.vpn != VpnStatus.NIL else None,
         error=inst.error,
         vmId=inst.vm_id if inst.status != InstanceStatus.TERMINATED else None,
+        expiration=iso(inst.expires_at) if inst.expires_at else None,
     )
 
 
