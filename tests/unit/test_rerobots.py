@@ -294,3 +294,14 @@ def test_an_instance_with_a_duration_ends_by_itself(c: TestClient, stack: FakeSt
     stack.svc.store.save_record(record)
     ended = _wait(c, inst, alice, "TERMINATED")  # the reconcile loop (every 0.2 s here) ends it
     assert ended["endtime"]
+
+
+def test_deleting_the_vm_of_an_instance_ends_it(c: TestClient, stack: FakeStack) -> None:
+    alice = user_headers(c, "alice")
+    inst = _new(c, "basic_vm", alice).json()["id"]
+    vm_id = _wait(c, inst, alice, "READY")["vmId"]
+    assert c.get("/v1/vms", headers=alice).json()[0]["id"] == vm_id, "the user's own VM"
+    assert c.delete(f"/v1/vms/{vm_id}", headers=alice).status_code == 204
+    ended = _wait(c, inst, alice, "TERMINATED")
+    assert ended["error"] == "the instance's VM was deleted"
+    assert c.get(f"/queuelen/{ended['deployment']}").json()["queuelen"] == 0

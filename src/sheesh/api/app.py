@@ -36,7 +36,7 @@ async def _reconcile_loop(svc: Services) -> None:
         await asyncio.sleep(svc.settings.reconcile_interval_s)
         try:
             await svc.vms.reconcile()
-            await svc.instances.expire()
+            await svc.instances.reconcile()
             await svc.node.ensure_network()  # rules removed behind the node's back (a host firewall reload)
         except Exception:
             log.exception("reconcile failed")

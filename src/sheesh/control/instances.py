@@ -293,16 +293,19 @@ class InstanceService:
                 self.store.delete_record(Reservation, res.id)
                 self._start(res.owner_id, dep, res.public_key, res.vpn, res=res)
 
-    async def expire(self) -> None:
-        """Terminate the instances whose requested duration is over (called periodically)."""
+    async def reconcile(self) -> None:
+        """Called periodically: terminate the instances whose requested duration is over, and READY ones whose
+        VM was deleted through /v1/vms."""
         now = datetime.now(UTC)
         for inst in self.store.list_records(Instance):
-            if (
-                inst.expires_at
-                and inst.expires_at <= now
-                and inst.status in (InstanceStatus.INIT, InstanceStatus.READY)
-            ):
+            live = inst.status in (InstanceStatus.INIT, InstanceStatus.READY)
+            if live and inst.expires_at is not None and inst.expires_at <= now:
                 log.info("instance %s reached its duration", inst.id)
+                await self.terminate(inst.id)
+            elif inst.status == InstanceStatus.READY and self.store.get_vm(inst.vm_id or "") is None:
+                log.info("the VM of instance %s was deleted", inst.id)
+                inst.error = "the instance's VM was deleted"
+                self.store.save_record(inst)
                 await self.terminate(inst.id)
 
     async def recover(self) -> None:
