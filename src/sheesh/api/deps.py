@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from fastapi.security import APIKeyHeader
 
 from sheesh.auth.apikeys import Principal
 from sheesh.control.services import Services
-from sheesh.errors import NotFoundError, RateLimitedError, SheeshError
+from sheesh.errors import InvalidInputError, NotFoundError, RateLimitedError, SheeshError
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
@@ -25,6 +26,19 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+def firewall_source(src: str | None, request: Request) -> str:
+    """A firewall rule's source: ``src`` (checked by the body schema), else the caller's IPv4 address as /32."""
+    if src is not None:
+        return src
+    try:
+        caller = ipaddress.ip_address(request.client.host) if request.client else None
+    except ValueError:
+        caller = None
+    if not isinstance(caller, ipaddress.IPv4Address):
+        raise InvalidInputError("src is required: the request did not come from an IPv4 address")
+    return f"{caller}/32"
 
 
 def resolve_principal(request: Request, svc: Services) -> Principal | None:

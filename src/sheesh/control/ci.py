@@ -22,8 +22,8 @@ from sheesh.config import Settings
 from sheesh.control.cifile import CI_FILE, CiFileError, parse_ci_file
 from sheesh.control.execution import ExecService
 from sheesh.control.gitrepo import archive, check_ref, check_repo_url, checkout
-from sheesh.control.vms import CreateVm, VmService
-from sheesh.control.workspaces import DEFAULT_TYPE, WorkspaceService
+from sheesh.control.vms import VmService
+from sheesh.control.workspaces import DEFAULT_TYPE, WorkspaceService, vm_request
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import ExecRequest
 from sheesh.node.contract import NodeClient
@@ -170,17 +170,7 @@ class CiService:
         wtype = self.workspaces.get_type(ci.type or project.type)
         _append(job, f"starting a {wtype.id} VM ({wtype.cpu} vCPU, {wtype.mem_mb} MiB)")
         self._save(job)
-        vm = await self.vms.create(
-            CreateVm(
-                cpu=wtype.cpu,
-                mem_mb=wtype.mem_mb,
-                allow_ips=[],
-                outbound_internet=wtype.outbound_internet,
-                image_id=wtype.image_id,
-                disk_size_mb=wtype.disk_size_mb,
-                owner_id=project.owner_id,
-            )
-        )
+        vm = await self.vms.create(vm_request(wtype, project.owner_id))
         try:
             await self.node.upload(vm.id, REPO_DIR, _once(tarball), self.settings.upload_max_expanded_bytes)
             await self._script(job, vm.id, ci.script, ci.env, min(ci.timeout_s or 1e9, self.settings.ci_job_timeout_s))

@@ -20,8 +20,8 @@ from typing import Protocol
 from sheesh.config import Settings
 from sheesh.control.events import EventSender
 from sheesh.control.sshkeys import check_public_key, generate_key_pair
-from sheesh.control.vms import CreateVm, VmService
-from sheesh.control.workspaces import WorkspaceService, applies
+from sheesh.control.vms import VmService
+from sheesh.control.workspaces import WorkspaceService, applies, vm_request
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import FirewallAction, FirewallRule
 from sheesh.node.contract import NodeClient
@@ -221,17 +221,7 @@ class InstanceService:
         inst = self.get(instance_id)
         try:
             wtype = self.workspaces.get_type(inst.type)
-            vm = await self.vms.create(
-                CreateVm(
-                    cpu=wtype.cpu,
-                    mem_mb=wtype.mem_mb,
-                    allow_ips=[],
-                    outbound_internet=wtype.outbound_internet,
-                    image_id=wtype.image_id,
-                    disk_size_mb=wtype.disk_size_mb,
-                    owner_id=inst.owner_id,
-                )
-            )
+            vm = await self.vms.create(vm_request(wtype, inst.owner_id))
             inst.vm_id = vm.id
             self.store.save_record(inst)
             await self.vms.add_firewall_rule(vm.id, OPEN_TO_ALL)

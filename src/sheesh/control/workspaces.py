@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
+from sheesh.control.vms import CreateVm
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError
 from sheesh.store.repo import Store
 from sheesh.workspaces import ACTIVE_INSTANCE, Deployment, Instance, Reservation, WorkspaceType
@@ -27,6 +28,19 @@ SORTS: dict[str, tuple[Callable[[Deployment], object], bool]] = {
     "inc_count": (lambda d: (d.icounter, d.created_at, d.id), False),
     "dec_count": (lambda d: (d.icounter, d.created_at, d.id), True),
 }
+
+
+def vm_request(wtype: WorkspaceType, owner_id: str | None) -> CreateVm:
+    """The VM an instance (or a CI job) of ``wtype`` runs in."""
+    return CreateVm(
+        cpu=wtype.cpu,
+        mem_mb=wtype.mem_mb,
+        allow_ips=[],
+        outbound_internet=wtype.outbound_internet,
+        image_id=wtype.image_id,
+        disk_size_mb=wtype.disk_size_mb,
+        owner_id=owner_id,
+    )
 
 
 def applies(res: Reservation, dep: Deployment) -> bool:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from fastapi import APIRouter, Request, Response
 
-from sheesh.api.deps import OwnedVmId, ServicesDep
+from sheesh.api.deps import OwnedVmId, ServicesDep, firewall_source
 from sheesh.api.schemas import FirewallOut, FirewallRuleBody, FirewallRuleOut, PortBody, PortOut
-from sheesh.errors import InvalidInputError
 from sheesh.models import FirewallRule
 
 router = APIRouter(prefix="/v1/vms", tags=["network"])
@@ -31,15 +28,7 @@ async def add_firewall_rule(
     """``src`` defaults to the address of the caller (/32), ``action`` to ACCEPT: an empty body lets the caller
     in. At most 64 rules."""
     body = body or FirewallRuleBody()
-    src = body.src
-    if src is None:
-        try:
-            caller = ipaddress.ip_address(request.client.host) if request.client else None
-        except ValueError:
-            caller = None
-        if not isinstance(caller, ipaddress.IPv4Address):
-            raise InvalidInputError("src is required: the request did not come from an IPv4 address")
-        src = f"{caller}/32"
+    src = firewall_source(body.src, request)
     return _firewall(vm_id, await svc.vms.add_firewall_rule(vm_id, FirewallRule(src, body.action)))
 
 

@@ -4,20 +4,19 @@ routers.) Listing workspace types and deployments needs no credentials, as on re
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from sheesh.api.deps import PrincipalDep, ServicesDep
+from sheesh.api.deps import PrincipalDep, ServicesDep, firewall_source
 from sheesh.api.rerobots import int_param, json_body, paginate, rerobots_surface
-from sheesh.api.schemas import iso
+from sheesh.api.schemas import FirewallRuleBody, iso
 from sheesh.control.services import Services
 from sheesh.control.workspaces import DeploymentQuery
 from sheesh.errors import InvalidInputError, NotFoundError
-from sheesh.models import FirewallAction, FirewallRule
+from sheesh.models import FirewallRule
 from sheesh.workspaces import Deployment, Instance, InstanceStatus, Reservation, VpnStatus
 
 
@@ -125,9 +124,7 @@ Page = Annotated[int, Query(ge=1)]
 PerPage = Annotated[int, Query(ge=0, le=10000)]
 
 
-@router.get("/deployments", response_model_exclude_none=True, summary="List deployments")
-async def deployments(
-    svc: ServicesDep,
+def deployments_params(
     *,
     q: QParam = None,
     maxlen: MaxLen = None,
@@ -135,27 +132,23 @@ async def deployments(
     sort_by: SortBy = "inc_wtype",
     page: Page = 1,
     max_per_page: PerPage = 0,
-    info: str | None = None,
-) -> DeploymentsOut:
+    info: Annotated[str | None, Query(description="t: add info {id: {type, region, queuelen}}")] = None,
+) -> DeploymentsParams:
+    return DeploymentsParams(q, maxlen, types, sort_by, page, max_per_page, info)
+
+
+DeploymentsQuery = Annotated[DeploymentsParams, Depends(deployments_params)]
+
+
+@router.get("/deployments", response_model_exclude_none=True, summary="List deployments")
+async def deployments(svc: ServicesDep, params: DeploymentsQuery) -> DeploymentsOut:
     """``info=t`` adds ``info: {id: {type, region, queuelen}}``. Paging as ``GET /instances``."""
-    return _deployments(svc, None, DeploymentsParams(q, maxlen, types, sort_by, page, max_per_page, info))
+    return _deployments(svc, None, params)
 
 
 @router.get("/deployments/{workspace_type}", response_model_exclude_none=True, summary="List deployments of a type")
-async def deployments_of_type(
-    workspace_type: str,
-    svc: ServicesDep,
-    *,
-    q: QParam = None,
-    maxlen: MaxLen = None,
-    types: Types = None,
-    sort_by: SortBy = "inc_wtype",
-    page: Page = 1,
-    max_per_page: PerPage = 0,
-    info: str | None = None,
-) -> DeploymentsOut:
+async def deployments_of_type(workspace_type: str, svc: ServicesDep, params: DeploymentsQuery) -> DeploymentsOut:
     """``types``, when given, wins over the type in the path."""
-    params = DeploymentsParams(q, maxlen, types, sort_by, page, max_per_page, info)
     return _deployments(svc, workspace_type, params)
 
 
@@ -352,13 +345,6 @@ class FirewallOut(BaseModel):
     rules: list[tuple[str, str]] | None = Field(description="(source, action) pairs, first match wins; null: none")
 
 
-class FirewallBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    src: Annotated[StrictStr | None, Field(max_length=64)] = None
-    action: FirewallAction = FirewallAction.ACCEPT
-
-
 def _rules(rules: list[FirewallRule] | None) -> FirewallOut:
     return FirewallOut(rules=None if rules is None else [(r.src, r.action.value) for r in rules])
 
@@ -373,7 +359,7 @@ async def get_firewall(inst: OwnedInstance, svc: ServicesDep) -> FirewallOut:
     openapi_extra={
         "requestBody": {
             "required": False,
-            "content": {"application/json": {"schema": FirewallBody.model_json_schema()}},
+            "content": {"application/json": {"schema": FirewallRuleBody.model_json_schema()}},
         }
     },
     summary="Append a firewall rule",
@@ -381,24 +367,8 @@ async def get_firewall(inst: OwnedInstance, svc: ServicesDep) -> FirewallOut:
 async def add_firewall_rule(inst: OwnedInstance, svc: ServicesDep, request: Request) -> FirewallOut:
     """``src`` (IPv4 CIDR) defaults to the caller's address /32, ``action`` (ACCEPT, DROP, REJECT) to ACCEPT:
     an empty body lets the caller in."""
-    body = await json_body(request, FirewallBody)
-    src = body.src
-    if src is None:
-        try:
-            caller = ipaddress.ip_address(request.client.host) if request.client else None
-        except ValueError:
-            caller = None
-        if not isinstance(caller, ipaddress.IPv4Address):
-            raise InvalidInputError("src is required: the request did not come from an IPv4 address")
-        src = f"{caller}/32"
-    else:
-        try:
-            net = ipaddress.ip_network(src, strict=False)
-        except ValueError:
-            raise InvalidInputError("src must be an IPv4 address or network in CIDR notation") from None
-        if net.version != 4:
-            raise InvalidInputError("src must be an IPv4 address or network in CIDR notation")
-        src = str(net)
+    body = await json_body(request, FirewallRuleBody)
+    src = firewall_source(body.src, request)
     vm_id = svc.instances.vm_of(inst)
     return _rules(await svc.vms.add_firewall_rule(vm_id, FirewallRule(src, body.action)))
 
