@@ -114,6 +114,8 @@ class FakeNodeClient:
 
     async def start_vpn(self, spec: VpnSpec) -> None:
         self._record("start_vpn", spec.vm_id)
+        if spec.vm_id not in self.specs:
+            raise NotFoundError(f"VM {spec.vm_id} is not on this node")
         self.vpns[spec.vm_id] = spec
 
     async def stop_vpn(self, vm_id: str) -> None:
