@@ -151,7 +151,10 @@ def test_download_and_upload_iso_then_boot_them(full_server: ServerProcess, medi
             (f"/downloadIso?isoUrl={base}/notiso.bin", "not an ISO 9660 image"),
             ("/downloadIso?isoUrl=file:///etc/passwd", "http://"),
             ("/downloadIso?isoUrl=http://169.254.169.254/latest/meta-data/", "does not send requests to"),
-            (f"/cloudInit?imageUrl=http://{c.get(f'/v1/vms/{vm}').json()['guestIp']}:8000/x.img", "does not send requests to"),
+            (
+                f"/cloudInit?imageUrl=http://{c.get(f'/v1/vms/{vm}').json()['guestIp']}:8000/x.img",
+                "does not send requests to",
+            ),
         ]:
             messages, code = asyncio.run(media_conversation(_node_url(full_server, c, vm, path)))
             assert code != 1000 and messages[-1].startswith("!ERR") and error in messages[-1], messages
