@@ -142,6 +142,12 @@ def test_public_docs_swagger_openapi(client: tuple[TestClient, FakeNodeClient, s
         "/v1/vms/{vm_id}/files/download",
         "/v1/vms/{vm_id}/logs",
     } <= paths
+    assert c.get("/swagger/openapi.json").json() == spec
+    listed = c.get("/endpoints").json()
+    assert {"method": "POST", "path": "/v1/vms/{vm_id}/exec"} in [
+        {"method": e["method"], "path": e["path"]} for e in listed["endpoints"]
+    ]
+    assert len(listed["endpoints"]) >= len(paths) and all(e["summary"] for e in listed["endpoints"])
     page = c.get("/swagger")
     assert page.status_code == 200 and "/swagger/static/swagger-ui-bundle.js" in page.text
     assert "cdn" not in page.text.lower()

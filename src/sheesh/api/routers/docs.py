@@ -1,4 +1,5 @@
-"""Public documentation: /openapi.json (OpenAPI 3.0), /swagger (Swagger UI served locally), /docs/*."""
+"""Public documentation: /openapi.json (also /swagger/openapi.json; OpenAPI 3.0), /swagger (Swagger UI served
+locally), /docs/*, and Kyun's /endpoints (every endpoint, from the OpenAPI document)."""
 
 from __future__ import annotations
 
@@ -97,5 +98,17 @@ def install(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/openapi.json", include_in_schema=False)
+    @app.get("/swagger/openapi.json", include_in_schema=False)
     async def openapi_json() -> JSONResponse:
         return JSONResponse(openapi())
+
+    @app.get("/endpoints", include_in_schema=False)
+    async def endpoints() -> JSONResponse:
+        """Every endpoint (Kyun's ``/endpoints``): method, path, summary and tags, from the OpenAPI document."""
+        listed = [
+            {"method": method.upper(), "path": path, "summary": op.get("summary", ""), "tags": op.get("tags", [])}
+            for path, item in openapi()["paths"].items()
+            for method, op in item.items()
+            if isinstance(op, dict) and method in ("get", "post", "put", "patch", "delete")
+        ]
+        return JSONResponse({"endpoints": listed, "openapi": "/openapi.json", "docs": "/docs"})
