@@ -1,6 +1,7 @@
 """Maps every error to a JSON body ``{"message": ...}`` with the seed's status codes. On the rerobots surface
 (routes that mark the request with ``REROBOTS_SURFACE``) the body also has ``error_message``, the key rerobots
-clients read, and a 401 says ``wrong authorization token`` as rerobots does."""
+clients read, and a 401 says ``wrong authorization token`` as rerobots does. On the karma.run surface the body
+is written with the request's ``X-Karma-Codec`` (json or msgpack)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sheesh.api.karma import KARMA_SURFACE, codec_of
 from sheesh.errors import (
     ConflictError,
     ForbiddenError,
@@ -46,11 +48,13 @@ REROBOTS_SURFACE = "rerobots"
 WRONG_TOKEN = "wrong authorization token"
 
 
-def error(
-    status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None
-) -> JSONResponse:
+def error(status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None) -> Response:
     body: dict[str, object] = {"message": message}
-    if request is not None and request.scope.get("state", {}).get("surface") == REROBOTS_SURFACE:
+    surface = request.scope.get("state", {}).get("surface") if request is not None else None
+    if surface == KARMA_SURFACE and request is not None:
+        codec = codec_of(request)
+        return Response(codec.encode(body), status_code=status, headers=headers, media_type=codec.media_type)
+    if surface == REROBOTS_SURFACE:
         if status == 401:
             body["message"] = message = WRONG_TOKEN
         body["error_message"] = message
@@ -78,7 +82,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(SheeshError)
-    async def _sheesh(request: Request, exc: SheeshError) -> JSONResponse:
+    async def _sheesh(request: Request, exc: SheeshError) -> Response:
         status = status_for(exc)
         if status >= 500:
             log.warning("request failed: %s", exc.message)
@@ -86,14 +90,14 @@ def install(app: FastAPI) -> None:
         return error(status, exc.message, headers, request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         return error(400, _validation_message(exc), request=request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None), request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error(500, "internal error", request=request)

@@ -10,8 +10,9 @@ import re
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from sheesh.api.bodies import validated
 from sheesh.api.errors import REROBOTS_SURFACE
 from sheesh.errors import InvalidInputError
 
@@ -43,15 +44,7 @@ async def json_body(request: Request, model: type[M]) -> M:
         data: Any = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         raise InvalidInputError("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError("request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        message = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
-        raise InvalidInputError(f"{where}: {str(message).removeprefix('Value error, ')}") from None
+    return validated(model, data)
 
 
 def paginate(items: list[T], max_per_page: int, page: int) -> tuple[list[T], int]:

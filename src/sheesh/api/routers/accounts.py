@@ -10,7 +10,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
+from sheesh.api.bodies import validated
 from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate, client_ip
+from sheesh.api.karma import Codec, karma_surface, read_body, respond
 from sheesh.api.rerobots import rerobots_surface
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import Body, iso
@@ -211,29 +213,33 @@ async def change_password(body: PasswordBody, request: Request, principal: Princ
     return Response(status_code=204)
 
 
-def _codec(request: Request) -> None:
-    codec = request.headers.get("x-karma-codec", "json").strip().lower()
-    if codec != "json":
-        raise InvalidInputError(f"unsupported X-Karma-Codec {codec!r}: only json is available")
+KarmaCodec = Annotated[Codec, Depends(karma_surface)]
 
 
-@router.post("/auth", summary="Log in (karma.run): the response is a signature valid 15 minutes")
-async def karma_login(body: LoginBody, request: Request, svc: ServicesDep) -> JSONResponse:
-    _codec(request)
+@router.post(
+    "/auth",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": LoginBody.model_json_schema()}}}
+    },
+    summary="Log in (karma.run): the response is a signature valid 15 minutes",
+)
+async def karma_login(request: Request, svc: ServicesDep, codec: KarmaCodec) -> Response:
+    """The body is ``{"username", "password"}`` in the ``X-Karma-Codec`` encoding (json or msgpack), whatever
+    the Content-Type; the answer is the signature, a string in the same encoding."""
+    body = validated(LoginBody, await read_body(request, codec))
     user = await _login(svc, request, body)
-    return JSONResponse(svc.sessions.issue(user.id, "signature", svc.settings.signature_ttl_s))
+    return respond(codec, svc.sessions.issue(user.id, "signature", svc.settings.signature_ttl_s))
 
 
 @router.get("/auth", summary="Renew a signature (send the current one as X-Karma-Signature)")
-async def karma_refresh(request: Request, svc: ServicesDep) -> JSONResponse:
-    _codec(request)
+async def karma_refresh(request: Request, svc: ServicesDep, codec: KarmaCodec) -> Response:
     token = request.headers.get("x-karma-signature")
     if not token:
         raise ForbiddenError("X-Karma-Signature header required")
     claims = svc.sessions.verify(token, "signature")
     if svc.store.get_user(claims.user_id) is None:
         raise ForbiddenError("user no longer exists")
-    return JSONResponse(svc.sessions.issue(claims.user_id, "signature", svc.settings.signature_ttl_s))
+    return respond(codec, svc.sessions.issue(claims.user_id, "signature", svc.settings.signature_ttl_s))
 
 
 @router.post("/auth/login", status_code=204, summary="Log in to the admin UI: sets the rds_session cookie")
