@@ -20,6 +20,7 @@ from sheesh.api.routers import (
     execution,
     files,
     images,
+    kyun,
     network,
     rerobots,
     snapshots,
@@ -74,7 +75,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     errors.install(app)
     ratelimit.install(app, svc)
     app.add_middleware(limits.BodyLimit, max_bytes=lambda: svc.settings.max_body_bytes)
-    for module in (vms, execution, files, snapshots, images, network):
+    for module in (vms, execution, files, snapshots, images, network, kyun):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(accounts.router)
     app.include_router(workspaces.router)

@@ -51,7 +51,8 @@ def resolve_principal(request: Request, svc: Services) -> Principal | None:
         return cached
     principal = svc.auth.principal_for_key(presented_key(request))
     if principal is None:
-        signature = request.headers.get("x-karma-signature")
+        # a login token: a karma signature, or the same sent as Kyun's x-auth-token, or the admin UI's cookie
+        signature = request.headers.get("x-karma-signature") or _login_token(request.headers.get("x-auth-token"))
         cookie = request.cookies.get(SESSION_COOKIE)
         if signature or cookie:
             kind, token = ("signature", signature) if signature else ("cookie", cookie or "")
@@ -61,6 +62,11 @@ def resolve_principal(request: Request, svc: Services) -> Principal | None:
                 state["auth_error"] = exc
     state["principal"] = principal
     return principal
+
+
+def _login_token(value: str | None) -> str | None:
+    """``x-auth-token`` carries an API key or a login token (a signature: ``<base64>.<mac>``)."""
+    return value.strip() if value and "." in value else None
 
 
 def limit_identity(request: Request, svc: Services) -> str:

@@ -36,12 +36,15 @@ def generate_key() -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as; ``token_hash`` is the SHA-256 of the API key used, if any."""
+    """Who a request acts as; ``token_hash`` is the SHA-256 of the API key used, if any. ``login`` is true for
+    login tokens (signatures, cookies): their 2FA passcode was checked at login, so 2FA-protected operations
+    need no new one (Kyun: API keys do not open them without a passcode)."""
 
     user_id: str
     username: str
     role: Role
     token_hash: str | None = None
+    login: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -105,8 +108,9 @@ class ApiKeyAuth:
         return user
 
     def principal_for_user(self, user_id: str) -> Principal | None:
+        """The principal of a user's login token."""
         user = self.store.get_user(user_id)
-        return Principal(user.id, user.username, user.role) if user else None
+        return Principal(user.id, user.username, user.role, login=True) if user else None
 
     # --- keys ------------------------------------------------------------------------------------------
     def principal_for_key(self, presented: str | None) -> Principal | None:

@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 
 from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, rate_limited
 from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut, iso
+from sheesh.auth.apikeys import Principal
 from sheesh.auth.totp import require_otp
+from sheesh.control.services import Services
 from sheesh.control.vms import CreateVm
 from sheesh.errors import InvalidInputError, NotFoundError
 from sheesh.models import Vm
@@ -31,7 +33,7 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=ERRORS)
 def vm_out(svc: ServicesDep, vm: Vm) -> VmOut:
     """A VM as the API shows it, with the address of its node's console endpoints."""
     settings = svc.settings
-    return VmOut.of(vm, settings.node_public_host or settings.host, settings.node_port)
+    return VmOut.of(vm, settings.node_host(), settings.node_port)
 
 
 @router.post(
@@ -84,12 +86,19 @@ async def agent_token(
     otp: Annotated[str | None, Query(description="One-time passcode, when 2FA is on")] = None,
     x_otp: Annotated[str | None, Header(alias="X-OTP")] = None,
 ) -> AgentTokenOut:
-    require_otp(svc.accounts.user(principal.user_id), otp or x_otp)
+    """With 2FA on, an API key needs a current passcode (``otp`` or ``X-OTP``); a login token does not (the
+    passcode was checked at login)."""
+    return issue_agent_token(svc, principal, vm_id, otp or x_otp)
+
+
+def issue_agent_token(svc: Services, principal: Principal, vm_id: str, otp: str | None) -> AgentTokenOut:
+    if not principal.login:
+        require_otp(svc.accounts.user(principal.user_id), otp)
     settings = svc.settings
     ttl = settings.agent_token_ttl_s
     token = svc.sessions.issue(vm_id, "agent", ttl)
     expires = datetime.now(UTC) + timedelta(seconds=ttl)
-    url = f"ws://{settings.node_public_host or settings.host}:{settings.node_port}"
+    url = f"ws://{settings.node_host()}:{settings.node_port}"
     return AgentTokenOut(token=token, expiresAt=iso(expires), url=url)
 
 
