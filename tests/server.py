@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,11 +53,25 @@ class ServerProcess:
         self.log = data_dir / "server.log"
 
     @property
+    def tls(self) -> bool:
+        return self.env.get("SHEESH_TLS") == "self-signed"
+
+    @property
+    def cert(self) -> Path:
+        """The self-signed certificate a TLS server made on its first start."""
+        return self.data_dir / "tls" / "cert.pem"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.cert)) if self.tls else True
 
     def client(self, timeout: float = 120) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.api_key}, timeout=timeout)
+        headers = {"X-API-Key": self.api_key}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=self.verify)
 
     def start(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +86,12 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                httpx.get(self.url + "/openapi.json", timeout=1)
-                return self
+                if not self.tls or self.cert.exists():
+                    httpx.get(self.url + "/openapi.json", timeout=1, verify=self.verify)
+                    return self
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise AssertionError("server did not start:\n" + self.log.read_text())
 
     def stop(self) -> None:

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     node_public_host: str | None = None
     """Host name clients use to reach the node (default: the listen address)."""
     agent_token_ttl_s: float = 60.0
+    tls: Literal["off", "self-signed"] = "off"
+    """``self-signed``: serve the API and the node port over TLS with a certificate made on the first start."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    """A certificate (chain) and key in PEM: the API and the node port are served over TLS with them."""
+    tls_hostnames: list[str] = Field(default_factory=list)
+    """Names and addresses the self-signed certificate is for (default: the node host, localhost, 127.0.0.1)."""
     node_region: str = "local"
     """The node's region label (rerobots deployments and instances show it)."""
     default_deployments: int = 3
@@ -112,6 +119,10 @@ class Settings(BaseSettings):
         if self.node_public_host:
             return self.node_public_host
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def tls_on(self) -> bool:
+        return self.tls == "self-signed" or self.tls_cert is not None
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'sheesh.db'}"

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -18,16 +18,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sheesh.api.http import MAX_HEAD_BYTES, JsonErrorsH11Protocol
 from sheesh.config import Settings
 from sheesh.errors import SheeshError
+from sheesh.tls import self_signed, server_tls
 
 app = typer.Typer(help="sheesh: self-hosted isolated microVMs", no_args_is_help=True)
 image_app = typer.Typer(help="Guest images", no_args_is_help=True)
 key_app = typer.Typer(help="API keys", no_args_is_help=True)
 web_app = typer.Typer(help="Browser console assets", no_args_is_help=True)
 net_app = typer.Typer(help="VM networking on this host", no_args_is_help=True)
+tls_app = typer.Typer(help="TLS certificates", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(key_app, name="apikey")
 app.add_typer(web_app, name="web")
 app.add_typer(net_app, name="network")
+app.add_typer(tls_app, name="tls")
 console = Console(stderr=True)
 
 
@@ -55,11 +58,20 @@ def serve(
         console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
     for line in services.auth.bootstrap():
         console.print(f"[bold green]{line}[/bold green]")
+    try:
+        tls = server_tls(settings)
+    except SheeshError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    options = dict(HTTP_OPTIONS)
+    if tls is not None:
+        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+        console.print(f"TLS: https:// and wss:// with {tls.cert}")
     asyncio.run(
         _serve_both(
             [
-                uvicorn.Config(apps.api, host=settings.host, port=settings.port, **HTTP_OPTIONS),
-                uvicorn.Config(apps.node, host=settings.host, port=settings.node_port, **HTTP_OPTIONS),
+                uvicorn.Config(apps.api, host=settings.host, port=settings.port, **options),
+                uvicorn.Config(apps.node, host=settings.host, port=settings.node_port, **options),
             ]
         )
     )
@@ -96,6 +108,19 @@ async def _serve_both(configs: list[uvicorn.Config]) -> None:
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@tls_app.command("self-signed")
+def tls_self_signed(
+    hostname: Annotated[list[str], typer.Option("--host", help="A DNS name or IP address (repeat for more)")],
+    out: str = typer.Option(None, "--out", help="Folder for cert.pem and key.pem (default: <data dir>/tls)"),
+) -> None:
+    """Make a self-signed certificate; `sheesh serve` uses <data dir>/tls with SHEESH_TLS=self-signed."""
+    from pathlib import Path
+
+    folder = Path(out) if out else Settings().data_dir / "tls"
+    files = self_signed(hostname, folder)
+    console.print(f"certificate {files.cert} and key {files.key} for {', '.join(hostname)}")
 
 
 @app.command("console")

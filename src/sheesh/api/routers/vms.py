@@ -98,7 +98,8 @@ def issue_agent_token(svc: Services, principal: Principal, vm_id: str, otp: str 
     ttl = settings.agent_token_ttl_s
     token = svc.sessions.issue(vm_id, "agent", ttl)
     expires = datetime.now(UTC) + timedelta(seconds=ttl)
-    url = f"ws://{settings.node_host()}:{settings.node_port}"
+    scheme = "wss" if settings.tls_on else "ws"
+    url = f"{scheme}://{settings.node_host()}:{settings.node_port}"
     return AgentTokenOut(token=token, expiresAt=iso(expires), url=url)
 
 
