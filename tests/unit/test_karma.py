@@ -56,3 +56,86 @@ def test_codec_errors_and_expect(c: TestClient) -> None:
     assert r.status_code == 400
     r = c.post("/auth", content=b'{"username": "alice"}', headers={"Expect": "100-continue"})
     assert r.status_code == 417 and "Expect" in r.json()["message"]
+
+
+def _kvm(c: TestClient, sig: str, expr: object, codec: str = "json") -> tuple[int, object]:
+    headers = {"X-Karma-Signature": sig, "X-Karma-Codec": codec}
+    if codec == "msgpack":
+        r = c.post("/", content=msgpack.packb(expr), headers=headers)
+        return r.status_code, msgpack.unpackb(r.content)
+    r = c.post("/", content=json.dumps(expr).encode(), headers=headers)
+    return r.status_code, r.json()
+
+
+def test_the_kvm_endpoint_evaluates_expressions_over_own_records(c: TestClient, stack: FakeStack) -> None:
+    alice = _login(c)
+    admin = c.post("/auth", json={"username": "admin", "password": "x"}).status_code  # wrong password: 403
+    assert admin == 403
+    key = {"X-Karma-Signature": alice}
+    mine = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=key).json()["id"]
+    theirs = c.post("/v1/vms", json={"cpu": 2, "memMb": 512, "allowIps": []}, headers=ADMIN).json()["id"]
+
+    status, tags = _kvm(c, alice, {"all": {"tag": "_tag"}})
+    assert status == 200 and {"tag": "vms", "model": "vms"} in tags  # the seed's example
+    status, typed = _kvm(c, alice, {"all": {"tag": {"string": "_tag"}}}, "msgpack")
+    assert status == 200 and typed == tags, "karma.run's typed literal form, over msgpack"
+    status, vms = _kvm(c, alice, {"all": {"tag": "vms"}})
+    assert [v["id"] for v in vms] == [mine], "a user sees only their own records"
+    status, _ = _kvm(c, "", {"length": {"all": {"tag": "vms"}}})
+    assert status == 401
+    admin_key = {"X-API-Key": "test-key"}
+    r = c.post("/", content=json.dumps({"length": {"all": {"tag": "vms"}}}).encode(), headers=admin_key)
+    assert r.json() == 2, "admins see all"
+    big = {
+        "mapList": [
+            {
+                "filter": [
+                    {"all": {"tag": "vms"}},
+                    {"function": [["v"], {"gt": [{"field": ["mem_mb", {"scope": "v"}]}, {"int": 300}]}]},
+                ]
+            },
+            {"function": [["v"], {"field": ["id", {"scope": "v"}]}]},
+        ]
+    }
+    r = c.post("/", content=json.dumps(big).encode(), headers=admin_key)
+    assert r.json() == [theirs]
+    status, first = _kvm(c, alice, {"metarialize": {"first": {"all": {"tag": "vms"}}}})
+    assert status == 200 and first["id"] == mine and first["model"] == "vms" and first["created"]
+    status, got = _kvm(c, alice, {"field": ["state", {"get": {"ref": [{"tag": "vms"}, {"string": mine}]}}]})
+    assert (status, got) == (200, "RUNNING")
+    status, branch = _kvm(c, alice, {"if": {"condition": {"and": [True, {"not": False}]}, "then": "yes", "else": "no"}})
+    assert (status, branch) == (200, "yes")
+    status, users = _kvm(c, alice, {"all": {"tag": "_user"}})
+    assert [u["username"] for u in users] == ["alice"] and "password_hash" not in str(users)
+    status, keys = _kvm(c, alice, {"all": {"tag": "apiKeys"}})
+    assert status == 200 and "hash" not in str(keys)
+
+
+@pytest.mark.parametrize(
+    ("expr", "fragment"),
+    [
+        ({"nope": 1}, "at /nope: unknown function 'nope'"),
+        ({"all": {"tag": "secrets"}}, "unknown model 'secrets'"),
+        ({"filter": [{"list": [1, 2]}, {"function": [["v"], {"int": 1}]}]}, "must return a bool"),
+        ({"length": {"int": "x"}}, "at /length/int: expected a int"),
+        ({"field": ["nope", {"struct": {"a": 1}}]}, "no field 'nope'"),
+        ({"gt": [1, "a"]}, "cannot compare"),
+        ({"get": {"ref": ["vms", "vm-none"]}}, "no vms record vm-none"),
+        ({"a": 1, "b": 2}, "one function name"),
+    ],
+)
+def test_kvm_errors_name_the_failing_sub_expression(c: TestClient, expr: object, fragment: str) -> None:
+    status, body = _kvm(c, _login(c), expr)
+    assert status == 400 and fragment in str(body), body
+
+
+def test_kvm_expressions_are_bounded(c: TestClient) -> None:
+    sig = _login(c)
+    deep: object = {"int": 1}
+    for _ in range(100):
+        deep = {"not": deep}
+    status, body = _kvm(c, sig, deep)
+    assert status == 400 and "deeper than" in str(body)
+    nested = "[" * 100_000 + "]" * 100_000
+    r = c.post("/", content=nested.encode(), headers={"X-Karma-Signature": sig})
+    assert r.status_code == 400

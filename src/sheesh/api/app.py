@@ -20,6 +20,7 @@ from sheesh.api.routers import (
     execution,
     files,
     images,
+    karma,
     kyun,
     network,
     rerobots,
@@ -81,6 +82,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.include_router(workspaces.router)
     app.include_router(rerobots.router)
     app.include_router(ci.router)
+    app.include_router(karma.router)
     docs.install(app)
     console.install(app, svc.settings.resolved_web_dir())
     return app

@@ -28,7 +28,7 @@ class Codec:
             if self.name == "msgpack":
                 return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=len(raw))
             return json.loads(raw)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError):
+        except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
             raise InvalidInputError(f"request body is not valid {self.name}") from None
 
     def encode(self, value: Any) -> bytes:
