@@ -12,6 +12,7 @@ from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.accounts import AccountService
 from sheesh.control.ci import CiService
+from sheesh.control.dumps import DumpService
 from sheesh.control.events import EventSender
 from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
@@ -39,6 +40,7 @@ class Services:
     instances: InstanceService
     vpn: VpnService
     ci: CiService
+    dumps: DumpService
     limiter: RateLimiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
@@ -50,8 +52,11 @@ class Services:
         auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
         workspaces = WorkspaceService(store, settings)
         vpn = VpnService(store, settings, vms, node)
-        execs = ExecService(store, node, settings, vms)
+        images = ImageService(store, settings)
         events = EventSender([*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)])
+        instances = InstanceService(store, settings, vms, node, workspaces, events, vpn)
+        execs = ExecService(store, node, settings, vms)
+        ci = CiService(store, settings, vms, execs, node, workspaces)
         return cls(
             settings,
             store,
@@ -60,12 +65,13 @@ class Services:
             execs,
             auth,
             AccountService(store, auth, settings),
-            ImageService(store, settings),
+            images,
             SessionSigner(load_or_create_key(settings.data_dir / "session.key")),
             workspaces,
-            InstanceService(store, settings, vms, node, workspaces, events, vpn),
+            instances,
             vpn,
-            CiService(store, settings, vms, execs, node, workspaces),
+            ci,
+            DumpService(store, settings, vms, images, auth, instances, ci),
         )
 
     async def start(self) -> None:

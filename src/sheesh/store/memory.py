@@ -146,13 +146,13 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    def add_record(self, rec: R) -> None:
+    def add_record(self, rec: Record) -> None:
         table = self.records.setdefault(type(rec), {})
         if rec.id in table:
             raise StoreError(f"duplicate {type(rec).__name__} {rec.id}")
         table[rec.id] = copy.deepcopy(rec)
 
-    def save_record(self, rec: R) -> None:
+    def save_record(self, rec: Record) -> None:
         table = self.records.setdefault(type(rec), {})
         if rec.id in table:
             table[rec.id] = copy.deepcopy(rec)
@@ -167,3 +167,7 @@ class MemoryStore:
 
     def delete_record(self, kind: type[R], record_id: str) -> None:
         self.records.get(kind, {}).pop(record_id, None)
+
+    def wipe(self) -> None:
+        for table in (self.vms, self.keys, self.users, self.snapshots, self.exec_logs, self.records):
+            table.clear()

@@ -28,6 +28,7 @@ from sheesh.store.errors import StoreError
 from sheesh.store.rows import (
     RECORD_ROWS,
     R,
+    Record,
     StoredImage,
     exec_log_from_row,
     image_from_row,
@@ -40,7 +41,7 @@ from sheesh.store.rows import (
     vm_from_row,
     vm_values,
 )
-from sheesh.store.tables import ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
+from sheesh.store.tables import RECORD_TABLES, ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
 
 
 class Store(Protocol):
@@ -90,11 +91,11 @@ class Store(Protocol):
     def get_user_by_name(self, username: str) -> User | None: ...
     def list_users(self) -> list[User]: ...
 
-    def add_record(self, rec: R) -> None:
+    def add_record(self, rec: Record) -> None:
         """Store a new rerobots record (workspace type, deployment, instance, ...); a duplicate id: StoreError."""
         ...
 
-    def save_record(self, rec: R) -> None:
+    def save_record(self, rec: Record) -> None:
         """Replace the stored record with the same id (none: nothing happens)."""
         ...
 
@@ -104,6 +105,10 @@ class Store(Protocol):
         ...
 
     def delete_record(self, kind: type[R], record_id: str) -> None: ...
+
+    def wipe(self) -> None:
+        """Delete every user, API key, VM (with its history), snapshot and rerobots record; images stay."""
+        ...
 
     def close(self) -> None: ...
 
@@ -332,11 +337,11 @@ class SqlStore:
         with self._read() as s:
             return [user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
 
-    def add_record(self, rec: R) -> None:
+    def add_record(self, rec: Record) -> None:
         with self._write() as s:
             s.add(RECORD_ROWS[type(rec)](**record_values(rec)))
 
-    def save_record(self, rec: R) -> None:
+    def save_record(self, rec: Record) -> None:
         table = RECORD_ROWS[type(rec)]
         with self._write() as s:
             s.execute(update(table).where(table.id == rec.id).values(**record_values(rec)))
@@ -355,6 +360,11 @@ class SqlStore:
         table = RECORD_ROWS[kind]
         with self._write() as s:
             s.execute(delete(table).where(table.id == record_id))
+
+    def wipe(self) -> None:
+        with self._write() as s:
+            for table in (ExecLogRow, VmRow, SnapshotRow, ApiKeyRow, UserRow, *RECORD_TABLES):
+                s.execute(delete(table))
 
     def close(self) -> None:
         self.engine.dispose()
