@@ -3,13 +3,15 @@ Expect must be empty."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 
 import msgpack
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes import ADMIN, PASSWORD, FakeStack
+from tests.fakes import ADMIN, PASSWORD, FakeStack, user_headers
 
 MSGPACK = {"X-Karma-Codec": "msgpack"}
 
@@ -139,3 +141,55 @@ def test_kvm_expressions_are_bounded(c: TestClient) -> None:
     nested = "[" * 100_000 + "]" * 100_000
     r = c.post("/", content=nested.encode(), headers={"X-Karma-Signature": sig})
     assert r.status_code == 400
+
+
+def _admin_sig(c: TestClient, password: str) -> dict[str, str]:
+    r = c.post("/auth", json={"username": "admin", "password": password})
+    assert r.status_code == 200, r.text
+    return {"X-Karma-Signature": r.json()}
+
+
+def test_export_reset_import_round_trip(stack: FakeStack) -> None:
+    c = stack.client
+    svc = stack.svc
+    alice = user_headers(c, "alice")
+    vm = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=alice).json()["id"]
+    assert c.post(f"/v1/vms/{vm}/firewall", json={"src": "10.0.0.0/8"}, headers=alice).status_code == 200
+    c.post("/v1/workspace-types", json={"name": "big_vm", "cpu": 2, "memMb": 512}, headers=ADMIN)
+    assert c.get("/admin/export", headers=alice).status_code == 403, "admins only"
+
+    exported = c.get("/admin/export", headers=ADMIN)
+    assert exported.status_code == 200 and isinstance(exported.json(), str)
+    dump = exported.json()
+    r = c.post("/admin/import", content=json.dumps(dump).encode(), headers=ADMIN)
+    assert r.status_code == 409 and "reset it first" in r.json()["message"]
+    assert c.get("/admin/import", headers=ADMIN).status_code == 405
+
+    secret = base64.b64encode(b"a new secret of 24 bytes").decode()
+    for bad in ("not base64!", base64.b64encode(b"short").decode(), 7):
+        assert c.post("/admin/reset", content=json.dumps(bad).encode(), headers=ADMIN).status_code == 400
+    assert c.post("/admin/reset", content=json.dumps(secret).encode(), headers=alice).status_code == 403
+    r = c.post("/admin/reset", content=json.dumps(secret).encode(), headers=ADMIN)
+    assert r.status_code == 200
+    new_sig = {"X-Karma-Signature": r.json()}
+    assert c.get("/v1/users/me", headers=new_sig).json()["username"] == "admin"
+    assert c.get("/v1/vms", headers=new_sig).json() == [] and vm not in stack.node.running, "VMs destroyed"
+    assert c.get("/v1/users/me", headers=alice).status_code == 401, "keys are gone"
+    _admin_sig(c, secret)  # the admin's password is the new secret
+    assert c.get("/workspaces").json()["workspace_types"] == ["basic_vm"], "defaults again"
+
+    for bad in (b'"not base64!"', json.dumps(base64.b64encode(b"not gzip").decode()).encode(), b"\x1f\x8bjunk"):
+        assert c.post("/admin/import", content=bad, headers=new_sig).status_code == 400
+    assert c.get("/v1/vms", headers=new_sig).json() == [], "a bad dump writes nothing"
+    r = c.post("/admin/import", content=json.dumps(dump).encode(), headers=new_sig)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["users"] == 1 and report["vms"] == 1 and report["api_keys"] >= 1
+    assert c.get("/v1/users/me", headers=alice).json()["username"] == "alice", "alice's key works again"
+    restored = c.get(f"/v1/vms/{vm}", headers=alice).json()
+    assert restored["state"] == "STOPPED" and "restored from a dump" in restored["error"]
+    assert c.get(f"/v1/vms/{vm}/firewall", headers=alice).json()["rules"] == [{"src": "10.0.0.0/8", "action": "ACCEPT"}]
+    assert sorted(c.get("/workspaces").json()["workspace_types"]) == ["basic_vm", "big_vm"]
+    assert svc.store.get_user_by_name("admin") is not None
+    raw = gzip.decompress(base64.b64decode(dump))
+    assert b"password_hash" in raw and b"key_hash" in raw and json.loads(raw)["version"] == 1
