@@ -46,38 +46,31 @@ async def test_authorize_ssh_returns_the_vms_host_keys(node: NodeClient) -> None
         await node.authorize_ssh("vm-none", [KEY])
 
 
-async def test_vpn_servers_need_a_known_vm(node: NodeClient) -> None:
+def _vpn_spec(vm_id: str, network: str) -> VpnSpec:
     ca = CertificateAuthority.generate("ca")
     server = ca.issue("server", server=True)
-    spec = VpnSpec(
-        vm_id="vm-none",
+    return VpnSpec(
+        vm_id=vm_id,
         port=1194,
-        network="10.200.0.0/24",
+        network=network,
         guest_ip="10.1.0.2",
         ca_pem=ca.cert_pem,
         cert_pem=server.cert_pem,
         key_pem=server.key_pem,
     )
+
+
+async def test_vpn_servers_need_a_known_vm(node: NodeClient) -> None:
     with pytest.raises(NotFoundError):
-        await node.start_vpn(spec)
+        await node.start_vpn(_vpn_spec("vm-none", "10.200.0.0/24"))
     await node.stop_vpn("vm-none")  # stopping what is not running is fine
 
 
 async def test_the_node_agent_runs_vpns_only_with_vm_networking(tmp_path: Path) -> None:
     agent = NodeAgent(tmp_path / "vms", FakeDriver())
     await agent.create(_spec(tmp_path, "vm-one"))
+    spec = _vpn_spec("vm-one", "10.200.3.0/24")
     try:
-        ca = CertificateAuthority.generate("ca")
-        server = ca.issue("server", server=True)
-        spec = VpnSpec(
-            vm_id="vm-one",
-            port=1194,
-            network="10.200.3.0/24",
-            guest_ip="10.1.0.2",
-            ca_pem=ca.cert_pem,
-            cert_pem=server.cert_pem,
-            key_pem=server.key_pem,
-        )
         with pytest.raises(UnavailableError, match="networking"):
             await agent.start_vpn(spec)
     finally:
