@@ -105,10 +105,10 @@ class ServerProcess:
         self.proc = None
 
     def kill_vms(self) -> None:
-        """Kill QEMU and OpenVPN processes this server's data dir owns (by PID file, checked against the
-        command line)."""
+        """Kill QEMU, fake-VMM and OpenVPN processes this server's data dir owns (by PID file, checked against
+        the command line)."""
         vms = self.data_dir / "vms"
-        for pidfile in [*vms.glob("*/qemu.pid"), *vms.glob("*/vpn/openvpn.pid")]:
+        for pidfile in [*vms.glob("*/qemu.pid"), *vms.glob("*/vmm.pid"), *vms.glob("*/vpn/openvpn.pid")]:
             try:
                 pid = int(pidfile.read_text())
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
