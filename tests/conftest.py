@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sheesh.api.app import create_app
 from sheesh.config import Settings
 from tests.fakes import FakeStack, fake_services
+from tests.postgres import Postgres, running_postgres
 
 
 @pytest.fixture
@@ -33,3 +34,10 @@ def stack(settings: Settings) -> Iterator[FakeStack]:
     svc, node = fake_services(settings)
     with TestClient(create_app(svc)) as client:
         yield FakeStack(client=client, svc=svc, node=node)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for the whole run, started from the Debian binaries (see ``tests/postgres.py``)."""
+    with running_postgres() as pg:
+        yield pg

@@ -1,3 +1,4 @@
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,11 +26,19 @@ def _vm(vm_id: str, ip: str) -> Vm:
     )
 
 
-@pytest.fixture(params=["sql", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sql":
-        return SqlStore(f"sqlite:///{tmp_path / 'db' / 'sheesh.db'}")
-    return MemoryStore()
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = (
+        f"sqlite:///{tmp_path / 'db' / 'sheesh.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres").new_database()
+    )
+    sql = SqlStore(url)
+    yield sql
+    sql.close()
 
 
 def test_vm_roundtrip_update_delete(store: Store) -> None:
@@ -132,3 +141,39 @@ def test_exec_logs_newest_first_bounded_and_gone_with_the_vm(store: Store) -> No
     assert [e.id for e in store.list_exec_logs("vm-1", ExecKind.EXEC, 2)] == ["xl-5", "xl-3"]
     store.delete_vm("vm-1")
     assert store.list_exec_logs("vm-1", None, 100) == []
+
+
+def test_rerobots_records_round_trip_and_wipe(store: Store) -> None:
+    from sheesh.store.errors import StoreError
+    from sheesh.workspaces import Instance, InstanceStatus, WorkspaceType
+
+    made = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    wtype = WorkspaceType(id="basic_vm", cpu=1, mem_mb=256, created_at=made)
+    inst = Instance(
+        id="i-1",
+        owner_id="usr-a",
+        deployment="d-1",
+        type="basic_vm",
+        region="local",
+        status=InstanceStatus.INIT,
+        created_at=made,
+        public_key="ssh-ed25519 AAAA x",
+        hostkeys=["ssh-ed25519 BBBB root@sheesh"],
+    )
+    store.add_record(wtype)
+    store.add_record(inst)
+    with pytest.raises(StoreError):
+        store.add_record(inst)
+    assert store.get_record(Instance, "i-1") == inst and store.get_record(WorkspaceType, "i-1") is None
+    inst.status, inst.ended_at = InstanceStatus.TERMINATED, made + timedelta(hours=1)
+    store.save_record(inst)
+    got = store.get_record(Instance, "i-1")
+    assert got is not None and got.status == InstanceStatus.TERMINATED and got.ended_at == inst.ended_at
+    got.hostkeys.append("changed")  # a copy
+    assert store.get_record(Instance, "i-1") == inst
+    assert store.list_records(Instance) == [inst] and store.list_records(WorkspaceType) == [wtype]
+    store.delete_record(Instance, "i-1")
+    assert store.get_record(Instance, "i-1") is None
+    store.add_vm(_vm("vm-1", "172.16.0.2"))
+    store.wipe()
+    assert store.list_vms() == [] and store.list_records(WorkspaceType) == [] and store.list_users() == []
