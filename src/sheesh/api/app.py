@@ -22,6 +22,7 @@ from sheesh.api.routers import (
     images,
     karma,
     kyun,
+    metrics,
     network,
     rerobots,
     snapshots,
@@ -83,6 +84,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.include_router(rerobots.router)
     app.include_router(ci.router)
     app.include_router(karma.router)
+    app.include_router(metrics.router)
     docs.install(app)
     console.install(app, svc.settings.resolved_web_dir())
     return app

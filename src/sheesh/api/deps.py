@@ -85,6 +85,7 @@ def rate_limited(bucket: str) -> Callable[..., None]:
             return
         decision = svc.limiter.hit(bucket, limit_identity(request, svc), limit)
         if not decision.allowed:
+            svc.metrics.rate_limited.labels(bucket).inc()
             raise RateLimitedError(
                 f"rate limit exceeded: {limit} requests per minute; retry in {decision.retry_after_s}s",
                 decision.retry_after_s,

@@ -37,6 +37,7 @@ class GlobalRateLimit:
             (b"x-ratelimit-reset", reset.encode()),
         ]
         if not decision.allowed:
+            svc.metrics.rate_limited.labels("global").inc()
             body = json.dumps(
                 {"message": f"rate limit exceeded: {limit} requests per minute; retry in {decision.retry_after_s}s"}
             ).encode()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from sheesh.config import Settings
+from sheesh.control.metrics import Metrics
 from sheesh.control.vms import VmService
 from sheesh.errors import PayloadTooLargeError, SheeshError
 from sheesh.models import (
@@ -53,6 +54,7 @@ class ExecService:
     node: NodeClient
     settings: Settings
     vms: VmService
+    metrics: Metrics | None = None
 
     async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
         await self.vms.running(vm_id, "exec")
@@ -91,6 +93,8 @@ class ExecService:
             error = exc.message
             raise
         finally:
+            if self.metrics is not None:
+                self.metrics.exec_seconds.labels(kind.value).observe(time.monotonic() - t0)
             entry = ExecLog(
                 id=f"xl-{secrets.token_hex(8)}",
                 vm_id=vm_id,

@@ -17,6 +17,7 @@ from sheesh.control.events import EventSender
 from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
 from sheesh.control.instances import InstanceService
+from sheesh.control.metrics import Metrics
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
 from sheesh.control.vpn import VpnService
@@ -41,6 +42,7 @@ class Services:
     vpn: VpnService
     ci: CiService
     dumps: DumpService
+    metrics: Metrics
     limiter: RateLimiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
@@ -48,14 +50,16 @@ class Services:
     @classmethod
     def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
         templates = Templates(store, node, guest_network=settings.guest_network)
-        vms = VmService(store, node, settings, templates)
+        metrics = Metrics()
+        metrics.watch(store, lambda: metrics.nodes)
+        vms = VmService(store, node, settings, templates, metrics)
         auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
         workspaces = WorkspaceService(store, settings)
         vpn = VpnService(store, settings, vms, node)
         images = ImageService(store, settings)
         events = EventSender([*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)])
         instances = InstanceService(store, settings, vms, node, workspaces, events, vpn)
-        execs = ExecService(store, node, settings, vms)
+        execs = ExecService(store, node, settings, vms, metrics)
         ci = CiService(store, settings, vms, execs, node, workspaces)
         return cls(
             settings,
@@ -72,6 +76,7 @@ class Services:
             vpn,
             ci,
             DumpService(store, settings, vms, images, auth, instances, ci),
+            metrics,
         )
 
     async def start(self) -> None:

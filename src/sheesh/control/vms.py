@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip, free_port
+from sheesh.control.metrics import Metrics
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import (
@@ -91,6 +93,7 @@ class VmService:
     node: NodeClient
     settings: Settings
     templates: Templates
+    metrics: Metrics | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -183,6 +186,7 @@ class VmService:
                 kind=req.kind,
             )
             self.store.add_vm(vm)
+        started = time.monotonic()
         async with self._locked(vm.id) as vm:
             try:
                 await self.node.create(self._spec(vm, source))
@@ -191,8 +195,13 @@ class VmService:
                     await self.node.destroy(vm.id)
                 self.store.delete_vm(vm.id)
                 self._locks.pop(vm.id, None)
+                if self.metrics is not None:
+                    self.metrics.creates.labels("failed").inc()
                 raise
             self._set_state(vm, VmState.RUNNING)
+            if self.metrics is not None:
+                self.metrics.creates.labels("created").inc()
+                self.metrics.create_seconds.observe(time.monotonic() - started)
             return vm
 
     def snapshot(self, snapshot_id: str) -> Snapshot:

@@ -27,7 +27,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sheesh.auth.sessions import InvalidSessionError, SessionSigner
@@ -35,6 +35,7 @@ from sheesh.errors import SheeshError, UnavailableError
 from sheesh.node.agent import NodeAgent
 from sheesh.node.errors import MediaError
 from sheesh.node.media import MAX_UPLOAD_CHUNK, MediaBusyError, MediaService
+from sheesh.node.metrics import metrics_endpoint
 from sheesh.vmm.driver import SERIAL_SOCKET, VNC_SOCKET
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ def create_node_app(node: NodeAgent, signer: SessionSigner, media: MediaService 
             WebSocketRoute("/downloadIso", ep.download_iso),
             WebSocketRoute("/uploadIso", ep.upload_iso),
             WebSocketRoute("/cloudInit", ep.cloud_init),
+            Route("/metrics", metrics_endpoint(node.status)),
         ]
     )
 
