@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ def build_apps(settings: Settings, driver: VmmDriver | None = None) -> Apps:
     service, wired to the same embedded node."""
     node = build_node(settings, driver)
     services = build_services(settings, node)
-    blocked = [*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)]
+    blocked = settings.outbound_blocked()
     media = MediaService(node, settings.media_max_bytes, settings.max_disk_size_mb, blocked)
     return Apps(services=services, api=create_app(services), node=create_node_app(node, services.sessions, media))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     @property
     def tls_on(self) -> bool:
         return self.tls == "self-signed" or self.tls_cert is not None
+
+    def outbound_blocked(self) -> list[IPv4Network | IPv6Network]:
+        """Where sheesh never sends requests to user-given URLs (media downloads, event callbacks, CI clones):
+        ``media_blocked_networks`` and the guest network."""
+        return [*self.media_blocked_networks, ip_network(self.guest_network)]
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'sheesh.db'}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import shutil
 import tempfile
@@ -151,7 +150,7 @@ class CiService:
 
     async def _build(self, job: CiJob) -> None:
         project = self.project(job.project_id)
-        blocked = [*self.settings.media_blocked_networks, ipaddress.ip_network(self.settings.guest_network)]
+        blocked = self.settings.outbound_blocked()
         work = self.settings.data_dir / "ci"
         work.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="job-", dir=work))

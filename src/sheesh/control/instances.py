@@ -65,7 +65,7 @@ class InstanceService:
     node: NodeClient
     workspaces: WorkspaceService
     events: EventSender
-    vpns: Vpns | None = None
+    vpns: Vpns
     _work: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _pick: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -120,7 +120,7 @@ class InstanceService:
         """``duration_s``: the instance ends by itself that long after it starts."""
         deps = self._candidates(target)
         wtype = self.workspaces.get_type(deps[0].type)
-        if vpn and (not wtype.vpn or self.vpns is None):
+        if vpn and not wtype.vpn:
             raise InvalidInputError(f"workspace type {wtype.id} offers no VPN")
         if eurl is not None:
             self.events.check(eurl)
@@ -131,8 +131,8 @@ class InstanceService:
         else:
             public_key = check_public_key(public_key)
         async with self._pick:
-            busy = self.workspaces.busy_ids()
-            free = [d for d in deps if d.id not in busy and self.workspaces.queuelen(d, busy) == 0]
+            busy, waiting = self.workspaces.busy_ids(), self.store.list_records(Reservation)
+            free = [d for d in deps if d.id not in busy and self.workspaces.queuelen(d, busy, waiting) == 0]
             if free:
                 dep = min(free, key=lambda d: (d.icounter, d.created_at))
                 inst = self._start(owner_id, dep, public_key, vpn, duration_s=duration_s)
@@ -230,7 +230,7 @@ class InstanceService:
             inst.ssh_host, inst.ssh_port = self.settings.node_host(), forward.host_port
             inst.status = InstanceStatus.READY
             self.store.save_record(inst)
-            if inst.vpn == VpnStatus.PREPARING and self.vpns is not None:
+            if inst.vpn == VpnStatus.PREPARING:
                 await self.vpns.start(inst)
         except SheeshError as exc:
             log.warning("instance %s could not be made ready: %s", instance_id, exc.message)
@@ -254,7 +254,7 @@ class InstanceService:
     async def _teardown(self, instance_id: str) -> None:
         inst = self.get(instance_id)
         try:
-            if self.vpns is not None and inst.vpn != VpnStatus.NIL:
+            if inst.vpn != VpnStatus.NIL:
                 await self.vpns.stop(inst)
             if inst.vm_id is not None:
                 with contextlib.suppress(NotFoundError):
@@ -309,7 +309,7 @@ class InstanceService:
                 self.store.save_record(inst)
             if inst.status == InstanceStatus.TERMINATING:
                 self._spawn(inst.id, self._teardown(inst.id))
-            elif inst.status == InstanceStatus.READY and inst.vpn != VpnStatus.NIL and self.vpns is not None:
+            elif inst.status == InstanceStatus.READY and inst.vpn != VpnStatus.NIL:
                 await self.vpns.start(inst)
         await self.serve_queue()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
@@ -57,7 +56,7 @@ class Services:
         workspaces = WorkspaceService(store, settings)
         vpn = VpnService(store, settings, vms, node)
         images = ImageService(store, settings)
-        events = EventSender([*settings.media_blocked_networks, ipaddress.ip_network(settings.guest_network)])
+        events = EventSender(settings.outbound_blocked())
         instances = InstanceService(store, settings, vms, node, workspaces, events, vpn)
         execs = ExecService(store, node, settings, vms, metrics)
         ci = CiService(store, settings, vms, execs, node, workspaces)

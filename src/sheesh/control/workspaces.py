@@ -139,12 +139,17 @@ class WorkspaceService:
             None,
         )
 
-    def queuelen(self, dep: Deployment, busy: set[str] | None = None) -> int:
+    def queuelen(
+        self, dep: Deployment, busy: set[str] | None = None, reservations: list[Reservation] | None = None
+    ) -> int:
         """0 when idle with no reservation that applies; else 1 + the reservations that apply (an upper
-        bound: a reservation for a type can be served by any deployment of it)."""
+        bound: a reservation for a type can be served by any deployment of it). ``busy`` and ``reservations``
+        (read from the store when not given) let a listing read them once for all its deployments."""
         if busy is None:
             busy = self.busy_ids()
-        waiting = sum(1 for r in self.store.list_records(Reservation) if applies(r, dep))
+        if reservations is None:
+            reservations = self.store.list_records(Reservation)
+        waiting = sum(1 for r in reservations if applies(r, dep))
         return 0 if dep.id not in busy and waiting == 0 else 1 + waiting
 
     def busy_ids(self) -> set[str]:
@@ -154,14 +159,14 @@ class WorkspaceService:
         """Deployments matching ``query`` with their queue lengths, in ``sort_by`` order."""
         if query.sort_by not in SORTS:
             raise InvalidInputError(f"sort_by must be one of {', '.join(SORTS)}")
-        busy = self.busy_ids()
+        busy, reservations = self.busy_ids(), self.store.list_records(Reservation)
         found = []
         for dep in self.store.list_records(Deployment):
             if query.types and dep.type not in query.types:
                 continue
             if query.q and not any(query.q.lower() in f.lower() for f in (dep.id, dep.type, dep.region)):
                 continue
-            qlen = self.queuelen(dep, busy)
+            qlen = self.queuelen(dep, busy, reservations)
             if query.maxlen is not None and qlen > query.maxlen:
                 continue
             found.append((dep, qlen))
