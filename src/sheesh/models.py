@@ -252,3 +252,23 @@ class ApiKey:
     key_hash: str
     created_at: datetime
     expires_at: datetime | None = None
+
+
+class NodeState(enum.StrEnum):
+    """``READY`` nodes take new VMs; ``DRAINING`` ones keep theirs but take no new ones."""
+
+    READY = "READY"
+    DRAINING = "DRAINING"
+    UNREACHABLE = "UNREACHABLE"
+
+
+@dataclass(kw_only=True)
+class NodeRecord:
+    """A node as the control plane records it (``id`` is its name)."""
+
+    id: str
+    region: str
+    address: str
+    state: NodeState
+    created_at: datetime
+    last_heartbeat: datetime | None = None

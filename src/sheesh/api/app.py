@@ -24,6 +24,7 @@ from sheesh.api.routers import (
     kyun,
     metrics,
     network,
+    nodes,
     rerobots,
     snapshots,
     vms,
@@ -85,6 +86,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.include_router(ci.router)
     app.include_router(karma.router)
     app.include_router(metrics.router)
+    app.include_router(nodes.router)
     docs.install(app)
     console.install(app, svc.settings.resolved_web_dir())
     return app

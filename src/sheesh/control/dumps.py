@@ -27,7 +27,7 @@ from sheesh.control.images import ImageService
 from sheesh.control.instances import InstanceService
 from sheesh.control.vms import VmService
 from sheesh.errors import ConflictError, InvalidInputError, SheeshError
-from sheesh.models import ApiKey, ExecLog, Image, Role, Snapshot, SnapshotKind, User, Vm, VmState
+from sheesh.models import ApiKey, ExecLog, Image, NodeRecord, Role, Snapshot, SnapshotKind, User, Vm, VmState
 from sheesh.store.repo import Store
 from sheesh.store.rows import RECORD_ROWS, Record
 from sheesh.wire import WireError, from_wire, to_wire
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DUMP_FORMAT = "sheesh-dump"
 DUMP_VERSION = 1
+DUMPED = tuple(kind for kind in RECORD_ROWS if kind is not NodeRecord)
+"""Record kinds in a dump: the rerobots ones (nodes belong to the hosts, not to the state being moved)."""
 MAX_DUMP_BYTES = 256 * 1024 * 1024
 """Largest dump accepted, uncompressed."""
 
@@ -76,7 +78,7 @@ class DumpService:
             "snapshots": [to_wire(x) for x in s.list_snapshots() if x.kind == SnapshotKind.USER],
             "vms": [to_wire(v) for v in vms],
             "execLogs": [to_wire(e) for v in vms for e in s.list_exec_logs(v.id, None, 10_000)],
-            "records": {kind.__name__: [to_wire(r) for r in _records(s) if type(r) is kind] for kind in RECORD_ROWS},
+            "records": {kind.__name__: [to_wire(r) for r in _records(s) if type(r) is kind] for kind in DUMPED},
         }
         return gzip.compress(json.dumps(dump).encode())
 
@@ -173,7 +175,7 @@ class DumpService:
         for dep in s.list_records(Deployment):
             s.delete_record(Deployment, dep.id)
         for rec in dump.records:
-            if not isinstance(rec, WorkspaceType | Deployment):
+            if not isinstance(rec, WorkspaceType | Deployment | NodeRecord):
                 rec.owner_id = owner(rec.owner_id)
             s.add_record(rec)
             report.records += 1
@@ -215,7 +217,7 @@ def _parse(dump: dict[str, Any]) -> _Dump:
     records_raw = dump.get("records", {})
     if not isinstance(records_raw, dict):
         raise InvalidInputError("dump: records must be an object")
-    kinds = {kind.__name__: kind for kind in RECORD_ROWS}
+    kinds = {kind.__name__: kind for kind in DUMPED}
     unknown = set(records_raw) - set(kinds)
     if unknown:
         raise InvalidInputError(f"dump: unknown record kinds {sorted(unknown)}")

@@ -17,6 +17,7 @@ from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
 from sheesh.control.instances import InstanceService
 from sheesh.control.metrics import Metrics
+from sheesh.control.nodes import NodeService
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
 from sheesh.control.vpn import VpnService
@@ -42,6 +43,7 @@ class Services:
     ci: CiService
     dumps: DumpService
     metrics: Metrics
+    nodes: NodeService
     limiter: RateLimiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
@@ -51,7 +53,8 @@ class Services:
         templates = Templates(store, node, guest_network=settings.guest_network)
         metrics = Metrics()
         metrics.watch(store, lambda: metrics.nodes)
-        vms = VmService(store, node, settings, templates, metrics)
+        nodes = NodeService(store, settings, node)
+        vms = VmService(store, node, settings, templates, metrics, nodes)
         auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
         workspaces = WorkspaceService(store, settings)
         vpn = VpnService(store, settings, vms, node)
@@ -76,11 +79,13 @@ class Services:
             ci,
             DumpService(store, settings, vms, images, auth, instances, ci),
             metrics,
+            nodes,
         )
 
     async def start(self) -> None:
         """After the VMs are recovered: the default workspace type, then instances and the reservation queue,
         then CI jobs."""
+        self.nodes.sync()
         self.workspaces.ensure_defaults()
         await self.instances.recover()
         await self.ci.recover()

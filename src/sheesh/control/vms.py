@@ -18,6 +18,7 @@ from sheesh.config import Settings
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip, free_port
 from sheesh.control.metrics import Metrics
+from sheesh.control.nodes import NodeService
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import (
@@ -94,6 +95,7 @@ class VmService:
     settings: Settings
     templates: Templates
     metrics: Metrics | None = None
+    nodes: NodeService | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -153,6 +155,8 @@ class VmService:
                 )
             if req.image_id is not None and req.image_id != source.image_id:
                 raise InvalidInputError(f"imageId must match the snapshot's image {source.image_id}")
+        if self.nodes is not None:
+            self.nodes.check_schedulable()
         image = resolve_image(self.store, source.image_id if source else req.image_id)
         base_mb = source.disk_size_mb if source else image.image.rootfs_size_mb
         disk_mb = req.disk_size_mb if req.disk_size_mb is not None else max(DEFAULT_DISK_MB, base_mb)

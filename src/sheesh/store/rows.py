@@ -13,6 +13,7 @@ from sheesh.models import (
     ExecLog,
     FirewallRule,
     Image,
+    NodeRecord,
     PortForward,
     ProvisionMode,
     Role,
@@ -31,6 +32,7 @@ from sheesh.store.tables import (
     ExecLogRow,
     ImageRow,
     InstanceRow,
+    NodeRow,
     RecordColumns,
     ReservationRow,
     SnapshotRow,
@@ -42,11 +44,13 @@ from sheesh.store.tables import (
 from sheesh.wire import from_wire, to_wire
 from sheesh.workspaces import CiJob, CiProject, Deployment, Instance, Reservation, VpnClient, WorkspaceType
 
-Record = WorkspaceType | Deployment | Instance | Reservation | VpnClient | CiProject | CiJob
-"""A record of the rerobots surface, kept as a JSON document with its key columns."""
-R = TypeVar("R", WorkspaceType, Deployment, Instance, Reservation, VpnClient, CiProject, CiJob)
+Record = WorkspaceType | Deployment | Instance | Reservation | VpnClient | CiProject | CiJob | NodeRecord
+"""A record kept as a JSON document with its key columns (the rerobots surface, nodes)."""
+R = TypeVar("R", WorkspaceType, Deployment, Instance, Reservation, VpnClient, CiProject, CiJob, NodeRecord)
 
-RecordRow = WorkspaceTypeRow | DeploymentRow | InstanceRow | ReservationRow | VpnClientRow | CiProjectRow | CiJobRow
+RecordRow = (
+    WorkspaceTypeRow | DeploymentRow | InstanceRow | ReservationRow | VpnClientRow | CiProjectRow | CiJobRow | NodeRow
+)
 RECORD_ROWS: dict[type[Record], type[RecordRow]] = {
     WorkspaceType: WorkspaceTypeRow,
     Deployment: DeploymentRow,
@@ -55,6 +59,7 @@ RECORD_ROWS: dict[type[Record], type[RecordRow]] = {
     VpnClient: VpnClientRow,
     CiProject: CiProjectRow,
     CiJob: CiJobRow,
+    NodeRecord: NodeRow,
 }
 
 

@@ -144,4 +144,17 @@ class CiJobRow(RecordColumns, Base):
     __tablename__ = "ci_jobs"
 
 
-RECORD_TABLES = (WorkspaceTypeRow, DeploymentRow, InstanceRow, ReservationRow, VpnClientRow, CiProjectRow, CiJobRow)
+class NodeRow(RecordColumns, Base):
+    __tablename__ = "nodes"
+
+
+RECORD_TABLES = (
+    WorkspaceTypeRow,
+    DeploymentRow,
+    InstanceRow,
+    ReservationRow,
+    VpnClientRow,
+    CiProjectRow,
+    CiJobRow,
+    NodeRow,
+)
