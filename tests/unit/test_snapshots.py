@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.vms import CreateVm
-from sheesh.errors import ConflictError, InvalidInputError, NotFoundError
+from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from sheesh.models import Snapshot, SnapshotKind, VmState
+from sheesh.node.contract import NodeVmSpec
 from tests.fakes import ADMIN as KEY
 from tests.fakes import FakeStack, fake_services
 
@@ -93,6 +94,24 @@ def test_fork_makes_distinct_clones(client: tuple[TestClient, FakeNodeClient]) -
     for bad in ({"count": 0}, {"count": 17}, {"count": "2"}):
         assert c.post(f"/v1/vms/{vm}/fork", json=bad, headers=KEY).status_code == 400
     assert c.post(f"/v1/vms/{vm}/fork", headers=KEY).status_code == 201
+
+
+def test_fork_names_the_clones_it_could_not_make(client: tuple[TestClient, FakeNodeClient]) -> None:
+    c, node = client
+    vm = c.post("/v1/vms", json=VM, headers=KEY).json()["id"]
+    real_create, creates = node.create, []
+
+    async def second_fails(spec: NodeVmSpec) -> None:
+        creates.append(spec.vm_id)
+        if len(creates) == 2:
+            raise UnavailableError("the node ran out of patience")
+        await real_create(spec)
+
+    node.create = second_fails  # type: ignore[method-assign]
+    r = c.post(f"/v1/vms/{vm}/fork", json={"count": 3}, headers=KEY)
+    assert r.status_code == 201
+    assert len(r.json()["vms"]) == 2 and r.json()["failed"] == ["the node ran out of patience"]
+    assert len(c.get("/v1/vms", headers=KEY).json()) == 3, "the failed clone left no VM behind"
 
 
 async def test_templates_serve_later_creates(settings: Settings) -> None:

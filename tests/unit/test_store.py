@@ -3,9 +3,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect, text
 
 from sheesh.models import ApiKey, Image, ProvisionMode, Role, User, Vm, VmState
+from sheesh.store.errors import StoreError
 from sheesh.store.memory import MemoryStore
 from sheesh.store.repo import SqlStore, Store
 
@@ -115,6 +116,17 @@ def test_sql_store_migrates_and_persists(tmp_path: Path) -> None:
     tables = set(inspect(second.engine).get_table_names())
     assert {"vms", "images", "api_keys", "alembic_version"} <= tables
     assert [v.id for v in second.list_vms()] == ["vm-9"]
+
+
+def test_a_database_from_a_newer_sheesh_is_refused_by_name(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    SqlStore(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="revision 9999, newer than this sheesh knows"):
+        SqlStore(url)
 
 
 def test_exec_logs_newest_first_bounded_and_gone_with_the_vm(store: Store) -> None:

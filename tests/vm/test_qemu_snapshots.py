@@ -106,7 +106,7 @@ def test_templates_pause_resume_and_fork(srv: ServerProcess) -> None:
         r = c.post(f"/v1/vms/{first['id']}/fork", json={"count": 2})
         assert r.status_code == 201, r.text
         kids = [v["id"] for v in r.json()["vms"]]
-        assert len(kids) == 2
+        assert len(kids) == 2, r.text
         assert [_sh(c, k, "cat /workspace/f") for k in kids] == ["forked\n", "forked\n"]
         assert len({_sh(c, k, "head -c 16 /dev/urandom | od -An -tx1") for k in kids}) == 2
         for v in [*kids, vm["id"], first["id"]]:

@@ -359,6 +359,8 @@ class ForkBody(Body):
 class ForkOut(BaseModel):
     snapshotId: str
     vms: list[VmOut]
+    failed: list[str] = []
+    """Why clones that could not be made failed (the fork answers 201 while at least one was made)."""
 
 
 class ErrorOut(BaseModel):

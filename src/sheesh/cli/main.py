@@ -175,7 +175,11 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even when cached
         except SheeshError as exc:
             console.print(f"[red]image build failed:[/red] {exc.message}")
             raise typer.Exit(1) from exc
-    store = SqlStore(settings.resolved_database_url())
+    try:
+        store = SqlStore(settings.resolved_database_url())
+    except SheeshError as exc:
+        console.print(f"[red]image built at {built.path} but not registered:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
     image = register_builtin(store, built)
     store.close()
     console.print(f"image {image.id} ready at {built.path} (kernel {built.kernel_version})")

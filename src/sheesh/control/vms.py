@@ -249,8 +249,9 @@ class VmService:
         await self.node.delete_snapshot(snapshot_id)
         self.store.delete_snapshot(snapshot_id)
 
-    async def fork(self, vm_id: str, count: int) -> tuple[Snapshot, list[Vm]]:
-        """Snapshot a live VM and restore ``count`` clones of it, each with a fresh identity."""
+    async def fork(self, vm_id: str, count: int) -> tuple[Snapshot, list[Vm], list[str]]:
+        """Snapshot a live VM and restore ``count`` clones of it, each with a fresh identity. Returns the
+        snapshot, the clones made and why the others failed (all failed: the first error is raised)."""
         snap = await self.create_snapshot(vm_id)
         vm = self.get(vm_id)
         req = CreateVm(
@@ -268,7 +269,9 @@ class VmService:
         failed = [c for c in clones if isinstance(c, BaseException)]
         if failed and not made:
             raise failed[0]
-        return snap, made
+        for exc in failed:
+            log.warning("fork of %s: a clone failed: %r", vm_id, exc)
+        return snap, made, [exc.message if isinstance(exc, SheeshError) else "internal error" for exc in failed]
 
     async def pause(self, vm_id: str) -> None:
         async with self._locked(vm_id) as vm:

@@ -11,6 +11,8 @@ from typing import Protocol
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,10 +116,19 @@ class Store(Protocol):
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest alembic revision."""
+    """Bring the schema to the newest alembic revision; StoreError naming both revisions when the database was
+    migrated by a newer sheesh (this one cannot know that schema)."""
     cfg = Config(str(Path(__file__).with_name("alembic.ini")))
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    scripts = ScriptDirectory.from_config(cfg)
     with engine.begin() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current not in {s.revision for s in scripts.walk_revisions()}:
+            raise StoreError(
+                f"the database is at schema revision {current}, newer than this sheesh knows "
+                f"(its newest is {scripts.get_current_head()}): upgrade sheesh, or point SHEESH_DATABASE_URL "
+                "at another database"
+            )
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -46,5 +46,5 @@ async def resume_vm(vm_id: OwnedVmId, svc: ServicesDep) -> Response:
 
 @router.post("/v1/vms/{vm_id}/fork", status_code=201, summary="Clone a live VM into N new VMs")
 async def fork_vm(vm_id: OwnedVmId, svc: ServicesDep, body: ForkBody | None = None) -> ForkOut:
-    snap, vms = await svc.vms.fork(vm_id, (body or ForkBody()).count)
-    return ForkOut(snapshotId=snap.id, vms=[vm_out(svc, v) for v in vms])
+    snap, vms, failed = await svc.vms.fork(vm_id, (body or ForkBody()).count)
+    return ForkOut(snapshotId=snap.id, vms=[vm_out(svc, v) for v in vms], failed=failed)
