@@ -1,21 +1,28 @@
-"""The node contract's rerobots additions (SSH keys, VPN servers), checked against both implementations: the
-control plane's fake node and the real node agent running the real guest agent on the fake VMM."""
+"""The node contract, checked against every implementation: the control plane's fake node, the real node agent
+running the real guest agent on the fake VMM, and that node agent driven over HTTP (``RemoteNode`` talking to
+the node's contract routes, as a control plane on another host does)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
+from starlette.applications import Starlette
 
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.pki import CertificateAuthority
-from sheesh.errors import NotFoundError, SheeshError, UnavailableError
+from sheesh.control.remote_node import RemoteNode
+from sheesh.errors import ForbiddenError, InvalidInputError, NotFoundError, SheeshError, UnavailableError
+from sheesh.models import ExecRequest
 from sheesh.node.agent import NodeAgent
-from sheesh.node.contract import NodeClient, NodeVmSpec, VpnSpec
+from sheesh.node.contract import CONTRACT_OPS, NodeClient, NodeVmSpec, VpnSpec
+from sheesh.node.server import contract_routes
 from sheesh.node.vpn import server_config
 from sheesh.vmm.fake import FakeDriver
 
+TOKEN = "node-secret-for-tests"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBMa5USXyCPGjrxb9Gmg7etU5TxEynHQAYfgJi0XfDvY me@laptop"
 
 
@@ -27,9 +34,21 @@ def _spec(tmp: Path, vm_id: str) -> NodeVmSpec:
     )
 
 
-@pytest.fixture(params=["fake", "agent"])
+def remote(agent: NodeAgent, token: str = TOKEN) -> RemoteNode:
+    """``agent`` behind its HTTP contract routes, reached through httpx's in-process ASGI transport."""
+    app = Starlette(routes=contract_routes(agent, TOKEN))
+    return RemoteNode(agent.name, "http://node.test", token, transport=httpx.ASGITransport(app=app))
+
+
+@pytest.fixture(params=["fake", "agent", "remote"])
 async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NodeClient]:
-    impl: NodeClient = FakeNodeClient() if request.param == "fake" else NodeAgent(tmp_path / "vms", FakeDriver())
+    impl: NodeClient
+    if request.param == "fake":
+        impl = FakeNodeClient()
+    else:
+        impl = NodeAgent(tmp_path / "vms", FakeDriver())
+        if request.param == "remote":
+            impl = remote(impl)
     await impl.create(_spec(tmp_path, "vm-one"))
     try:
         yield impl
@@ -79,3 +98,77 @@ async def test_the_node_agent_runs_vpns_only_with_vm_networking(tmp_path: Path) 
     conf = server_config(spec, tmp_path)
     assert "server 10.200.3.0 255.255.255.0" in conf and 'push "route 10.1.0.2 255.255.255.255"' in conf
     assert "remote-cert-tls client" in conf and "BEGIN CERTIFICATE" in conf
+
+
+async def test_lifecycle_exec_and_status(node: NodeClient) -> None:
+    assert await node.is_running("vm-one") and not await node.is_running("vm-none")
+    assert "vm-one" in await node.local_vms()
+    result = await node.exec("vm-one", ExecRequest("echo hi"), 4096)
+    assert result.exit_code == 0 and "hi" in result.stdout
+    status = await node.status()
+    assert "vm-one" in status.running and status.capacity.vcpus >= 1
+    assert await node.reattach(["vm-one", "vm-none"]) == {"vm-one"}
+    await node.stop("vm-one")
+    assert not await node.is_running("vm-one")
+
+
+async def test_files_round_trip(node: NodeClient) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"tar"
+        yield b"gz"
+
+    if isinstance(node, FakeNodeClient):
+        await node.upload("vm-one", "/workspace/x", body(), 1 << 20)
+        data = b"".join([c async for c in await node.download("vm-one", "/workspace/x")])
+        assert data == b"targz"
+        return
+    with pytest.raises(SheeshError):  # not a tar.gz: refused, nothing written
+        await node.upload("vm-one", "/workspace", body(), 1 << 20)
+    with pytest.raises(SheeshError):
+        await node.download("vm-one", "/workspace/missing")
+
+
+async def test_remote_errors_come_back_as_the_same_classes(tmp_path: Path) -> None:
+    agent = NodeAgent(tmp_path / "vms", FakeDriver())
+    node = remote(agent)
+    try:
+        with pytest.raises(UnavailableError, match="not running"):
+            await node.exec("vm-none", ExecRequest("true"), 10)
+        with pytest.raises(NotFoundError):
+            await node.start_vpn(_vpn_spec("vm-none", "10.200.0.0/24"))
+        await node.create(_spec(tmp_path, "vm-two"))
+        with pytest.raises(InvalidInputError, match="not a valid ExecRequest"):
+            await node.call("exec", vm_id="vm-two", req={"cmd": 5}, output_limit=10)
+        with pytest.raises(ForbiddenError, match="node token"):
+            await remote(agent, "wrong").status()
+        with pytest.raises(SheeshError, match="takes the arguments"):
+            await node.call("is_running")
+    finally:
+        await node.destroy("vm-two")
+        await node.close()
+        await agent.close()
+
+
+async def test_an_unreachable_node_is_named_and_idempotent_calls_are_retried() -> None:
+    tries: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        tries.append(request.url.path)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    node = RemoteNode("n2", "http://10.9.9.9:1337", TOKEN, retries=2, transport=httpx.MockTransport(refuse))
+    with pytest.raises(UnavailableError, match="node n2 is unreachable"):
+        await node.status()
+    assert tries == ["/node/v1/status"] * 3
+    tries.clear()
+    with pytest.raises(UnavailableError):
+        await node.pause("vm-1")
+    assert len(tries) == 1 + 2, "a refused connection never reached the node: safe to retry"
+    await node.close()
+
+
+def test_every_operation_of_the_protocol_crosses_http() -> None:
+    streamed = {"upload", "download", "close", "name"}
+    protocol = {n for n in dir(NodeClient) if not n.startswith("_")} - streamed
+    assert protocol == set(CONTRACT_OPS)
+    assert all(hasattr(RemoteNode, n) for n in protocol | {"upload", "download"})

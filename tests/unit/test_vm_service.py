@@ -103,4 +103,4 @@ async def test_recover_removes_leftovers_without_records(settings: Settings) -> 
     await svc.vms.recover()
     assert ("destroy", "tpl-0123456789ab") in node.calls and ("destroy", "vm-crashed") in node.calls
     assert ("destroy", vm.id) not in node.calls
-    assert node.local_vms() == [vm.id]
+    assert await node.local_vms() == [vm.id]

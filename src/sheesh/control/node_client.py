@@ -59,13 +59,13 @@ class FakeNodeClient:
         self.running.discard(vm_id)
         self.leftovers.discard(vm_id)
 
-    def is_running(self, vm_id: str) -> bool:
+    async def is_running(self, vm_id: str) -> bool:
         return vm_id in self.running
 
-    def exit_reason(self, vm_id: str) -> str | None:
+    async def exit_reason(self, vm_id: str) -> str | None:
         return self.exits.get(vm_id)
 
-    def local_vms(self) -> list[str]:
+    async def local_vms(self) -> list[str]:
         return sorted(self.running | self.leftovers)
 
     async def ensure_network(self) -> bool:
@@ -129,7 +129,7 @@ class FakeNodeClient:
         self._record("update_network", vm_id)
         self.networks[vm_id] = net
 
-    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+    async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return [f"{kind} line {i}" for i in range(5)][-lines:]
 
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
@@ -151,9 +151,6 @@ class FakeNodeClient:
 
     async def ping(self, vm_id: str) -> dict[str, Any]:
         return {"warm": 2}
-
-    def serial_tail(self, vm_id: str, lines: int) -> str:
-        return ""
 
     async def status(self) -> NodeStatus:
         capacity = NodeCapacity(vcpus=8, mem_mb=16384, disk_mb=100_000, disk_free_mb=90_000)

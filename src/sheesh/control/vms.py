@@ -328,7 +328,7 @@ class VmService:
         vm = self.get(vm_id)
         if vm.state != VmState.RUNNING:
             raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
-        if not self.node.is_running(vm_id):
+        if not await self.node.is_running(vm_id):
             await self.reconcile()
             raise ConflictError(f"VM {vm_id} is not running")
         return vm
@@ -392,17 +392,17 @@ class VmService:
                 raise ConflictError(f"VM {vm_id} is {vm.state}")
             await self.node.eject_cdrom(vm_id)
 
-    def logs(self, vm_id: str, kind: str, lines: int) -> list[str]:
+    async def logs(self, vm_id: str, kind: str, lines: int) -> list[str]:
         self.get(vm_id)
-        return self.node.log_tail(vm_id, kind, lines)
+        return await self.node.log_tail(vm_id, kind, lines)
 
     async def reconcile(self) -> None:
         """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED."""
         for vm in self.store.list_vms():
             lock = self._locks.get(vm.id)
             active = vm.state in (VmState.RUNNING, VmState.PAUSED)
-            if active and not (lock and lock.locked()) and not self.node.is_running(vm.id):
-                reason = self.node.exit_reason(vm.id)
+            if active and not (lock and lock.locked()) and not await self.node.is_running(vm.id):
+                reason = await self.node.exit_reason(vm.id)
                 log.info("VM %s is no longer running: %s", vm.id, reason or "powered off")
                 with contextlib.suppress(ConflictError):
                     self._set_state(vm, VmState.STOPPED, reason)
@@ -413,7 +413,7 @@ class VmService:
         VMs, mark dead ones STOPPED, and remove VM folders without a record (a crash during a template
         build)."""
         known = {vm.id for vm in self.store.list_vms()}
-        for orphan in self.node.local_vms():
+        for orphan in await self.node.local_vms():
             if orphan not in known:
                 log.info("removing leftover VM folder %s", orphan)
                 await self.node.destroy(orphan)

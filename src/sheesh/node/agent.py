@@ -101,10 +101,10 @@ class NodeAgent:
     def has_nic(self, vm_id: str) -> bool:
         return self.files.has(vm_id, NIC_MARK)
 
-    def local_vms(self) -> list[str]:
+    async def local_vms(self) -> list[str]:
         return self.files.local_vms()
 
-    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+    async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return self.files.log_tail(vm_id, kind, lines)
 
     def serial_tail(self, vm_id: str, lines: int) -> str:
@@ -283,11 +283,15 @@ class NodeAgent:
         await self.guests.drop(vm_id)
         await self.driver.kill(vm_id)
 
-    def is_running(self, vm_id: str) -> bool:
+    async def is_running(self, vm_id: str) -> bool:
         """Whether the VM's machine runs (a VM the node is restarting counts as running)."""
+        return self.runs(vm_id)
+
+    def runs(self, vm_id: str) -> bool:
+        """``is_running`` for callers on this host."""
         return self.driver.is_running(vm_id) or vm_id in self._restarting
 
-    def exit_reason(self, vm_id: str) -> str | None:
+    async def exit_reason(self, vm_id: str) -> str | None:
         return self.driver.exit_reason(vm_id)
 
     def _require_running(self, vm_id: str) -> None:
@@ -423,7 +427,7 @@ class NodeAgent:
             disk_mb=disk.total // (1024 * 1024),
             disk_free_mb=disk.free // (1024 * 1024),
         )
-        running = tuple(v for v in self.local_vms() if self.driver.is_running(v))
+        running = tuple(v for v in self.files.local_vms() if self.driver.is_running(v))
         return NodeStatus(name=self.name, capacity=capacity, running=running)
 
     async def close(self) -> None:

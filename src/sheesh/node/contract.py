@@ -19,6 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sheesh.errors import (
+    ConflictError,
+    ForbiddenError,
+    GuestTimeoutError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    SheeshError,
+    UnavailableError,
+)
 from sheesh.models import (
     ExecRequest,
     ExecResult,
@@ -28,23 +39,29 @@ from sheesh.models import (
     ScriptResult,
     VmKind,
 )
+from sheesh.node.errors import MediaError, NodeError
 from sheesh.wire import WIRE_VERSION, WireError, from_wire, to_wire
 
 __all__ = [
+    "CONTRACT_OPS",
+    "CONTRACT_PREFIX",
     "CONTRACT_TYPES",
     "CONTRACT_VERSION",
+    "ERROR_CLASSES",
     "ExecRequest",
     "ExecResult",
     "NodeCapacity",
     "NodeClient",
     "NodeStatus",
     "NodeVmSpec",
+    "Op",
     "ScriptRequest",
     "ScriptResult",
     "SnapshotInfo",
     "VmNet",
     "VpnSpec",
     "WireError",
+    "error_class",
     "from_wire",
     "to_wire",
 ]
@@ -164,6 +181,75 @@ CONTRACT_TYPES: tuple[type[Any], ...] = (
 """Every record that crosses the seam (the wire tests round-trip each of them)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Op:
+    """One ``NodeClient`` operation as it crosses HTTP (``POST /node/v1/<name>``, the arguments as a JSON
+    object of their wire forms, the answer ``{"result": ...}``): argument and result types, whether a retry
+    after a lost connection is harmless, and whether it may last as long as the guest work it asks for."""
+
+    args: dict[str, Any]
+    result: Any = None
+    idempotent: bool = False
+    long: bool = False
+
+
+_VM = {"vm_id": str}
+CONTRACT_OPS: dict[str, Op] = {
+    "create": Op(args={"spec": NodeVmSpec}, long=True),
+    "start": Op(args={"spec": NodeVmSpec}, long=True),
+    "stop": Op(args=_VM, long=True),
+    "destroy": Op(args=_VM, idempotent=True, long=True),
+    "is_running": Op(args=_VM, result=bool, idempotent=True),
+    "exit_reason": Op(args=_VM, result=str | None, idempotent=True),
+    "local_vms": Op(args={}, result=list[str], idempotent=True),
+    "ensure_network": Op(args={}, result=bool, idempotent=True),
+    "reattach": Op(args={"vm_ids": list[str]}, result=list[str], idempotent=True, long=True),
+    "exec": Op(args={**_VM, "req": ExecRequest, "output_limit": int}, result=ExecResult, long=True),
+    "snapshot": Op(args={**_VM, "snapshot_id": str, "sync_guest": bool}, result=SnapshotInfo, long=True),
+    "delete_snapshot": Op(args={"snapshot_id": str}, idempotent=True),
+    "pause": Op(args=_VM),
+    "resume": Op(args=_VM),
+    "ping": Op(args=_VM, result=dict[str, Any], idempotent=True),
+    "run_script": Op(
+        args={**_VM, "req": ScriptRequest, "allow_net": bool | list[str], "output_limit": int},
+        result=ScriptResult,
+        long=True,
+    ),
+    "authorize_ssh": Op(args={**_VM, "public_keys": list[str]}, result=list[str], long=True),
+    "start_vpn": Op(args={"spec": VpnSpec}, long=True),
+    "stop_vpn": Op(args=_VM, idempotent=True),
+    "update_network": Op(args={**_VM, "net": VmNet}, idempotent=True),
+    "eject_cdrom": Op(args=_VM, idempotent=True),
+    "log_tail": Op(args={**_VM, "kind": str, "lines": int}, result=list[str], idempotent=True),
+    "status": Op(args={}, result=NodeStatus, idempotent=True),
+}
+"""Every operation of ``NodeClient`` but the byte streams (``upload``: ``PUT /node/v1/upload``, ``download``:
+``GET /node/v1/download``) and ``close``; the HTTP server and the remote client are both driven by it."""
+CONTRACT_PREFIX = "/node/v1"
+
+ERROR_CLASSES: dict[str, tuple[type[SheeshError], int]] = {
+    cls.__name__: (cls, status)
+    for cls, status in (
+        (InvalidInputError, 400),
+        (ForbiddenError, 403),
+        (NotFoundError, 404),
+        (ConflictError, 409),
+        (PayloadTooLargeError, 413),
+        (RateLimitedError, 429),
+        (NodeError, 500),
+        (MediaError, 500),
+        (UnavailableError, 503),
+        (GuestTimeoutError, 503),
+    )
+}
+"""The errors that cross the seam by name (any other ``SheeshError`` crosses as its nearest listed base)."""
+
+
+def error_class(name: str) -> type[SheeshError]:
+    """The class a node's error answer names (``NodeError`` for names this side does not know)."""
+    return ERROR_CLASSES.get(name, (NodeError, 500))[0]
+
+
 class NodeClient(Protocol):
     """Operations on one node. Failures raise ``SheeshError`` subclasses with user-safe messages."""
 
@@ -185,13 +271,13 @@ class NodeClient(Protocol):
         """Kill the VM and delete its storage. Idempotent."""
         ...
 
-    def is_running(self, vm_id: str) -> bool: ...
+    async def is_running(self, vm_id: str) -> bool: ...
 
-    def exit_reason(self, vm_id: str) -> str | None:
+    async def exit_reason(self, vm_id: str) -> str | None:
         """Why the VM's machine ended without being asked to (None: a clean power-off, or not known)."""
         ...
 
-    def local_vms(self) -> list[str]:
+    async def local_vms(self) -> list[str]:
         """Ids of all VM folders the node holds (to find leftovers without a record)."""
         ...
 
@@ -256,11 +342,9 @@ class NodeClient(Protocol):
         """Take the ISO out of a full VM's CD-ROM drive (live if it runs). Idempotent."""
         ...
 
-    def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
+    async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         """Last lines of the VM's ``serial``, ``stdout`` or ``stderr`` log."""
         ...
-
-    def serial_tail(self, vm_id: str, lines: int) -> str: ...
 
     async def status(self) -> NodeStatus:
         """The node's name, capacity and running VMs."""

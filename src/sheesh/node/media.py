@@ -194,7 +194,7 @@ class MediaService:
                 await report.stage(4, "Writing cloud-init seed")
                 net = self.node.guest_net(spec)
                 await asyncio.to_thread(write_seed, new_seed, vm_id, password, ssh_key, net)
-                running = self.node.is_running(vm_id)
+                running = self.node.runs(vm_id)
                 await report.stage(5, "Installing image, restarting the VM" if running else "Installing image")
 
                 def swap() -> None:

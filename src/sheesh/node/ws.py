@@ -119,7 +119,7 @@ class _Endpoints:
             vm_id = self.redeemer.redeem(ws.query_params.get("token"))
             if full:
                 self.media.full_vm(vm_id)
-            if running and not self.node.is_running(vm_id):
+            if running and not self.node.runs(vm_id):
                 raise UnavailableError(f"VM {vm_id} is not running")
         except SheeshError as exc:
             if report:

@@ -139,4 +139,4 @@ async def vm_logs(
     kind = LOG_TYPES.get(log_type)
     if kind is None:
         raise InvalidInputError(f"type must be one of {', '.join(LOG_TYPES)}")
-    return LogsOut(vmId=vm_id, type=log_type, lines=svc.vms.logs(vm_id, kind, tail))
+    return LogsOut(vmId=vm_id, type=log_type, lines=await svc.vms.logs(vm_id, kind, tail))
