@@ -138,11 +138,11 @@ async def test_remote_errors_come_back_as_the_same_classes(tmp_path: Path) -> No
             await node.start_vpn(_vpn_spec("vm-none", "10.200.0.0/24"))
         await node.create(_spec(tmp_path, "vm-two"))
         with pytest.raises(InvalidInputError, match="not a valid ExecRequest"):
-            await node.call("exec", vm_id="vm-two", req={"cmd": 5}, output_limit=10)
+            await node.invoke("exec", vm_id="vm-two", req={"cmd": 5}, output_limit=10)
         with pytest.raises(ForbiddenError, match="node token"):
             await remote(agent, "wrong").status()
         with pytest.raises(SheeshError, match="takes the arguments"):
-            await node.call("is_running")
+            await node.invoke("is_running")
     finally:
         await node.destroy("vm-two")
         await node.close()

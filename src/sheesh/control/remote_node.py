@@ -90,7 +90,7 @@ class RemoteNode:
                 raise UnavailableError(f"node {self.name} is unreachable: {type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def call(self, name: str, **args: Any) -> Any:
+    async def invoke(self, name: str, **args: Any) -> Any:
         """Run the contract operation ``name`` on the node; its result decoded."""
         op = CONTRACT_OPS[name]
         body = {arg: to_wire(value) for arg, value in args.items()}
@@ -104,61 +104,61 @@ class RemoteNode:
         return from_wire(op.result, response.json()["result"])
 
     async def create(self, spec: NodeVmSpec) -> None:
-        await self.call("create", spec=spec)
+        await self.invoke("create", spec=spec)
 
     async def start(self, spec: NodeVmSpec) -> None:
-        await self.call("start", spec=spec)
+        await self.invoke("start", spec=spec)
 
     async def stop(self, vm_id: str) -> None:
-        await self.call("stop", vm_id=vm_id)
+        await self.invoke("stop", vm_id=vm_id)
 
     async def destroy(self, vm_id: str) -> None:
-        await self.call("destroy", vm_id=vm_id)
+        await self.invoke("destroy", vm_id=vm_id)
 
     async def is_running(self, vm_id: str) -> bool:
-        result: bool = await self.call("is_running", vm_id=vm_id)
+        result: bool = await self.invoke("is_running", vm_id=vm_id)
         return result
 
     async def exit_reason(self, vm_id: str) -> str | None:
-        result: str | None = await self.call("exit_reason", vm_id=vm_id)
+        result: str | None = await self.invoke("exit_reason", vm_id=vm_id)
         return result
 
     async def local_vms(self) -> list[str]:
-        result: list[str] = await self.call("local_vms")
+        result: list[str] = await self.invoke("local_vms")
         return result
 
     async def ensure_network(self) -> bool:
-        result: bool = await self.call("ensure_network")
+        result: bool = await self.invoke("ensure_network")
         return result
 
     async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
-        return set(await self.call("reattach", vm_ids=list(vm_ids)))
+        return set(await self.invoke("reattach", vm_ids=list(vm_ids)))
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
-        result: ExecResult = await self.call("exec", vm_id=vm_id, req=req, output_limit=output_limit)
+        result: ExecResult = await self.invoke("exec", vm_id=vm_id, req=req, output_limit=output_limit)
         return result
 
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
-        result: SnapshotInfo = await self.call("snapshot", vm_id=vm_id, snapshot_id=snapshot_id, sync_guest=sync_guest)
+        result: SnapshotInfo = await self.invoke("snapshot", vm_id=vm_id, snapshot_id=snapshot_id, sync_guest=sync_guest)
         return result
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        await self.call("delete_snapshot", snapshot_id=snapshot_id)
+        await self.invoke("delete_snapshot", snapshot_id=snapshot_id)
 
     async def pause(self, vm_id: str) -> None:
-        await self.call("pause", vm_id=vm_id)
+        await self.invoke("pause", vm_id=vm_id)
 
     async def resume(self, vm_id: str) -> None:
-        await self.call("resume", vm_id=vm_id)
+        await self.invoke("resume", vm_id=vm_id)
 
     async def ping(self, vm_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("ping", vm_id=vm_id)
+        result: dict[str, Any] = await self.invoke("ping", vm_id=vm_id)
         return result
 
     async def run_script(
         self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
     ) -> ScriptResult:
-        result: ScriptResult = await self.call(
+        result: ScriptResult = await self.invoke(
             "run_script", vm_id=vm_id, req=req, allow_net=allow_net, output_limit=output_limit
         )
         return result
@@ -194,27 +194,27 @@ class RemoteNode:
         return stream()
 
     async def authorize_ssh(self, vm_id: str, public_keys: Sequence[str]) -> list[str]:
-        result: list[str] = await self.call("authorize_ssh", vm_id=vm_id, public_keys=list(public_keys))
+        result: list[str] = await self.invoke("authorize_ssh", vm_id=vm_id, public_keys=list(public_keys))
         return result
 
     async def start_vpn(self, spec: VpnSpec) -> None:
-        await self.call("start_vpn", spec=spec)
+        await self.invoke("start_vpn", spec=spec)
 
     async def stop_vpn(self, vm_id: str) -> None:
-        await self.call("stop_vpn", vm_id=vm_id)
+        await self.invoke("stop_vpn", vm_id=vm_id)
 
     async def update_network(self, vm_id: str, net: VmNet) -> None:
-        await self.call("update_network", vm_id=vm_id, net=net)
+        await self.invoke("update_network", vm_id=vm_id, net=net)
 
     async def eject_cdrom(self, vm_id: str) -> None:
-        await self.call("eject_cdrom", vm_id=vm_id)
+        await self.invoke("eject_cdrom", vm_id=vm_id)
 
     async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
-        result: list[str] = await self.call("log_tail", vm_id=vm_id, kind=kind, lines=lines)
+        result: list[str] = await self.invoke("log_tail", vm_id=vm_id, kind=kind, lines=lines)
         return result
 
     async def status(self) -> NodeStatus:
-        result: NodeStatus = await self.call("status")
+        result: NodeStatus = await self.invoke("status")
         return result
 
     async def close(self) -> None:
