@@ -3,8 +3,9 @@
 ``RemoteNode`` implements ``NodeClient`` with httpx: every operation of ``CONTRACT_OPS`` is one POST; short
 operations time out after ``timeout_s``, long ones (create, exec, snapshot, ...) wait as long as the work
 takes; a refused connection is tried again (``retries`` times, with a short backoff), and so is any transport
-failure of an operation the contract marks idempotent. A node that cannot be reached raises ``UnavailableError`` naming it (503), and
-errors the node reports come back as the same ``SheeshError`` classes.
+failure of an operation the contract marks idempotent. A node that cannot be reached raises
+``UnavailableError`` naming it (503), and errors the node reports come back as the same ``SheeshError``
+classes.
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ class RemoteNode:
         return result
 
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
-        result: SnapshotInfo = await self.invoke("snapshot", vm_id=vm_id, snapshot_id=snapshot_id, sync_guest=sync_guest)
+        result: SnapshotInfo = await self.invoke(
+            "snapshot", vm_id=vm_id, snapshot_id=snapshot_id, sync_guest=sync_guest
+        )
         return result
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
