@@ -23,6 +23,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def kill_vms(data_dir: Path) -> None:
+    """Kill QEMU, fake-VMM and OpenVPN processes ``data_dir`` owns (by PID file, checked against the command
+    line)."""
+    vms = data_dir / "vms"
+    for pidfile in [*vms.glob("*/qemu.pid"), *vms.glob("*/vmm.pid"), *vms.glob("*/vpn/openvpn.pid")]:
+        try:
+            pid = int(pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(pidfile.parent).encode() in cmdline:
+            os.kill(pid, signal.SIGKILL)
+
+
 class ServerProcess:
     _instances = 0
 
@@ -105,17 +119,7 @@ class ServerProcess:
         self.proc = None
 
     def kill_vms(self) -> None:
-        """Kill QEMU, fake-VMM and OpenVPN processes this server's data dir owns (by PID file, checked against
-        the command line)."""
-        vms = self.data_dir / "vms"
-        for pidfile in [*vms.glob("*/qemu.pid"), *vms.glob("*/vmm.pid"), *vms.glob("*/vpn/openvpn.pid")]:
-            try:
-                pid = int(pidfile.read_text())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
-                continue
-            if str(pidfile.parent).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
+        kill_vms(self.data_dir)
 
     def remove_ram_dir(self) -> None:
         """Remove this server's guest RAM files (its VMs are dead by now)."""
@@ -142,3 +146,70 @@ def running_server(data_dir: Path, image_dir: Path, **env: str) -> Iterator[Serv
         srv.kill_vms()
         srv.network_down()
         srv.remove_ram_dir()
+
+
+class NodeProcess:
+    """A ``sheesh node`` subprocess owned by a test: a node agent alone, reporting to ``control_url``."""
+
+    def __init__(self, data_dir: Path, image_dir: Path, *, control_url: str, name: str, token: str, **env: str):
+        self.data_dir = data_dir
+        self.name = name
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "SHEESH_DATA_DIR": str(data_dir),
+            "SHEESH_IMAGE_DIR": str(image_dir),
+            "SHEESH_NODE_PORT": str(self.port),
+            "SHEESH_NODE_NAME": name,
+            "SHEESH_NODE_TOKEN": token,
+            "SHEESH_CONTROL_URL": control_url,
+            "SHEESH_HEARTBEAT_INTERVAL_S": "0.5",
+            "SHEESH_RAM_DIR": f"/dev/shm/sheesh/test-{os.getpid()}-{name}",
+            "SHEESH_ACCEL": "tcg",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "node.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.env.get('SHEESH_HOST', '127.0.0.1')}:{self.port}"
+
+    def start(self) -> NodeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from sheesh.cli.main import main; main()", "node"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/metrics", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise AssertionError("node did not start:\n" + self.log.read_text())
+
+    def kill(self) -> None:
+        """SIGKILL the node agent (a crash: its VMs go on)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill_vms(self) -> None:
+        kill_vms(self.data_dir)
+        shutil.rmtree(self.env["SHEESH_RAM_DIR"], ignore_errors=True)

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
 
 from sheesh.api.app import create_app
+from sheesh.auth.sessions import SessionSigner
 from sheesh.config import Settings
 from sheesh.control.images import register_builtin
+from sheesh.control.nodes import ConnectFn
+from sheesh.control.remote_node import RemoteNode
 from sheesh.control.services import Services
+from sheesh.errors import InvalidInputError
 from sheesh.image.builder import ImageBuilder
+from sheesh.models import NodeRecord
 from sheesh.node.agent import NodeAgent
-from sheesh.node.contract import NodeClient
+from sheesh.node.contract import NodeClient, agent_token_key
+from sheesh.node.heartbeat import Heartbeat
 from sheesh.node.media import MediaService
 from sheesh.node.network import HostNetwork, LinuxNetwork, NetConfig, host_nameservers
+from sheesh.node.server import contract_routes
 from sheesh.node.ws import create_node_app
 from sheesh.store.repo import SqlStore
 from sheesh.vmm.driver import VmmDriver
@@ -58,6 +69,82 @@ def build_apps(settings: Settings, driver: VmmDriver | None = None) -> Apps:
     return Apps(services=services, api=create_app(services), node=create_node_app(node, services.sessions, media))
 
 
+@dataclass(frozen=True, kw_only=True)
+class NodeProcess:
+    """What ``sheesh node`` runs: the node agent, its app (the node contract behind the node token, the public
+    WebSocket endpoints, metrics) and its heartbeats to the control plane."""
+
+    node: NodeAgent
+    app: Starlette
+    heartbeat: Heartbeat
+
+
+def build_node_process(settings: Settings, driver: VmmDriver | None = None) -> NodeProcess:
+    """The composition root of ``sheesh node`` (a node agent on its own host). Needs ``control_url`` and
+    ``node_token``; on start it adopts the VMs it left running, then reports every ``heartbeat_interval_s``."""
+    if not settings.control_url or not settings.node_token:
+        raise InvalidInputError("sheesh node needs SHEESH_CONTROL_URL and SHEESH_NODE_TOKEN")
+    node = build_node(settings, driver)
+    blocked = settings.outbound_blocked()
+    media = MediaService(node, settings.media_max_bytes, settings.max_disk_size_mb, blocked)
+    verify = client_tls_context(settings)
+    heartbeat = Heartbeat(
+        control_url=settings.control_url,
+        name=settings.node_name,
+        token=settings.node_token,
+        address=settings.node_host(),
+        port=settings.node_port,
+        tls=settings.tls_on,
+        public_host=settings.node_public_host,
+        status=node.status,
+        interval_s=settings.heartbeat_interval_s,
+        verify=verify,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        adopted = await node.reattach(await node.local_vms())
+        log.info("node %s: %d VMs still running", node.name, len(adopted))
+        task = asyncio.create_task(heartbeat.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await node.close()
+
+    app = create_node_app(
+        node,
+        SessionSigner(agent_token_key(settings.node_token)),
+        media,
+        extra_routes=contract_routes(node, settings.node_token),
+        lifespan=lifespan,
+    )
+    return NodeProcess(node=node, app=app, heartbeat=heartbeat)
+
+
+def client_tls_context(settings: Settings) -> ssl.SSLContext | bool:
+    """How a node checks the control plane's certificate: ``SHEESH_CONTROL_CA`` (a PEM bundle) when set,
+    else the system's trust store."""
+    if settings.control_ca is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.control_ca))
+
+
+def connect_remote(settings: Settings) -> ConnectFn:
+    """How the control plane makes the client of a remote node from its record."""
+    verify: ssl.SSLContext | bool = True
+    if settings.node_ca is not None:
+        verify = ssl.create_default_context(cafile=str(settings.node_ca))
+
+    def connect(rec: NodeRecord) -> NodeClient:
+        scheme = "https" if rec.tls else "http"
+        return RemoteNode(rec.id, f"{scheme}://{rec.address}:{rec.port}", rec.token, verify=verify)
+
+    return connect
+
+
 def build_node(settings: Settings, driver: VmmDriver | None = None) -> NodeAgent:
     """The embedded local node on QEMU (or the fake VMM)."""
     drv = driver or (
@@ -85,4 +172,4 @@ def build_services(settings: Settings, node: NodeClient | None = None) -> Servic
     built = ImageBuilder(settings.resolved_image_dir()).cached()
     if built is not None:
         register_builtin(store, built)
-    return Services.create(settings, store, node)
+    return Services.create(settings, store, node, connect_remote(settings))

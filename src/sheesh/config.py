@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     port_forward_range: tuple[int, int] = (20000, 29999)
     """Node ports handed out by ``POST /v1/vms/:id/ports``."""
     reconcile_interval_s: float = 2.0
+    node_timeout_s: float = 15.0
+    """A remote node whose last heartbeat is older than this is UNREACHABLE (its heartbeats come every
+    ``heartbeat_interval_s``)."""
+    heartbeat_interval_s: float = 3.0
+    mem_overcommit: float = 1.0
+    """New VMs go to nodes whose memory x this factor is not yet allocated to VMs."""
+    control_url: str | None = None
+    """``sheesh node``: the control plane's base URL the node registers and heartbeats to."""
+    node_token: str | None = None
+    """``sheesh node``: the node's secret (``sheesh node add NAME`` on the control plane prints it)."""
+    control_ca: Path | None = None
+    """``sheesh node``: CA bundle (PEM) to check the control plane's certificate with (default: the system's)."""
+    node_ca: Path | None = None
+    """Control plane: CA bundle (PEM) to check remote nodes' certificates with (default: the system's)."""
     templates: bool = True
     """Serve creates from per-shape template snapshots (first create of a shape boots and builds one)."""
 

@@ -18,12 +18,19 @@ class VmState(enum.StrEnum):
     PAUSED = "PAUSED"
     ERROR = "ERROR"
     DELETING = "DELETING"
+    UNREACHABLE = "UNREACHABLE"
+    """Its node stopped reporting: the VM may still run; it comes back RUNNING (or STOPPED) with the node."""
 
 
 TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATING: frozenset({VmState.RUNNING, VmState.ERROR, VmState.DELETING}),
-    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.STOPPED, VmState.PAUSED, VmState.ERROR, VmState.DELETING}),
-    VmState.PAUSED: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
+    VmState.RUNNING: frozenset(
+        {VmState.STOPPING, VmState.STOPPED, VmState.PAUSED, VmState.ERROR, VmState.DELETING, VmState.UNREACHABLE}
+    ),
+    VmState.PAUSED: frozenset(
+        {VmState.RUNNING, VmState.STOPPING, VmState.STOPPED, VmState.ERROR, VmState.DELETING, VmState.UNREACHABLE}
+    ),
+    VmState.UNREACHABLE: frozenset({VmState.RUNNING, VmState.STOPPED, VmState.DELETING}),
     VmState.STOPPING: frozenset({VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
     VmState.STOPPED: frozenset({VmState.STARTING, VmState.DELETING}),
     VmState.STARTING: frozenset({VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.DELETING}),
@@ -130,6 +137,8 @@ class Snapshot:
     kind: SnapshotKind = SnapshotKind.USER
     save_ms: float = 0.0
     owner_id: str | None = None
+    node: str = "local"
+    """The node holding its files (restores go there)."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +273,10 @@ class NodeState(enum.StrEnum):
 
 @dataclass(kw_only=True)
 class NodeRecord:
-    """A node as the control plane records it (``id`` is its name)."""
+    """A node as the control plane records it (``id`` is its name): where it listens (``address``:``port``,
+    users' consoles at ``public_host``), the admin's ``state`` (READY or DRAINING), whether it reports
+    (``reachable``), its secret ``token`` (remote nodes; the control plane signs their agent tokens with it)
+    and the capacity it last reported."""
 
     id: str
     region: str
@@ -272,3 +284,12 @@ class NodeRecord:
     state: NodeState
     created_at: datetime
     last_heartbeat: datetime | None = None
+    port: int = 1337
+    public_host: str | None = None
+    tls: bool = False
+    token: str = ""
+    reachable: bool = True
+    vcpus: int = 0
+    mem_mb: int = 0
+    disk_mb: int = 0
+    disk_free_mb: int = 0

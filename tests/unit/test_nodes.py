@@ -19,7 +19,10 @@ def test_nodes_list_drain_undrain_delete(stack: FakeStack) -> None:
 
     assert c.post("/v1/nodes/fake/drain", headers=ADMIN).json()["state"] == "DRAINING"
     r = c.post("/v1/vms", json=VM, headers=ADMIN)
-    assert r.status_code == 503 and r.json()["message"] == "no node takes new VMs: node fake is DRAINING"
+    assert (
+        r.status_code == 503
+        and r.json()["message"] == "no node takes a new VM of 2 vCPU / 512 MiB: node fake is DRAINING"
+    )
     assert c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=ADMIN).status_code == 200, "its VMs keep going"
     assert c.post("/v1/nodes/fake/undrain", headers=ADMIN).json()["state"] == "READY"
     assert c.post("/v1/vms", json=VM, headers=ADMIN).status_code == 201

@@ -149,12 +149,13 @@ async def test_templates_of_an_older_generation_are_ignored_and_pruned(settings:
             image_id=image,
             disk_size_mb=1024,
             kind=SnapshotKind.TEMPLATE,
+            node=node.name,
         )
         for i in "ab"
     ]
     for snap in old:
         svc.store.add_snapshot(snap)
-    assert svc.vms.templates.find(image, 1, 256) is None
+    assert svc.vms.templates.find(node.name, image, 1, 256) is None
     user = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[]))
     user.snapshot_id = "snap-tpl-b"  # a VM whose disk builds on the old template
     svc.store.save_vm(user)
@@ -162,7 +163,7 @@ async def test_templates_of_an_older_generation_are_ignored_and_pruned(settings:
     await svc.vms.templates.prune_stale()
     ids = {s.id for s in svc.store.list_snapshots()}
     assert "snap-tpl-a" not in ids and "snap-tpl-b" in ids and ("delete_snapshot", "snap-tpl-a") in node.calls
-    assert svc.vms.templates.find(image, 1, 256) is not None, "a current-generation template was built"
+    assert svc.vms.templates.find(node.name, image, 1, 256) is not None, "a current-generation template was built"
 
 
 async def test_restore_image_mismatch(settings: Settings) -> None:

@@ -39,6 +39,7 @@ async def _reconcile_loop(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.settings.reconcile_interval_s)
         try:
+            svc.nodes.check()
             await svc.vms.reconcile()
             await svc.instances.reconcile()
             await svc.node.ensure_network()  # rules removed behind the node's back (a host firewall reload)

@@ -31,6 +31,8 @@ app.add_typer(key_app, name="apikey")
 app.add_typer(web_app, name="web")
 app.add_typer(net_app, name="network")
 app.add_typer(tls_app, name="tls")
+node_app = typer.Typer(help="Run a node agent on this host, or add nodes on the control plane's host")
+app.add_typer(node_app, name="node")
 console = Console(stderr=True)
 
 
@@ -108,6 +110,55 @@ async def _serve_both(configs: list[uvicorn.Config]) -> None:
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@node_app.callback(invoke_without_command=True)
+def node(ctx: typer.Context) -> None:
+    """Run a node agent alone on this host (SHEESH_CONTROL_URL, SHEESH_NODE_NAME, SHEESH_NODE_TOKEN): the node
+    contract for the control plane and the public WebSocket endpoints on SHEESH_NODE_PORT (1337)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sheesh.bootstrap import build_node_process
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        process = build_node_process(settings)
+        tls = server_tls(settings)
+    except SheeshError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    options = dict(HTTP_OPTIONS)
+    if tls is not None:
+        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+    console.print(
+        f"node {settings.node_name} on {settings.host}:{settings.node_port}, reporting to {settings.control_url}"
+    )
+    asyncio.run(_serve_both([uvicorn.Config(process.app, host=settings.host, port=settings.node_port, **options)]))
+
+
+@node_app.command("add")
+def node_add(
+    name: str = typer.Argument(..., help="The node's name (its SHEESH_NODE_NAME)"),
+    region: str = typer.Option("local", help="Region label"),
+) -> None:
+    """Record a new node on this control plane and print the settings its `sheesh node` joins with."""
+    from sheesh.control.nodes import add_node
+    from sheesh.store.repo import SqlStore
+
+    settings = Settings()
+    store = SqlStore(settings.resolved_database_url())
+    try:
+        _, token = add_node(store, name, region)
+    except SheeshError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    console.print("On the new node's host:")
+    console.print(
+        f"  SHEESH_NODE_NAME={name} SHEESH_NODE_TOKEN={token} SHEESH_CONTROL_URL=<this API's URL> sheesh node"
+    )
 
 
 @tls_app.command("self-signed")

@@ -25,7 +25,6 @@ from sheesh.control.vms import VmService
 from sheesh.control.workspaces import DEFAULT_TYPE, WorkspaceService, vm_request
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import ExecRequest
-from sheesh.node.contract import NodeClient
 from sheesh.store.repo import Store
 from sheesh.workspaces import CI_DONE, CiJob, CiJobStatus, CiProject
 
@@ -48,7 +47,6 @@ class CiService:
     settings: Settings
     vms: VmService
     execs: ExecService
-    node: NodeClient
     workspaces: WorkspaceService
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _slots: asyncio.Semaphore | None = None
@@ -171,7 +169,9 @@ class CiService:
         self._save(job)
         vm = await self.vms.create(vm_request(wtype, project.owner_id))
         try:
-            await self.node.upload(vm.id, REPO_DIR, _once(tarball), self.settings.upload_max_expanded_bytes)
+            await self.vms.node_of(vm.id).upload(
+                vm.id, REPO_DIR, _once(tarball), self.settings.upload_max_expanded_bytes
+            )
             await self._script(job, vm.id, ci.script, ci.env, min(ci.timeout_s or 1e9, self.settings.ci_job_timeout_s))
         finally:
             with contextlib.suppress(SheeshError):

@@ -93,7 +93,7 @@ class DumpService:
             self.store.delete_vm(vm.id)
         for snap in self.store.list_snapshots():
             with contextlib.suppress(SheeshError):
-                await self.vms.node.delete_snapshot(snap.id)
+                await self.vms.nodes.client(snap.node).delete_snapshot(snap.id)
             self.store.delete_snapshot(snap.id)
         custom = self.settings.resolved_image_dir() / "custom"
         builtin = [i for i in self.store.list_images() if i.path.parent != custom]

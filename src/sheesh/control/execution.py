@@ -25,7 +25,6 @@ from sheesh.models import (
     ScriptRequest,
     ScriptResult,
 )
-from sheesh.node.contract import NodeClient
 from sheesh.store.repo import Store
 
 EXEC_LOG_KEEP = 200
@@ -51,7 +50,6 @@ class ExecService:
     """Guest operations on running VMs; they run concurrently (lifecycle changes are ``VmService``'s)."""
 
     store: Store
-    node: NodeClient
     settings: Settings
     vms: VmService
     metrics: Metrics | None = None
@@ -64,7 +62,7 @@ class ExecService:
             vm_id,
             ExecKind.EXEC,
             req.cmd[:EXEC_LOG_COMMAND],
-            lambda: self.node.exec(vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), limit),
+            lambda: self.vms.node_of(vm_id).exec(vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), limit),
         )
 
     async def run_script(self, vm_id: str, req: ScriptRequest) -> ScriptResult:
@@ -78,7 +76,9 @@ class ExecService:
         code = req.code or ""
         what = req.path or "sha256:" + hashlib.sha256(code.encode()).hexdigest()
         limit = self.settings.exec_output_limit_bytes
-        return await self._logged(vm_id, kind, what, lambda: self.node.run_script(vm_id, req, allow_net, limit))
+        return await self._logged(
+            vm_id, kind, what, lambda: self.vms.node_of(vm_id).run_script(vm_id, req, allow_net, limit)
+        )
 
     async def _logged(self, vm_id: str, kind: ExecKind, command: str, run: Callable[[], Awaitable[_R]]) -> _R:
         """Run ``run`` and add the outcome (or the failure) to the VM's execution history."""
@@ -128,8 +128,8 @@ class ExecService:
                     raise PayloadTooLargeError(f"upload exceeds {limit} bytes (compressed)")
                 yield chunk
 
-        return await self.node.upload(vm_id, dest, counted(), self.settings.upload_max_expanded_bytes)
+        return await self.vms.node_of(vm_id).upload(vm_id, dest, counted(), self.settings.upload_max_expanded_bytes)
 
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
         await self.vms.running(vm_id, "download")
-        return await self.node.download(vm_id, path)
+        return await self.vms.node_of(vm_id).download(vm_id, path)

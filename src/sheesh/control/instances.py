@@ -24,7 +24,6 @@ from sheesh.control.vms import VmService
 from sheesh.control.workspaces import WorkspaceService, applies, vm_request
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import FirewallAction, FirewallRule
-from sheesh.node.contract import NodeClient
 from sheesh.store.repo import Store
 from sheesh.workspaces import Deployment, Instance, InstanceStatus, Reservation, VpnStatus
 
@@ -62,7 +61,6 @@ class InstanceService:
     store: Store
     settings: Settings
     vms: VmService
-    node: NodeClient
     workspaces: WorkspaceService
     events: EventSender
     vpns: Vpns
@@ -226,8 +224,8 @@ class InstanceService:
             self.store.save_record(inst)
             await self.vms.add_firewall_rule(vm.id, OPEN_TO_ALL)
             forward = await self.vms.add_port(vm.id, SSH_PORT, "tcp")
-            inst.hostkeys = await self.node.authorize_ssh(vm.id, [inst.public_key])
-            inst.ssh_host, inst.ssh_port = self.settings.node_host(), forward.host_port
+            inst.hostkeys = await self.vms.node_of(vm.id).authorize_ssh(vm.id, [inst.public_key])
+            inst.ssh_host, inst.ssh_port = self.vms.nodes.public_host(vm.node), forward.host_port
             inst.status = InstanceStatus.READY
             self.store.save_record(inst)
             if inst.vpn == VpnStatus.PREPARING:

@@ -17,7 +17,7 @@ from sheesh.control.execution import ExecService
 from sheesh.control.images import ImageService
 from sheesh.control.instances import InstanceService
 from sheesh.control.metrics import Metrics
-from sheesh.control.nodes import NodeService
+from sheesh.control.nodes import ConnectFn, NodeService
 from sheesh.control.templates import Templates
 from sheesh.control.vms import VmService
 from sheesh.control.vpn import VpnService
@@ -49,20 +49,21 @@ class Services:
     """Password checks run here, off the event loop."""
 
     @classmethod
-    def create(cls, settings: Settings, store: Store, node: NodeClient) -> Services:
-        templates = Templates(store, node, guest_network=settings.guest_network)
+    def create(cls, settings: Settings, store: Store, node: NodeClient, connect: ConnectFn | None = None) -> Services:
+        """The services around the embedded ``node``; ``connect`` makes clients of remote nodes."""
+        nodes = NodeService(store, settings, node, connect)
+        templates = Templates(store, nodes.client, guest_network=settings.guest_network)
         metrics = Metrics()
         metrics.watch(store, lambda: metrics.nodes)
-        nodes = NodeService(store, settings, node)
-        vms = VmService(store, node, settings, templates, metrics, nodes)
+        vms = VmService(store, nodes, settings, templates, metrics)
         auth = ApiKeyAuth(store, settings.api_key, settings.instance_secret)
         workspaces = WorkspaceService(store, settings)
-        vpn = VpnService(store, settings, vms, node)
+        vpn = VpnService(store, settings, vms)
         images = ImageService(store, settings)
         events = EventSender(settings.outbound_blocked())
-        instances = InstanceService(store, settings, vms, node, workspaces, events, vpn)
-        execs = ExecService(store, node, settings, vms, metrics)
-        ci = CiService(store, settings, vms, execs, node, workspaces)
+        instances = InstanceService(store, settings, vms, workspaces, events, vpn)
+        execs = ExecService(store, settings, vms, metrics)
+        ci = CiService(store, settings, vms, execs, workspaces)
         return cls(
             settings,
             store,
@@ -85,7 +86,7 @@ class Services:
     async def start(self) -> None:
         """After the VMs are recovered: the default workspace type, then instances and the reservation queue,
         then CI jobs."""
-        self.nodes.sync()
+        await self.nodes.sync()
         self.workspaces.ensure_defaults()
         await self.instances.recover()
         await self.ci.recover()
@@ -94,6 +95,7 @@ class Services:
         await self.instances.close()
         await self.ci.close()
         await self.vms.templates.wait_idle()
+        await self.nodes.close()
         await self.node.close()
         self.hashing.close()
         self.store.close()

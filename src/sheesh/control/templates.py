@@ -1,5 +1,6 @@
-"""Template snapshots: one per (image, cpu, memory) shape, taken from a freshly booted VM once its guest
-agent (and its pool of pre-started shells) is ready. New VMs of that shape restore it instead of booting."""
+"""Template snapshots: one per (node, image, cpu, memory) shape, taken from a freshly booted VM once its guest
+agent (and its pool of pre-started shells) is ready. New VMs of that shape on that node restore it instead of
+booting."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -18,7 +20,8 @@ from sheesh.node.contract import NodeClient, NodeVmSpec, VmNet
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
-Shape = tuple[str, int, int]
+Shape = tuple[str, str, int, int]
+"""(node, image id, vCPUs, memory in MiB)."""
 DEFAULT_DISK_MB = 1024
 GENERATION = TEMPLATE_SNAPSHOT_PREFIX + "n1-"
 """Id prefix of current templates; templates of older machine layouts (before VMs had a NIC) are not used and
@@ -30,17 +33,18 @@ class Templates:
     """Finds ready templates and builds missing ones in the background (one build per shape at a time)."""
 
     store: Store
-    node: NodeClient
+    client: Callable[[str], NodeClient]
+    """The client of a node by name."""
     warm_timeout_s: float = 30.0
     guest_network: str | None = None
     """Template VMs get the pool's reserved template address (clones take their own at restore)."""
     _building: dict[Shape, asyncio.Task[None]] = field(default_factory=dict)
 
-    def find(self, image_id: str, cpu: int, mem_mb: int) -> Snapshot | None:
+    def find(self, node: str, image_id: str, cpu: int, mem_mb: int) -> Snapshot | None:
         for snap in self.store.list_snapshots():
             if snap.kind != SnapshotKind.TEMPLATE or not snap.id.startswith(GENERATION):
                 continue
-            if (snap.image_id, snap.cpu, snap.mem_mb) == (image_id, cpu, mem_mb):
+            if (snap.node, snap.image_id, snap.cpu, snap.mem_mb) == (node, image_id, cpu, mem_mb):
                 return snap
         return None
 
@@ -51,12 +55,12 @@ class Templates:
             if snap.kind == SnapshotKind.TEMPLATE and not snap.id.startswith(GENERATION) and snap.id not in in_use:
                 log.info("removing template %s of an older generation", snap.id)
                 with contextlib.suppress(SheeshError):
-                    await self.node.delete_snapshot(snap.id)
+                    await self.client(snap.node).delete_snapshot(snap.id)
                     self.store.delete_snapshot(snap.id)
 
-    def ensure(self, image_id: str, cpu: int, mem_mb: int) -> None:
+    def ensure(self, node: str, image_id: str, cpu: int, mem_mb: int) -> None:
         """Start building the template for this shape unless it exists or is being built."""
-        shape = (image_id, cpu, mem_mb)
+        shape = (node, image_id, cpu, mem_mb)
         task = self._building.get(shape)
         if self.find(*shape) is not None or (task is not None and not task.done()):
             return
@@ -68,18 +72,18 @@ class Templates:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _settle(self, vm_id: str) -> None:
+    async def _settle(self, node: NodeClient, vm_id: str) -> None:
         """Let boot-time work finish (file-system resize, shell pool) so that clones do not redo it."""
         settle = "while pgrep -x resize2fs >/dev/null; do sleep 0.05; done; sync"
-        await self.node.exec(vm_id, ExecRequest(settle, timeout_ms=int(self.warm_timeout_s * 1000)), 4096)
+        await node.exec(vm_id, ExecRequest(settle, timeout_ms=int(self.warm_timeout_s * 1000)), 4096)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.warm_timeout_s
-        while int((await self.node.ping(vm_id)).get("warm", 0)) < 2 and loop.time() < deadline:
+        while int((await node.ping(vm_id)).get("warm", 0)) < 2 and loop.time() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
 
     async def _build(self, shape: Shape) -> None:
-        image_id, cpu, mem_mb = shape
+        node_name, image_id, cpu, mem_mb = shape
         image = resolve_image(self.store, image_id)
         vm_id = f"tpl-{secrets.token_hex(6)}"
         snap_id = f"{GENERATION}{secrets.token_hex(6)}"
@@ -96,9 +100,10 @@ class Templates:
             net=net,
         )
         try:
-            await self.node.create(spec)
-            await self._settle(vm_id)
-            save_ms = (await self.node.snapshot(vm_id, snap_id)).save_ms
+            node = self.client(node_name)
+            await node.create(spec)
+            await self._settle(node, vm_id)
+            save_ms = (await node.snapshot(vm_id, snap_id)).save_ms
             self.store.add_snapshot(
                 Snapshot(
                     id=snap_id,
@@ -110,15 +115,17 @@ class Templates:
                     disk_size_mb=disk_mb,
                     kind=SnapshotKind.TEMPLATE,
                     save_ms=save_ms,
+                    node=node_name,
                 )
             )
             log.info(
-                "template %s ready for %s (%d vCPU, %d MiB), saved in %.0f ms", snap_id, image_id, cpu, mem_mb, save_ms
+                "template %s ready on %s for %s (%d vCPU, %d MiB), saved in %.0f ms",
+                *(snap_id, node_name, image_id, cpu, mem_mb, save_ms),
             )
         except SheeshError as exc:
             log.warning("template build for %s failed: %s", shape, exc.message)
             with contextlib.suppress(SheeshError):
-                await self.node.delete_snapshot(snap_id)
+                await self.client(node_name).delete_snapshot(snap_id)
         finally:
             with contextlib.suppress(SheeshError):
-                await self.node.destroy(vm_id)
+                await self.client(node_name).destroy(vm_id)

@@ -20,7 +20,7 @@ from sheesh.control.ipam import allocate_ip, free_port
 from sheesh.control.metrics import Metrics
 from sheesh.control.nodes import NodeService
 from sheesh.control.templates import DEFAULT_DISK_MB, Templates
-from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError
+from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, SheeshError, UnavailableError
 from sheesh.models import (
     FirewallRule,
     PortForward,
@@ -91,11 +91,10 @@ class VmService:
     """All VM operations. Lifecycle operations on one VM are serialised; exec runs concurrently."""
 
     store: Store
-    node: NodeClient
+    nodes: NodeService
     settings: Settings
     templates: Templates
     metrics: Metrics | None = None
-    nodes: NodeService | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -103,7 +102,12 @@ class VmService:
     async def _locked(self, vm_id: str) -> AsyncIterator[Vm]:
         lock = self._locks.setdefault(vm_id, asyncio.Lock())
         async with lock:
-            yield self.get(vm_id)
+            yield self._reachable(self.get(vm_id))
+
+    def _reachable(self, vm: Vm) -> Vm:
+        if vm.state == VmState.UNREACHABLE:
+            raise UnavailableError(f"VM {vm.id} is on node {vm.node}, which is unreachable")
+        return vm
 
     def _set_state(self, vm: Vm, state: VmState, error: str | None = None) -> None:
         if vm.state != state and not can_transition(vm.state, state):
@@ -155,8 +159,8 @@ class VmService:
                 )
             if req.image_id is not None and req.image_id != source.image_id:
                 raise InvalidInputError(f"imageId must match the snapshot's image {source.image_id}")
-        if self.nodes is not None:
-            self.nodes.check_schedulable()
+        node_name = await self.nodes.place(req.cpu, req.mem_mb, only=source.node if source else None)
+        node = self.nodes.client(node_name)
         image = resolve_image(self.store, source.image_id if source else req.image_id)
         base_mb = source.disk_size_mb if source else image.image.rootfs_size_mb
         disk_mb = req.disk_size_mb if req.disk_size_mb is not None else max(DEFAULT_DISK_MB, base_mb)
@@ -166,9 +170,9 @@ class VmService:
         if disk_mb > self.settings.max_disk_size_mb:
             raise InvalidInputError(f"diskSizeMb must be <= {self.settings.max_disk_size_mb}")
         if source is None and self.settings.templates and not full:
-            source = self.templates.find(image.image.id, req.cpu, req.mem_mb)
+            source = self.templates.find(node_name, image.image.id, req.cpu, req.mem_mb)
             if source is None:
-                self.templates.ensure(image.image.id, req.cpu, req.mem_mb)
+                self.templates.ensure(node_name, image.image.id, req.cpu, req.mem_mb)
             elif disk_mb < source.disk_size_mb:
                 source = None  # a smaller disk than the template's: boot
         async with self._alloc:
@@ -184,7 +188,7 @@ class VmService:
                 guest_ip=allocate_ip(self.settings.guest_network, self.store.used_ips()),
                 created_at=datetime.now(UTC),
                 provision_mode=ProvisionMode.SNAPSHOT if source else ProvisionMode.BOOT,
-                node=self.node.name,
+                node=node_name,
                 snapshot_id=source.id if source else None,
                 owner_id=req.owner_id,
                 kind=req.kind,
@@ -193,10 +197,10 @@ class VmService:
         started = time.monotonic()
         async with self._locked(vm.id) as vm:
             try:
-                await self.node.create(self._spec(vm, source))
+                await node.create(self._spec(vm, source))
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await self.node.destroy(vm.id)
+                    await node.destroy(vm.id)
                 self.store.delete_vm(vm.id)
                 self._locks.pop(vm.id, None)
                 if self.metrics is not None:
@@ -225,7 +229,7 @@ class VmService:
             if vm.kind == VmKind.FULL:
                 raise ConflictError(f"VM {vm_id} is a full VM; snapshots and forks are for sandbox VMs")
             snap_id = f"snap-{secrets.token_hex(6)}"
-            saved = await self.node.snapshot(vm_id, snap_id, sync_guest=vm.state == VmState.RUNNING)
+            saved = await self.nodes.of(vm).snapshot(vm_id, snap_id, sync_guest=vm.state == VmState.RUNNING)
             snap = Snapshot(
                 id=snap_id,
                 vm_id=vm_id,
@@ -237,16 +241,17 @@ class VmService:
                 kind=SnapshotKind.USER,
                 save_ms=saved.save_ms,
                 owner_id=vm.owner_id,
+                node=vm.node,
             )
             self.store.add_snapshot(snap)
             return snap
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        self.snapshot(snapshot_id)
+        snap = self.snapshot(snapshot_id)
         users = [v.id for v in self.store.list_vms() if v.snapshot_id == snapshot_id]
         if users:
             raise ConflictError(f"snapshot {snapshot_id} is in use by {', '.join(users)}")
-        await self.node.delete_snapshot(snapshot_id)
+        await self.nodes.client(snap.node).delete_snapshot(snapshot_id)
         self.store.delete_snapshot(snapshot_id)
 
     async def fork(self, vm_id: str, count: int) -> tuple[Snapshot, list[Vm], list[str]]:
@@ -277,14 +282,14 @@ class VmService:
         async with self._locked(vm_id) as vm:
             if vm.state != VmState.RUNNING:
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a running VM can be paused")
-            await self.node.pause(vm_id)
+            await self.nodes.of(vm).pause(vm_id)
             self._set_state(vm, VmState.PAUSED)
 
     async def resume(self, vm_id: str) -> None:
         async with self._locked(vm_id) as vm:
             if vm.state != VmState.PAUSED:
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a paused VM can be resumed")
-            await self.node.resume(vm_id)
+            await self.nodes.of(vm).resume(vm_id)
             self._set_state(vm, VmState.RUNNING)
 
     async def start(self, vm_id: str) -> None:
@@ -293,7 +298,7 @@ class VmService:
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a stopped VM can be started")
             self._set_state(vm, VmState.STARTING)
             try:
-                await self.node.start(self._spec(vm))
+                await self.nodes.of(vm).start(self._spec(vm))
             except SheeshError as exc:
                 self._set_state(vm, VmState.ERROR, exc.message)
                 raise
@@ -303,11 +308,12 @@ class VmService:
         async with self._locked(vm_id) as vm:
             if vm.state not in (VmState.RUNNING, VmState.PAUSED):
                 raise ConflictError(f"VM {vm_id} is {vm.state}; only a running VM can be stopped")
+            node = self.nodes.of(vm)
             if vm.state == VmState.PAUSED:
-                await self.node.resume(vm_id)
+                await node.resume(vm_id)
             self._set_state(vm, VmState.STOPPING)
             try:
-                await self.node.stop(vm_id)
+                await node.stop(vm_id)
             except SheeshError as exc:
                 self._set_state(vm, VmState.ERROR, exc.message)
                 raise
@@ -315,9 +321,10 @@ class VmService:
 
     async def delete(self, vm_id: str) -> None:
         async with self._locked(vm_id) as vm:
+            node = self.nodes.of(vm)
             self._set_state(vm, VmState.DELETING)
             try:
-                await self.node.destroy(vm_id)
+                await node.destroy(vm_id)
             except SheeshError as exc:
                 self._set_state(vm, VmState.ERROR, exc.message)
                 raise
@@ -325,10 +332,10 @@ class VmService:
         self._locks.pop(vm_id, None)
 
     async def running(self, vm_id: str, what: str) -> Vm:
-        vm = self.get(vm_id)
+        vm = self._reachable(self.get(vm_id))
         if vm.state != VmState.RUNNING:
             raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
-        if not await self.node.is_running(vm_id):
+        if not await self.nodes.of(vm).is_running(vm_id):
             await self.reconcile()
             raise ConflictError(f"VM {vm_id} is not running")
         return vm
@@ -381,7 +388,7 @@ class VmService:
         """Save the VM's policy and push it to the node (which applies it now if the VM's tap is up)."""
         self.store.save_vm(vm)
         if vm.state not in (VmState.CREATING, VmState.DELETING):
-            await self.node.update_network(vm.id, vm_net(vm))
+            await self.nodes.of(vm).update_network(vm.id, vm_net(vm))
 
     async def eject_cdrom(self, vm_id: str) -> None:
         """Eject the ISO of a full VM (inserted through the node's /downloadIso or /uploadIso)."""
@@ -390,45 +397,59 @@ class VmService:
                 raise ConflictError(f"VM {vm_id} is a sandbox VM; only full VMs have a CD-ROM drive")
             if vm.state in (VmState.CREATING, VmState.DELETING):
                 raise ConflictError(f"VM {vm_id} is {vm.state}")
-            await self.node.eject_cdrom(vm_id)
+            await self.nodes.of(vm).eject_cdrom(vm_id)
 
     async def logs(self, vm_id: str, kind: str, lines: int) -> list[str]:
-        self.get(vm_id)
-        return await self.node.log_tail(vm_id, kind, lines)
+        return await self.node_of(vm_id).log_tail(vm_id, kind, lines)
+
+    def node_of(self, vm_id: str) -> NodeClient:
+        """The client of the node VM ``vm_id`` is on; UnavailableError naming the node when it is unreachable."""
+        return self.nodes.of(self.get(vm_id))
 
     async def reconcile(self) -> None:
-        """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED."""
+        """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED; VMs of unreachable
+        nodes are left to the node's return (``NodeService.heartbeat``)."""
         for vm in self.store.list_vms():
             lock = self._locks.get(vm.id)
-            active = vm.state in (VmState.RUNNING, VmState.PAUSED)
-            if active and not (lock and lock.locked()) and not await self.node.is_running(vm.id):
-                reason = await self.node.exit_reason(vm.id)
-                log.info("VM %s is no longer running: %s", vm.id, reason or "powered off")
-                with contextlib.suppress(ConflictError):
-                    self._set_state(vm, VmState.STOPPED, reason)
+            if vm.state not in (VmState.RUNNING, VmState.PAUSED) or (lock and lock.locked()):
+                continue
+            try:
+                node = self.nodes.of(vm)
+                if await node.is_running(vm.id):
+                    continue
+                reason = await node.exit_reason(vm.id)
+            except UnavailableError:
+                continue
+            log.info("VM %s is no longer running: %s", vm.id, reason or "powered off")
+            with contextlib.suppress(ConflictError):
+                self._set_state(vm, VmState.STOPPED, reason)
 
     async def recover(self) -> None:
         """After a restart: roll back interrupted creates (the caller never got the VM: its machine may lack
         its network or identity refresh), stop interrupted starts, finish interrupted deletes, re-attach live
         VMs, mark dead ones STOPPED, and remove VM folders without a record (a crash during a template
-        build)."""
+        build). All of it on the embedded node: remote nodes keep running without this process, and their VMs
+        are checked by ``reconcile`` and their heartbeats."""
+        local = self.nodes.local
         known = {vm.id for vm in self.store.list_vms()}
-        for orphan in await self.node.local_vms():
+        for orphan in await local.local_vms():
             if orphan not in known:
                 log.info("removing leftover VM folder %s", orphan)
-                await self.node.destroy(orphan)
+                await local.destroy(orphan)
         for vm in self.store.list_vms():
+            if vm.node != local.name:
+                continue
             if vm.state in (VmState.DELETING, VmState.CREATING):
                 log.info("rolling back VM %s (%s when the service stopped)", vm.id, vm.state)
-                await self.node.destroy(vm.id)
+                await local.destroy(vm.id)
                 self.store.delete_vm(vm.id)
             elif vm.state == VmState.STARTING:
-                if await self.node.reattach([vm.id]):
-                    await self.node.stop(vm.id)
+                if await local.reattach([vm.id]):
+                    await local.stop(vm.id)
                 vm.state, vm.error = VmState.STOPPED, "the start was interrupted by a restart of the service"
                 self.store.save_vm(vm)
-        active = [vm for vm in self.store.list_vms() if vm.state in _ACTIVE]
-        alive = await self.node.reattach([vm.id for vm in active])
+        active = [vm for vm in self.store.list_vms() if vm.state in _ACTIVE and vm.node == local.name]
+        alive = await local.reattach([vm.id for vm in active])
         for vm in active:
             kept = VmState.PAUSED if vm.state == VmState.PAUSED else VmState.RUNNING
             if vm.id in alive:

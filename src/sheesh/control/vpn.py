@@ -22,7 +22,7 @@ from sheesh.control.ipam import free_port
 from sheesh.control.pki import CertificateAuthority
 from sheesh.control.vms import VmService
 from sheesh.errors import ConflictError, SheeshError, UnavailableError
-from sheesh.node.contract import NodeClient, VpnSpec
+from sheesh.node.contract import VpnSpec
 from sheesh.store.repo import Store
 from sheesh.workspaces import ACTIVE_INSTANCE, Instance, VpnClient, VpnStatus
 
@@ -58,7 +58,6 @@ class VpnService:
     store: Store
     settings: Settings
     vms: VmService
-    node: NodeClient
     _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def _folder(self, instance_id: str) -> Path:
@@ -108,7 +107,7 @@ class VpnService:
                 key_pem=server.key_pem,
             )
             await self.vms.set_vpn_network(vm.id, inst.vpn_network)
-            await self.node.start_vpn(spec)
+            await self.vms.node_of(spec.vm_id).start_vpn(spec)
             inst.vpn = VpnStatus.READY
         except SheeshError as exc:
             log.warning("VPN of instance %s: %s", inst.id, exc.message)
@@ -118,7 +117,7 @@ class VpnService:
     async def stop(self, inst: Instance) -> None:
         if inst.vm_id is not None:
             with contextlib.suppress(SheeshError):
-                await self.node.stop_vpn(inst.vm_id)
+                await self.vms.node_of(inst.vm_id).stop_vpn(inst.vm_id)
         for client in self.clients(inst):
             self.store.delete_record(VpnClient, client.id)
         await asyncio.to_thread(shutil.rmtree, self._folder(inst.id), True)
@@ -141,5 +140,6 @@ class VpnService:
         self.store.add_record(
             VpnClient(id=client_id, instance_id=inst.id, owner_id=owner_id, created_at=datetime.now(UTC))
         )
-        ovpn = client_config(self.settings.node_host(), inst.vpn_port, ca.cert_pem, issued.cert_pem, issued.key_pem)
+        host = self.vms.nodes.public_host(self.vms.get(inst.vm_id).node) if inst.vm_id else self.settings.node_host()
+        ovpn = client_config(host, inst.vpn_port, ca.cert_pem, issued.cert_pem, issued.key_pem)
         return client_id, ovpn

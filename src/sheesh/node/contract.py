@@ -13,6 +13,7 @@ cross the seam through the same codec.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ __all__ = [
     "VmNet",
     "VpnSpec",
     "WireError",
+    "agent_token_key",
     "error_class",
     "from_wire",
     "to_wire",
@@ -243,6 +245,12 @@ ERROR_CLASSES: dict[str, tuple[type[SheeshError], int]] = {
     )
 }
 """The errors that cross the seam by name (any other ``SheeshError`` crosses as its nearest listed base)."""
+
+
+def agent_token_key(node_token: str) -> bytes:
+    """The key a remote node checks agent tokens (``/serial``, ``/vnc``, ...) with: derived from its secret,
+    so the control plane can sign tokens for it and nobody else can."""
+    return hmac.new(node_token.encode(), b"sheesh agent tokens", hashlib.sha256).digest()
 
 
 def error_class(name: str) -> type[SheeshError]:

@@ -23,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Lifespan
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sheesh.auth.sessions import InvalidSessionError, SessionSigner
@@ -196,18 +197,28 @@ class _Endpoints:
             await _operation(ws, _receive_iso(ws, self.media, vm_id))
 
 
-def create_node_app(node: NodeAgent, signer: SessionSigner, media: MediaService | None = None) -> Starlette:
-    """The node's WebSocket app; ``media`` sets the ISO and image limits (defaults: 10 GB, 64 GiB disks)."""
+def create_node_app(
+    node: NodeAgent,
+    signer: SessionSigner,
+    media: MediaService | None = None,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    lifespan: Lifespan[Starlette] | None = None,
+) -> Starlette:
+    """The node's WebSocket app; ``media`` sets the ISO and image limits (defaults: 10 GB, 64 GiB disks).
+    A standalone node adds the contract routes (``extra_routes``) and its heartbeats (``lifespan``)."""
     ep = _Endpoints(node, signer, media or MediaService(node))
     return Starlette(
+        lifespan=lifespan,
         routes=[
+            *extra_routes,
             WebSocketRoute("/serial", ep.serial),
             WebSocketRoute("/vnc", ep.vnc),
             WebSocketRoute("/downloadIso", ep.download_iso),
             WebSocketRoute("/uploadIso", ep.upload_iso),
             WebSocketRoute("/cloudInit", ep.cloud_init),
             Route("/metrics", metrics_endpoint(node.status)),
-        ]
+        ],
     )
 
 

@@ -267,6 +267,7 @@ class SqlStore:
                     kind=snap.kind.value,
                     save_ms=snap.save_ms,
                     owner_id=snap.owner_id,
+                    node=snap.node,
                 )
             )
 

@@ -174,6 +174,7 @@ def snapshot_from_row(row: SnapshotRow) -> Snapshot:
         kind=SnapshotKind(row.kind),
         save_ms=row.save_ms,
         owner_id=row.owner_id,
+        node=row.node,
     )
 
 

@@ -73,6 +73,7 @@ class SnapshotRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     save_ms: Mapped[float] = mapped_column(Float)
     owner_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node: Mapped[str] = mapped_column(String(64), default="local")
 
 
 class UserRow(Base):

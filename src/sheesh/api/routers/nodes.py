@@ -1,15 +1,20 @@
-"""Nodes (admins): ``GET /v1/nodes``, drain and undrain, delete (refused while a node holds VMs)."""
+"""Nodes: admins list them, add them (``POST /v1/nodes`` gives the token a ``sheesh node`` joins with), drain
+and undrain them and delete them (refused while a node holds VMs); nodes report with heartbeats."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from pydantic import BaseModel
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from sheesh.api.deps import AdminDep, ServicesDep
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import ErrorOut, iso
 from sheesh.control.nodes import NodeView
+from sheesh.errors import ForbiddenError
 from sheesh.models import NodeState
+from sheesh.node.contract import NodeStatus, from_wire
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses={**ERRORS, 403: {"model": ErrorOut}})
 
@@ -38,18 +43,65 @@ class NodeOut(BaseModel):
 
     @classmethod
     def of(cls, view: NodeView) -> NodeOut:
-        cap = view.status.capacity
+        cap = view.capacity
         rec = view.record
         return cls(
             name=rec.id,
             region=rec.region,
             address=rec.address,
-            state=rec.state.value,
+            state=view.state.value,
             capacity=CapacityOut(vcpus=cap.vcpus, memMb=cap.mem_mb, diskMb=cap.disk_mb, diskFreeMb=cap.disk_free_mb),
             allocated=AllocatedOut(vcpus=view.allocated_vcpus, memMb=view.allocated_mem_mb),
             vms=view.vms,
             lastHeartbeat=iso(rec.last_heartbeat) if rec.last_heartbeat else None,
         )
+
+
+class NodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    region: str = Field(default="local", min_length=1, max_length=64)
+
+
+class NodeAdded(BaseModel):
+    name: str
+    token: str = Field(description="The node's secret: SHEESH_NODE_TOKEN of its `sheesh node` (shown once)")
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str = Field(min_length=1, max_length=255, description="Where the control plane reaches the node")
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    publicHost: str | None = Field(default=None, max_length=255)
+    status: dict[str, Any] = Field(description="The node's NodeStatus in its wire form (node contract)")
+
+
+class HeartbeatOut(BaseModel):
+    state: str
+    heartbeatIntervalS: float
+
+
+@router.post("", status_code=201, summary="Make a node's record and secret token, for `sheesh node` (admin)")
+async def add_node(body: NodeIn, _: AdminDep, svc: ServicesDep) -> NodeAdded:
+    rec, token = svc.nodes.add(body.name, body.region)
+    return NodeAdded(name=rec.id, token=token)
+
+
+@router.post(
+    "/{name}/heartbeat",
+    summary="A node reports its address, capacity and running VMs (node token: Authorization: Bearer)",
+)
+async def heartbeat(name: str, body: HeartbeatIn, svc: ServicesDep, request: Request) -> HeartbeatOut:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ForbiddenError("a node token is required (Authorization: Bearer)")
+    rec = svc.nodes.authenticate(name, token.strip())
+    status = from_wire(NodeStatus, body.status)
+    rec = await svc.nodes.heartbeat(
+        rec, address=body.address, port=body.port, tls=body.tls, public_host=body.publicHost, status=status
+    )
+    return HeartbeatOut(state=rec.state.value, heartbeatIntervalS=svc.settings.heartbeat_interval_s)
 
 
 @router.get("", summary="Nodes with their state, capacity and allocation (admin)")

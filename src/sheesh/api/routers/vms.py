@@ -32,8 +32,8 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=ERRORS)
 
 def vm_out(svc: ServicesDep, vm: Vm) -> VmOut:
     """A VM as the API shows it, with the address of its node's console endpoints."""
-    settings = svc.settings
-    return VmOut.of(vm, settings.node_host(), settings.node_port)
+    host, port, _ = svc.nodes.endpoint(vm.node)
+    return VmOut.of(vm, host, port)
 
 
 @router.post(
@@ -94,12 +94,12 @@ async def agent_token(
 def issue_agent_token(svc: Services, principal: Principal, vm_id: str, otp: str | None) -> AgentTokenOut:
     if not principal.login:
         require_otp(svc.accounts.user(principal.user_id), otp)
-    settings = svc.settings
-    ttl = settings.agent_token_ttl_s
-    token = svc.sessions.issue(vm_id, "agent", ttl)
+    node = svc.vms.get(vm_id).node
+    ttl = svc.settings.agent_token_ttl_s
+    token = svc.nodes.agent_signer(node, svc.sessions).issue(vm_id, "agent", ttl)
     expires = datetime.now(UTC) + timedelta(seconds=ttl)
-    scheme = "wss" if settings.tls_on else "ws"
-    url = f"{scheme}://{settings.node_host()}:{settings.node_port}"
+    host, port, tls = svc.nodes.endpoint(node)
+    url = f"{'wss' if tls else 'ws'}://{host}:{port}"
     return AgentTokenOut(token=token, expiresAt=iso(expires), url=url)
 
 

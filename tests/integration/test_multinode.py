@@ -1,0 +1,116 @@
+"""Several hosts on the fake VMM: a ``sheesh serve`` control plane and two ``sheesh node`` processes (real
+servers, real HTTP between them): VMs spread over both nodes, draining sends new VMs elsewhere, a killed node
+agent makes its node and its VMs UNREACHABLE (503 naming it) and its restart brings them back RUNNING, and a
+control-plane restart loses nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sheesh.config import Settings
+from sheesh.image.builder import ImageBuilder
+from tests.server import NodeProcess, ServerProcess, running_server
+
+VM = {"cpu": 1, "memMb": 256, "allowIps": []}
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def nodes(c: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in c.get("/v1/nodes").json()}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, NodeProcess]]]:
+    image_dir = Settings().resolved_image_dir()
+    ImageBuilder(image_dir).build()  # cached after setup
+    env = {
+        "SHEESH_VMM": "fake",
+        "SHEESH_NETWORK": "off",
+        "SHEESH_NODE_TIMEOUT_S": "2",
+        "SHEESH_RECONCILE_INTERVAL_S": "0.3",
+    }
+    with running_server(tmp_path / "control", image_dir, **env) as srv:
+        with srv.client() as c:
+            tokens = {name: c.post("/v1/nodes", json={"name": name}).json()["token"] for name in ("n1", "n2")}
+        procs = {
+            name: NodeProcess(
+                tmp_path / name, image_dir, control_url=srv.url, name=name, token=token, SHEESH_VMM="fake"
+            )
+            for name, token in tokens.items()
+        }
+        try:
+            for proc in procs.values():
+                proc.start()
+            yield srv, procs
+        finally:
+            for proc in procs.values():
+                proc.stop()
+                proc.kill_vms()
+
+
+def test_vms_spread_drain_node_failure_and_return(cluster: tuple[ServerProcess, dict[str, NodeProcess]]) -> None:
+    srv, procs = cluster
+    with srv.client() as c:
+        wait_for("both nodes to report", lambda: all(nodes(c)[n]["state"] == "READY" for n in procs))
+        listed = nodes(c)
+        assert listed["n1"]["capacity"]["memMb"] > 0 and listed["n1"]["address"] == "127.0.0.1"
+        assert c.post("/v1/nodes", json={"name": "n1"}).status_code == 409
+        assert c.post("/v1/nodes", json={"name": "Bad_Name"}).status_code == 400
+        assert c.post("/v1/nodes/n1/heartbeat", json={}, headers={"Authorization": "Bearer nope"}).status_code in (
+            400,
+            403,
+        )
+        assert c.post("/v1/nodes/local/drain").json()["state"] == "DRAINING"
+
+        vms = [c.post("/v1/vms", json=VM).json() for _ in range(4)]
+        assert sorted(v["node"] for v in vms) == ["n1", "n1", "n2", "n2"], "spread over the two nodes"
+        for vm in vms:
+            assert vm["nodePort"] == procs[vm["node"]].port
+            r = c.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": f"echo on {vm['node']}"})
+            assert r.status_code == 200 and r.json()["stdout"] == f"on {vm['node']}\n"
+        assert nodes(c)["n1"]["allocated"] == {"vcpus": 2, "memMb": 512} and nodes(c)["n1"]["vms"] == 2
+        token = c.get(f"/v1/vms/{vms[0]['id']}/agentToken").json()
+        assert token["url"] == f"ws://127.0.0.1:{procs[vms[0]['node']].port}"
+
+        assert c.post("/v1/nodes/n1/drain").json()["state"] == "DRAINING"
+        assert {c.post("/v1/vms", json=VM).json()["node"] for _ in range(2)} == {"n2"}
+        assert c.post("/v1/nodes/n1/undrain").json()["state"] == "READY"
+
+        on_n2 = [v["id"] for v in c.get("/v1/vms").json() if v["node"] == "n2"]
+        procs["n2"].kill()
+        wait_for("n2 to be UNREACHABLE", lambda: nodes(c)["n2"]["state"] == "UNREACHABLE", 15)
+        assert {c.get(f"/v1/vms/{v}").json()["state"] for v in on_n2} == {"UNREACHABLE"}
+        r = c.post(f"/v1/vms/{on_n2[0]}/exec", json={"cmd": "true"})
+        assert r.status_code == 503 and "n2" in r.json()["message"]
+        assert c.delete(f"/v1/vms/{on_n2[0]}").status_code == 503, "nothing is deleted behind an absent node"
+        new = c.post("/v1/vms", json=VM).json()
+        assert new["node"] == "n1", "new VMs avoid the unreachable node"
+
+        procs["n2"].start()
+        wait_for("n2 to return", lambda: nodes(c)["n2"]["state"] == "READY", 15)
+        wait_for("its VMs to run again", lambda: {c.get(f"/v1/vms/{v}").json()["state"] for v in on_n2} == {"RUNNING"})
+        r = c.post(f"/v1/vms/{on_n2[0]}/exec", json={"cmd": "echo back"})
+        assert r.status_code == 200 and r.json()["stdout"] == "back\n"
+
+        before = {v["id"]: (v["node"], v["state"]) for v in c.get("/v1/vms").json()}
+    srv.stop()
+    srv.start()
+    with srv.client() as c:
+        assert {v["id"]: (v["node"], v["state"]) for v in c.get("/v1/vms").json()} == before
+        for vm_id in before:
+            assert c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).status_code == 200
+            assert c.delete(f"/v1/vms/{vm_id}").status_code == 204
+        assert c.delete("/v1/nodes/n2").status_code == 204
+        assert "n2" not in nodes(c)
