@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 from _common import percentile, running_server
-
 from tests.server import NodeProcess
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -67,9 +66,7 @@ def main() -> None:
             token = c.post("/v1/nodes", json={"name": name}).json()["token"]
             node_env = {"SHEESH_VMM": args.vmm, "SHEESH_NETWORK": "off"}
             image_dir = Path(srv.env["SHEESH_IMAGE_DIR"])
-            proc = NodeProcess(
-                Path(tmp) / name, image_dir, control_url=srv.url, name=name, token=token, **node_env
-            )
+            proc = NodeProcess(Path(tmp) / name, image_dir, control_url=srv.url, name=name, token=token, **node_env)
             procs.append(proc.start())
         try:
             deadline = time.monotonic() + 30
