@@ -149,11 +149,23 @@ def running_server(data_dir: Path, image_dir: Path, **env: str) -> Iterator[Serv
 
 
 class NodeProcess:
-    """A ``sheesh node`` subprocess owned by a test: a node agent alone, reporting to ``control_url``."""
+    """A ``sheesh node`` subprocess owned by a test: a node agent alone, reporting to ``control_url``; in the
+    network namespace ``netns`` when given (a host of its own, listening on ``SHEESH_HOST``)."""
 
-    def __init__(self, data_dir: Path, image_dir: Path, *, control_url: str, name: str, token: str, **env: str):
+    def __init__(
+        self,
+        data_dir: Path,
+        image_dir: Path,
+        *,
+        control_url: str,
+        name: str,
+        token: str,
+        netns: str | None = None,
+        **env: str,
+    ):
         self.data_dir = data_dir
         self.name = name
+        self.netns = netns
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -178,8 +190,9 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
+            prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from sheesh.cli.main import main; main()", "node"],
+                [*prefix, sys.executable, "-c", "from sheesh.cli.main import main; main()", "node"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
