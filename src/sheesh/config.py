@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     mem_overcommit: float = 1.0
     """New VMs go to nodes whose memory x this factor is not yet allocated to VMs."""
     control_url: str | None = None
-    """``sheesh node``: the control plane's base URL the node registers and heartbeats to."""
+    """``sheesh node``: the control plane's base URL the node reports to (several replicas: comma-separated)."""
     node_token: str | None = None
     """``sheesh node``: the node's secret (``sheesh node add NAME`` on the control plane prints it)."""
     control_ca: Path | None = None
@@ -142,6 +142,10 @@ class Settings(BaseSettings):
         """Where sheesh never sends requests to user-given URLs (media downloads, event callbacks, CI clones):
         ``media_blocked_networks`` and the guest network."""
         return [*self.media_blocked_networks, ip_network(self.guest_network)]
+
+    def shared_rate_limits(self) -> bool:
+        """Rate limits are counted in the database (shared by replicas) when it is PostgreSQL."""
+        return self.resolved_database_url().startswith("postgresql")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'sheesh.db'}"

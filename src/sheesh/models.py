@@ -39,6 +39,12 @@ TRANSITIONS: dict[VmState, frozenset[VmState]] = {
 }
 
 
+LIVE_STATES = frozenset(
+    {VmState.RUNNING, VmState.PAUSED, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.UNREACHABLE}
+)
+"""VMs in these states hold their node's vCPUs and memory."""
+
+
 def can_transition(src: VmState, dst: VmState) -> bool:
     """Whether the lifecycle allows moving from ``src`` to ``dst``."""
     return dst in TRANSITIONS[src]

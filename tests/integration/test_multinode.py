@@ -112,5 +112,36 @@ def test_vms_spread_drain_node_failure_and_return(cluster: tuple[ServerProcess, 
         for vm_id in before:
             assert c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).status_code == 200
             assert c.delete(f"/v1/vms/{vm_id}").status_code == 204
+
         assert c.delete("/v1/nodes/n2").status_code == 204
         assert "n2" not in nodes(c)
+
+
+def test_every_vm_operation_reaches_the_vms_node(cluster: tuple[ServerProcess, dict[str, NodeProcess]]) -> None:
+    srv, procs = cluster
+    with srv.client() as c:
+        wait_for("both nodes to report", lambda: all(nodes(c)[n]["state"] == "READY" for n in procs))
+        assert c.post("/v1/nodes/local/drain").status_code == 200
+        assert c.post("/v1/nodes/n2/drain").status_code == 200
+        on_n1 = c.post("/v1/vms", json=VM).json()["id"]
+        assert c.post(f"/v1/vms/{on_n1}/pause").status_code == 204
+        assert c.get(f"/v1/vms/{on_n1}").json()["state"] == "PAUSED"
+        assert c.post(f"/v1/vms/{on_n1}/resume").status_code == 204
+        assert c.post(f"/v1/vms/{on_n1}/ports", json={"guestPort": 8080}).status_code == 201
+        assert c.delete(f"/v1/vms/{on_n1}/firewall").status_code == 204
+        logs = c.get(f"/v1/vms/{on_n1}/logs", params={"type": "firecracker.log"})
+        assert logs.status_code == 200 and any("fake boot" in line for line in logs.json()["lines"])
+        snap = c.post(f"/v1/vms/{on_n1}/snapshots").json()
+        assert c.post("/v1/nodes/n2/undrain").status_code == 200
+        fork = c.post(f"/v1/vms/{on_n1}/fork", json={"count": 2}).json()
+        assert [v["node"] for v in fork["vms"]] == ["n1", "n1"], "restores go to the snapshot's node"
+
+        assert c.post("/v1/nodes/n1/drain").status_code == 200
+        r = c.post("/v1/vms", json={**VM, "snapshotId": snap["id"]})
+        assert r.status_code == 503 and "node n1 is DRAINING" in r.json()["message"], r.text
+        assert c.post("/v1/nodes/n1/undrain").status_code == 200
+        assert c.post("/v1/vms", json={**VM, "snapshotId": snap["id"]}).json()["node"] == "n1"
+        for vm in c.get("/v1/vms").json():
+            assert c.delete(f"/v1/vms/{vm['id']}").status_code == 204
+        for made in c.get("/v1/snapshots").json():
+            assert c.delete(f"/v1/snapshots/{made['id']}").status_code == 204

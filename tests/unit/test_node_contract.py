@@ -18,6 +18,7 @@ from sheesh.errors import ForbiddenError, InvalidInputError, NotFoundError, Shee
 from sheesh.models import ExecRequest
 from sheesh.node.agent import NodeAgent
 from sheesh.node.contract import CONTRACT_OPS, NodeClient, NodeVmSpec, VpnSpec
+from sheesh.node.heartbeat import Heartbeat
 from sheesh.node.server import contract_routes
 from sheesh.node.vpn import server_config
 from sheesh.vmm.fake import FakeDriver
@@ -172,3 +173,31 @@ def test_every_operation_of_the_protocol_crosses_http() -> None:
     protocol = {n for n in dir(NodeClient) if not n.startswith("_")} - streamed
     assert protocol == set(CONTRACT_OPS)
     assert all(hasattr(RemoteNode, n) for n in protocol | {"upload", "download"})
+
+
+async def test_heartbeats_go_to_the_replica_that_answers() -> None:
+    seen: list[str] = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "cp-a":
+            raise httpx.ConnectError("refused", request=request)
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        return httpx.Response(200, json={"state": "READY"})
+
+    node = FakeNodeClient()
+    beat = Heartbeat(
+        control_url="http://cp-a:3000, http://cp-b:3000",
+        name="fake",
+        token=TOKEN,
+        address="10.0.0.2",
+        port=1337,
+        tls=False,
+        public_host=None,
+        status=node.status,
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(route)) as http:
+        await beat.beat(http)
+        await beat.beat(http)
+    assert seen == ["cp-a", "cp-b", "cp-b"], "the replica that answered keeps the reports"
+    assert beat.beats == 2

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from sheesh.models import ApiKey, Image, ProvisionMode, Role, User, Vm, VmState
+from sheesh.models import ApiKey, Image, NodeRecord, NodeState, ProvisionMode, Role, User, Vm, VmState
 from sheesh.store.errors import StoreError
 from sheesh.store.memory import MemoryStore
 from sheesh.store.repo import SqlStore, Store
+from tests.postgres import Postgres
 
 
 def _vm(vm_id: str, ip: str) -> Vm:
@@ -189,3 +190,33 @@ def test_rerobots_records_round_trip_and_wipe(store: Store) -> None:
     store.add_vm(_vm("vm-1", "172.16.0.2"))
     store.wipe()
     assert store.list_vms() == [] and store.list_records(WorkspaceType) == [] and store.list_users() == []
+
+
+def test_rate_hits_are_counted_in_a_sliding_window(store: Store) -> None:
+    assert [store.rate_hit("global|user:a", 3, 60.0, 1000.0 + i)[:2] for i in range(3)] == [
+        (True, 1),
+        (True, 2),
+        (True, 3),
+    ]
+    assert store.rate_hit("global|user:a", 3, 60.0, 1010.0) == (False, 3, 1000.0), "refused hits do not count"
+    assert store.rate_hit("global|user:b", 3, 60.0, 1010.0)[:2] == (True, 1), "each key its own budget"
+    assert store.rate_hit("global|user:a", 3, 60.0, 1060.5) == (True, 3, 1001.0), "the oldest left the window"
+
+
+def test_one_leader_at_a_time_on_postgresql(postgres: Postgres) -> None:
+    url = postgres.new_database()
+    first, second = SqlStore(url), SqlStore(url)
+    try:
+        assert first.lead() and first.lead(), "the leader stays the leader"
+        assert not second.lead()
+        first.close()
+        assert second.lead(), "a leader that goes away frees the lock"
+    finally:
+        second.close()
+
+
+def test_wipe_keeps_the_nodes(store: Store) -> None:
+    node = NodeRecord(id="n1", region="eu", address="10.0.0.2", state=NodeState.READY, created_at=datetime.now(UTC))
+    store.add_record(node)
+    store.wipe()
+    assert [n.id for n in store.list_records(NodeRecord)] == ["n1"]

@@ -36,9 +36,15 @@ log = logging.getLogger(__name__)
 
 
 async def _reconcile_loop(svc: Services) -> None:
+    """The periodic work, on one replica at a time (``Store.lead``): node heartbeats, VM processes, rerobots
+    instance expiries and reservations."""
     while True:
         await asyncio.sleep(svc.settings.reconcile_interval_s)
         try:
+            leader = svc.store.lead()
+            svc.metrics.leader.set(1 if leader else 0)
+            if not leader:
+                continue
             svc.nodes.check()
             await svc.vms.reconcile()
             await svc.instances.reconcile()

@@ -2,7 +2,7 @@
 user (however the credential is spelled), or per client address without a valid credential. Every response
 carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` (always below the limit: the current request is
 counted) and ``X-RateLimit-Reset`` (epoch seconds by which the window is empty again); past the limit the
-answer is 429 with ``Retry-After``."""
+answer is 429 with ``Retry-After``. Node heartbeats are exempt."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ from sheesh.api.deps import limit_identity
 from sheesh.control.services import Services
 
 
+def _heartbeat(path: str) -> bool:
+    """Node heartbeats (node-token authenticated, every few seconds from each node) are not limited."""
+    return path.startswith("/v1/nodes/") and path.endswith("/heartbeat") and path.count("/") == 4
+
+
 class GlobalRateLimit:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
@@ -26,7 +31,7 @@ class GlobalRateLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         svc = self.services
         limit = svc.settings.global_rate_limit
-        if scope["type"] != "http" or limit <= 0:
+        if scope["type"] != "http" or limit <= 0 or _heartbeat(scope["path"]):
             await self.app(scope, receive, send)
             return
         decision = svc.limiter.hit("global", limit_identity(Request(scope), svc), limit)

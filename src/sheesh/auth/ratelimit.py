@@ -1,4 +1,4 @@
-"""Sliding-window rate limiting per (bucket, identity), in memory."""
+"""Sliding-window rate limiting per (bucket, identity): in memory (one process) or in the store (replicas)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from sheesh.store.repo import Store
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,23 @@ class RateLimiter:
     def _prune(self, now: float, window: float) -> None:
         for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - window]:
             del self._hits[key]
+
+
+class SharedRateLimiter:
+    """``RateLimiter`` whose hits are counted in the store (PostgreSQL): replicas of the control plane share
+    every budget. Clock: epoch seconds (the replicas' clocks must agree, as NTP keeps them)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    def hit(self, bucket: str, identity: str, limit: int, window: float = 60.0) -> Decision:
+        now = self._clock()
+        allowed, count, oldest = self._store.rate_hit(f"{bucket}|{identity}", limit, window, now)
+        reset = max(0.0, oldest + window - now)
+        if not allowed:
+            return Decision(False, limit, 0, max(1, math.ceil(reset)), reset)
+        return Decision(True, limit, limit - count, 0, reset)
+
+
+Limiter = RateLimiter | SharedRateLimiter

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sheesh.models import VmState
+from sheesh.models import LIVE_STATES, VmState
 from sheesh.store.repo import Store
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -30,7 +30,7 @@ class _StateCollector(Collector):
         for state in VmState:
             by_state.add_metric([state.value], sum(1 for v in vms if v.state == state))
         yield by_state
-        live = [v for v in vms if v.state in (VmState.RUNNING, VmState.PAUSED, VmState.STARTING, VmState.CREATING)]
+        live = [v for v in vms if v.state in LIVE_STATES]
         cpus = GaugeMetricFamily("sheesh_node_vcpus", "vCPUs of a node", labels=["node", "kind"])
         mem = GaugeMetricFamily("sheesh_node_memory_mb", "Memory of a node (MiB)", labels=["node", "kind"])
         for node, vcpus, mem_mb in self.capacity():
@@ -58,6 +58,9 @@ class Metrics:
             "sheesh_exec_seconds", "exec / run-ts / run-js latency", ["kind"], buckets=LATENCY_BUCKETS_S, registry=r
         )
         self.rate_limited = Counter("sheesh_rate_limited", "Requests refused by a rate limit", ["bucket"], registry=r)
+        self.leader = Gauge(
+            "sheesh_leader", "1 when this replica runs the periodic work (reconcile, node checks)", registry=r
+        )
 
     def watch(self, store: Store, capacity: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         self.registry.register(_StateCollector(store, capacity))

@@ -20,13 +20,11 @@ from datetime import UTC, datetime, timedelta
 from sheesh.auth.sessions import SessionSigner
 from sheesh.config import Settings
 from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, UnavailableError
-from sheesh.models import NodeRecord, NodeState, Vm, VmState
+from sheesh.models import LIVE_STATES, NodeRecord, NodeState, Vm, VmState
 from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, agent_token_key
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
-LIVE = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.UNREACHABLE)
-"""VMs that hold their node's memory."""
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -156,8 +154,8 @@ class NodeService:
         limit = datetime.now(UTC) - timedelta(seconds=self.settings.node_timeout_s)
         lost = []
         for rec in self.store.list_records(NodeRecord):
-            if rec.id == self.local.name or not rec.reachable or rec.last_heartbeat is None:
-                continue
+            if not rec.token or not rec.reachable or rec.last_heartbeat is None:
+                continue  # the embedded nodes (ours, other replicas') do not send heartbeats
             if rec.last_heartbeat < limit:
                 log.warning("node %s missed its heartbeats since %s: UNREACHABLE", rec.id, rec.last_heartbeat)
                 rec.reachable = False
@@ -178,6 +176,8 @@ class NodeService:
         rec = self.store.get_record(NodeRecord, name)
         if rec is None:
             raise UnavailableError(f"node {name} is not known to this control plane")
+        if not rec.token:
+            raise UnavailableError(f"node {name} is the embedded node of another control-plane replica")
         if not rec.reachable or not rec.address or self.connect is None:
             raise UnavailableError(f"node {name} is unreachable")
         key = f"{rec.address}:{rec.port}:{rec.tls}"
@@ -238,7 +238,7 @@ class NodeService:
         views = []
         for rec in self.store.list_records(NodeRecord):
             mine = [v for v in vms if v.node == rec.id]
-            live = [v for v in mine if v.state in LIVE]
+            live = [v for v in mine if v.state in LIVE_STATES]
             views.append(
                 NodeView(
                     record=rec,
@@ -261,13 +261,16 @@ class NodeService:
         for rec in self.store.list_records(NodeRecord):
             if only is not None and rec.id != only:
                 continue
+            if rec.id != self.local.name and not rec.token:
+                reasons.append(f"node {rec.id} is the embedded node of another replica")
+                continue
             if not rec.reachable:
                 reasons.append(f"node {rec.id} is UNREACHABLE")
                 continue
             if rec.state != NodeState.READY:
                 reasons.append(f"node {rec.id} is {rec.state.value}")
                 continue
-            allocated = sum(v.mem_mb for v in vms if v.node == rec.id and v.state in LIVE)
+            allocated = sum(v.mem_mb for v in vms if v.node == rec.id and v.state in LIVE_STATES)
             free = rec.mem_mb * self.settings.mem_overcommit - allocated
             if free < mem_mb:
                 reasons.append(f"node {rec.id} has {max(0, int(free))} MiB of memory left")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
 from sheesh.auth.hashpool import HashPool
-from sheesh.auth.ratelimit import RateLimiter
+from sheesh.auth.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.accounts import AccountService
@@ -44,7 +44,7 @@ class Services:
     dumps: DumpService
     metrics: Metrics
     nodes: NodeService
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: Limiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
 
@@ -81,6 +81,7 @@ class Services:
             DumpService(store, settings, vms, images, auth, instances, ci),
             metrics,
             nodes,
+            SharedRateLimiter(store) if settings.shared_rate_limits() else RateLimiter(),
         )
 
     async def start(self) -> None:

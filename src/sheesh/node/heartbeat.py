@@ -1,7 +1,8 @@
 """A standalone node's reports to its control plane: ``POST <control>/v1/nodes/<name>/heartbeat`` every few
 seconds with where it listens and its ``NodeStatus`` (capacity, free disk, running VMs), authenticated with the
 node's token. The first report registers the node's address; a control plane that is away is retried at the
-next beat (the node and its VMs go on meanwhile)."""
+next beat (the node and its VMs go on meanwhile). ``control_url`` may list several replicas, separated by
+commas: each beat goes to the one that last answered, else to the next that does."""
 
 from __future__ import annotations
 
@@ -34,9 +35,28 @@ class Heartbeat:
     beats: int = 0
     """Reports the control plane accepted."""
     last_error: str | None = None
+    _current: int = 0
+
+    @property
+    def urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.control_url.split(",") if u.strip()]
 
     async def beat(self, http: httpx.AsyncClient) -> None:
-        """One report; raises httpx errors, and HTTPStatusError when the control plane refuses it."""
+        """One report, to the replica that last answered or the next one that does; raises the last replica's
+        httpx error (HTTPStatusError when it refuses the report)."""
+        urls = self.urls
+        for attempt in range(len(urls)):
+            base = urls[(self._current + attempt) % len(urls)]
+            try:
+                await self._beat(http, base)
+            except httpx.TransportError:
+                if attempt == len(urls) - 1:
+                    raise
+                continue
+            self._current = (self._current + attempt) % len(urls)
+            return
+
+    async def _beat(self, http: httpx.AsyncClient, base: str) -> None:
         body = {
             "address": self.address,
             "port": self.port,
@@ -44,7 +64,7 @@ class Heartbeat:
             "publicHost": self.public_host,
             "status": to_wire(await self.status()),
         }
-        url = f"{self.control_url.rstrip('/')}/v1/nodes/{self.name}/heartbeat"
+        url = f"{base}/v1/nodes/{self.name}/heartbeat"
         response = await http.post(url, json=body, headers={"Authorization": f"Bearer {self.token}"})
         response.raise_for_status()
         self.beats += 1

@@ -7,7 +7,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
-from sheesh.models import ApiKey, ExecKind, ExecLog, Image, Snapshot, User, Vm
+from sheesh.models import ApiKey, ExecKind, ExecLog, Image, NodeRecord, Snapshot, User, Vm
 from sheesh.store.errors import StoreError
 from sheesh.store.rows import R, Record, StoredImage
 
@@ -17,6 +17,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.vms: dict[str, Vm] = {}
+        self.rate_hits: dict[str, list[float]] = {}
         self.images: dict[str, StoredImage] = {}
         self.keys: dict[str, ApiKey] = {}
         self.users: dict[str, User] = {}
@@ -169,5 +170,19 @@ class MemoryStore:
         self.records.get(kind, {}).pop(record_id, None)
 
     def wipe(self) -> None:
-        for table in (self.vms, self.keys, self.users, self.snapshots, self.exec_logs, self.records):
+        for table in (self.vms, self.keys, self.users, self.snapshots, self.exec_logs):
             table.clear()
+        nodes = self.records.get(NodeRecord, {})
+        self.records.clear()
+        self.records[NodeRecord] = nodes
+
+    def lead(self) -> bool:
+        return True
+
+    def rate_hit(self, key: str, limit: int, window_s: float, now: float) -> tuple[bool, int, float]:
+        hits = [t for t in self.rate_hits.get(key, []) if t > now - window_s]
+        self.rate_hits[key] = hits
+        if len(hits) >= limit:
+            return False, len(hits), hits[0]
+        hits.append(now)
+        return True, len(hits), hits[0]

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +43,17 @@ from sheesh.store.rows import (
     vm_from_row,
     vm_values,
 )
-from sheesh.store.tables import RECORD_TABLES, ApiKeyRow, ExecLogRow, ImageRow, SnapshotRow, UserRow, VmRow
+from sheesh.store.tables import (
+    RECORD_TABLES,
+    ApiKeyRow,
+    ExecLogRow,
+    ImageRow,
+    NodeRow,
+    RateHitRow,
+    SnapshotRow,
+    UserRow,
+    VmRow,
+)
 
 
 class Store(Protocol):
@@ -109,10 +119,27 @@ class Store(Protocol):
     def delete_record(self, kind: type[R], record_id: str) -> None: ...
 
     def wipe(self) -> None:
-        """Delete every user, API key, VM (with its history), snapshot and rerobots record; images stay."""
+        """Delete every user, API key, VM (with its history), snapshot and rerobots record; images and nodes
+        stay."""
+        ...
+
+    def rate_hit(self, key: str, limit: int, window_s: float, now: float) -> tuple[bool, int, float]:
+        """Count a request of ``key`` at ``now`` (epoch seconds) unless ``limit`` requests were counted in the
+        last ``window_s``; returns whether it was counted, how many are counted now and the oldest one's time.
+        Atomic across processes sharing the database."""
+        ...
+
+    def lead(self) -> bool:
+        """Whether this process runs the periodic work (reconcile, node checks, TTLs, reservations): on
+        PostgreSQL the one holding a session advisory lock (several replicas, one leader; a leader that dies
+        frees it), elsewhere always."""
         ...
 
     def close(self) -> None: ...
+
+
+LEADER_LOCK = 0x5EE5_0001
+"""PostgreSQL advisory lock key of the replica that runs the periodic work."""
 
 
 def migrate(engine: Engine) -> None:
@@ -147,6 +174,8 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._leader: Connection | None = None
+        self._rate_calls = 0
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Session]:
@@ -376,9 +405,56 @@ class SqlStore:
     def wipe(self) -> None:
         with self._write() as s:
             for table in (ExecLogRow, VmRow, SnapshotRow, ApiKeyRow, UserRow, *RECORD_TABLES):
-                s.execute(delete(table))
+                if table is not NodeRow:
+                    s.execute(delete(table))
+
+    def rate_hit(self, key: str, limit: int, window_s: float, now: float) -> tuple[bool, int, float]:
+        key = key[:255]
+        with self._write() as s:
+            if self.engine.dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+            s.execute(delete(RateHitRow).where(RateHitRow.key == key, RateHitRow.at <= now - window_s))
+            count, oldest = s.execute(
+                select(func.count(RateHitRow.id), func.min(RateHitRow.at)).where(RateHitRow.key == key)
+            ).one()
+            if count >= limit:
+                return False, int(count), float(oldest)
+            s.add(RateHitRow(key=key, at=now))
+            self._rate_calls += 1
+            if self._rate_calls % 1024 == 0:
+                s.execute(delete(RateHitRow).where(RateHitRow.at <= now - 3600))
+            return True, int(count) + 1, float(oldest if oldest is not None else now)
+
+    def lead(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True
+        try:
+            if self._leader is not None:
+                self._leader.execute(text("SELECT 1"))
+                return True
+        except SQLAlchemyError:
+            self._drop_leadership()
+        conn = self.engine.connect()
+        try:
+            won = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}).scalar())
+            conn.commit()
+        except SQLAlchemyError:
+            conn.close()
+            return False
+        if not won:
+            conn.close()
+            return False
+        self._leader = conn
+        return True
+
+    def _drop_leadership(self) -> None:
+        if self._leader is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._leader.close()
+            self._leader = None
 
     def close(self) -> None:
+        self._drop_leadership()
         self.engine.dispose()
 
 

@@ -149,6 +149,17 @@ class NodeRow(RecordColumns, Base):
     __tablename__ = "nodes"
 
 
+class RateHitRow(Base):
+    """One counted request of a rate limit shared by replicas (``key``: bucket and identity; ``at``: epoch s)."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255))
+    at: Mapped[float] = mapped_column(Float)
+
+
 RECORD_TABLES = (
     WorkspaceTypeRow,
     DeploymentRow,

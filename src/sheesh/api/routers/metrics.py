@@ -14,6 +14,6 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", summary="Prometheus metrics (admin)", response_class=Response)
 async def metrics(_: AdminDep, svc: ServicesDep) -> Response:
-    status = await svc.node.status()
-    svc.metrics.nodes = [(status.name, status.capacity.vcpus, status.capacity.mem_mb)]
+    views = await svc.nodes.views()
+    svc.metrics.nodes = [(v.record.id, v.capacity.vcpus, v.capacity.mem_mb) for v in views]
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
