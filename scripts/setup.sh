@@ -23,7 +23,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso iproute2 nftables git openvpn python3-venv python3-dev gcc)
-((TEST_DEPS)) && APT_PACKAGES+=(chromium openssh-client postgresql)
+((TEST_DEPS)) && APT_PACKAGES+=(chromium openssh-client postgresql redis-server)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 3.0
     mem_overcommit: float = 1.0
     """New VMs go to nodes whose memory x this factor is not yet allocated to VMs."""
+    redis_url: str | None = None
+    """Count rate limits in this Redis (``redis://host:6379/0``, ``unix:///path``), shared by replicas."""
     control_url: str | None = None
     """``sheesh node``: the control plane's base URL the node reports to (several replicas: comma-separated)."""
     node_token: str | None = None

@@ -1,8 +1,11 @@
-"""Sliding-window rate limiting per (bucket, identity): in memory (one process) or in the store (replicas)."""
+"""Sliding-window rate limiting per (bucket, identity): in memory (one process), in PostgreSQL or in Redis (shared
+by replicas)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import secrets
 import threading
 import time
 from collections import deque
@@ -10,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sheesh.store.repo import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,4 +74,50 @@ class SharedRateLimiter:
         return Decision(True, limit, limit - count, 0, reset)
 
 
-Limiter = RateLimiter | SharedRateLimiter
+_SLIDING_WINDOW_LUA = """
+local key, now, window, limit, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+if count >= limit then return {0, count, oldest[2]} end
+redis.call('ZADD', key, now, member)
+redis.call('PEXPIRE', key, math.ceil(window * 1000))
+if count == 0 then return {1, 1, ARGV[1]} end
+return {1, count + 1, oldest[2]}
+"""
+"""One hit, atomically: drop hits older than the window, refuse at the limit, else add this one."""
+
+
+class RedisRateLimiter:
+    """``RateLimiter`` counting in Redis (``SHEESH_REDIS_URL``): a sorted set of hit times per key, updated by one
+    Lua script, so every replica shares every budget. When Redis cannot be reached the request is let through
+    (logged): the limiter never takes the API down."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._script = self._redis.register_script(_SLIDING_WINDOW_LUA)
+        self._clock = clock
+        self._errors = redis.RedisError
+
+    def hit(self, bucket: str, identity: str, limit: int, window: float = 60.0) -> Decision:
+        now = self._clock()
+        member = f"{now:.6f}:{secrets.token_hex(4)}"
+        try:
+            allowed, count, oldest = self._script(
+                keys=[f"sheesh:rate:{bucket}|{identity}"], args=[now, window, limit, member]
+            )
+        except self._errors as exc:
+            log.warning("rate limiter: Redis unavailable (%s): request let through", exc)
+            return Decision(True, limit, limit - 1, 0, window)
+        reset = max(0.0, float(oldest) + window - now)
+        if not int(allowed):
+            return Decision(False, limit, 0, max(1, math.ceil(reset)), reset)
+        return Decision(True, limit, limit - int(count), 0, reset)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+Limiter = RateLimiter | SharedRateLimiter | RedisRateLimiter

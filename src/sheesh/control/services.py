@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
 from sheesh.auth.hashpool import HashPool
-from sheesh.auth.ratelimit import Limiter, RateLimiter, SharedRateLimiter
+from sheesh.auth.ratelimit import Limiter, RateLimiter, RedisRateLimiter, SharedRateLimiter
 from sheesh.auth.sessions import SessionSigner, load_or_create_key
 from sheesh.config import Settings
 from sheesh.control.accounts import AccountService
@@ -81,7 +81,7 @@ class Services:
             DumpService(store, settings, vms, images, auth, instances, ci),
             metrics,
             nodes,
-            SharedRateLimiter(store) if settings.shared_rate_limits() else RateLimiter(),
+            _limiter(settings, store),
         )
 
     async def start(self) -> None:
@@ -100,3 +100,13 @@ class Services:
         await self.node.close()
         self.hashing.close()
         self.store.close()
+
+
+def _limiter(settings: Settings, store: Store) -> Limiter:
+    """Redis when ``redis_url`` is set, else the database when it is PostgreSQL (replicas share the budgets),
+    else memory."""
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url)
+    if settings.shared_rate_limits():
+        return SharedRateLimiter(store)
+    return RateLimiter()
