@@ -299,3 +299,5 @@ class NodeRecord:
     mem_mb: int = 0
     disk_mb: int = 0
     disk_free_mb: int = 0
+    running: list[str] = field(default_factory=list)
+    """Ids of the VMs running there, as of the last heartbeat (remote nodes)."""

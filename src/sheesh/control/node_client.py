@@ -31,6 +31,8 @@ class FakeNodeClient:
         self.exits: dict[str, str | None] = {}
         self.authorized: dict[str, list[str]] = {}
         self.vpns: dict[str, VpnSpec] = {}
+        self.asked: list[str] = []
+        """VMs ``is_running`` was asked about."""
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -60,6 +62,7 @@ class FakeNodeClient:
         self.leftovers.discard(vm_id)
 
     async def is_running(self, vm_id: str) -> bool:
+        self.asked.append(vm_id)
         return vm_id in self.running
 
     async def exit_reason(self, vm_id: str) -> str | None:

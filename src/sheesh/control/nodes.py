@@ -112,7 +112,8 @@ class NodeService:
         if name == self.local.name:
             raise ConflictError(f"node {name} is the embedded node of this control plane")
         self.store.delete_record(NodeRecord, name)
-        self._clients.pop(name, None)
+        if (cached := self._clients.pop(name, None)) is not None:
+            self._retire(cached[1])
 
     # heartbeats and failure
 
@@ -133,6 +134,7 @@ class NodeService:
         was_reachable = rec.reachable
         rec.address, rec.port, rec.tls, rec.public_host = address, port, tls, public_host or address
         rec.reachable, rec.last_heartbeat = True, datetime.now(UTC)
+        rec.running = sorted(status.running)
         _take_capacity(rec, status.capacity)
         self.store.save_record(rec)
         if not was_reachable:
@@ -207,6 +209,11 @@ class NodeService:
         if rec is None or not rec.token:
             return local
         return SessionSigner(agent_token_key(rec.token))
+
+    def reported_running(self) -> dict[str, set[str]]:
+        """The VMs each remote node said were running in its last heartbeat (the embedded nodes are not in it:
+        ask them)."""
+        return {r.id: set(r.running) for r in self.store.list_records(NodeRecord) if r.token}
 
     def of(self, vm: Vm) -> NodeClient:
         """The client of the node ``vm`` is on."""

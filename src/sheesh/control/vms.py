@@ -408,10 +408,14 @@ class VmService:
 
     async def reconcile(self) -> None:
         """Mark RUNNING VMs whose process has gone (guest powered off, crashed) as STOPPED; VMs of unreachable
-        nodes are left to the node's return (``NodeService.heartbeat``)."""
+        nodes are left to the node's return (``NodeService.heartbeat``). A remote node is asked only about VMs
+        its last heartbeat did not list as running."""
+        reported = self.nodes.reported_running()
         for vm in self.store.list_vms():
             lock = self._locks.get(vm.id)
             if vm.state not in (VmState.RUNNING, VmState.PAUSED) or (lock and lock.locked()):
+                continue
+            if vm.id in reported.get(vm.node, ()):
                 continue
             try:
                 node = self.nodes.of(vm)
