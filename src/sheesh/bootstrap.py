@@ -96,6 +96,7 @@ def build_node_process(settings: Settings, driver: VmmDriver | None = None) -> N
         port=settings.node_port,
         tls=settings.tls_on,
         public_host=settings.node_public_host,
+        region=settings.node_region,
         status=node.status,
         interval_s=settings.heartbeat_interval_s,
         verify=verify,

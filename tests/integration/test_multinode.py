@@ -46,7 +46,13 @@ def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, NodeProce
             tokens = {name: c.post("/v1/nodes", json={"name": name}).json()["token"] for name in ("n1", "n2")}
         procs = {
             name: NodeProcess(
-                tmp_path / name, image_dir, control_url=srv.url, name=name, token=token, SHEESH_VMM="fake"
+                tmp_path / name,
+                image_dir,
+                control_url=srv.url,
+                name=name,
+                token=token,
+                SHEESH_VMM="fake",
+                SHEESH_NODE_REGION="eu-west" if name == "n1" else "local",
             )
             for name, token in tokens.items()
         }
@@ -66,6 +72,7 @@ def test_vms_spread_drain_node_failure_and_return(cluster: tuple[ServerProcess, 
         wait_for("both nodes to report", lambda: all(nodes(c)[n]["state"] == "READY" for n in procs))
         listed = nodes(c)
         assert listed["n1"]["capacity"]["memMb"] > 0 and listed["n1"]["address"] == "127.0.0.1"
+        assert (listed["n1"]["region"], listed["n2"]["region"]) == ("eu-west", "local"), "the node's own label"
         assert c.post("/v1/nodes", json={"name": "n1"}).status_code == 409
         assert c.post("/v1/nodes", json={"name": "Bad_Name"}).status_code == 400
         assert c.post("/v1/nodes/n1/heartbeat", json={}, headers={"Authorization": "Bearer nope"}).status_code in (

@@ -125,7 +125,15 @@ class NodeService:
         return rec
 
     async def heartbeat(
-        self, rec: NodeRecord, *, address: str, port: int, tls: bool, public_host: str | None, status: NodeStatus
+        self,
+        rec: NodeRecord,
+        *,
+        address: str,
+        port: int,
+        tls: bool,
+        public_host: str | None,
+        status: NodeStatus,
+        region: str | None = None,
     ) -> NodeRecord:
         """Take a node's report: where it listens, its capacity, its running VMs. A node back from UNREACHABLE
         gets its VMs reconciled: still running -> RUNNING, gone -> STOPPED."""
@@ -135,6 +143,7 @@ class NodeService:
         rec.address, rec.port, rec.tls, rec.public_host = address, port, tls, public_host or address
         rec.reachable, rec.last_heartbeat = True, datetime.now(UTC)
         rec.running = sorted(status.running)
+        rec.region = region or rec.region
         _take_capacity(rec, status.capacity)
         self.store.save_record(rec)
         if not was_reachable:

@@ -29,6 +29,7 @@ class Heartbeat:
     port: int
     tls: bool
     public_host: str | None
+    region: str | None = None
     status: Callable[[], Awaitable[NodeStatus]]
     interval_s: float = 3.0
     verify: ssl.SSLContext | bool = True
@@ -62,6 +63,7 @@ class Heartbeat:
             "port": self.port,
             "tls": self.tls,
             "publicHost": self.public_host,
+            "region": self.region,
             "status": to_wire(await self.status()),
         }
         url = f"{base}/v1/nodes/{self.name}/heartbeat"

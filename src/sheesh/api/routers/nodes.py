@@ -74,6 +74,7 @@ class HeartbeatIn(BaseModel):
     port: int = Field(ge=1, le=65535)
     tls: bool = False
     publicHost: str | None = Field(default=None, max_length=255)
+    region: str | None = Field(default=None, min_length=1, max_length=64, description="The node's region label")
     status: dict[str, Any] = Field(description="The node's NodeStatus in its wire form (node contract)")
 
 
@@ -99,7 +100,13 @@ async def heartbeat(name: str, body: HeartbeatIn, svc: ServicesDep, request: Req
     rec = svc.nodes.authenticate(name, token.strip())
     status = from_wire(NodeStatus, body.status)
     rec = await svc.nodes.heartbeat(
-        rec, address=body.address, port=body.port, tls=body.tls, public_host=body.publicHost, status=status
+        rec,
+        address=body.address,
+        port=body.port,
+        tls=body.tls,
+        public_host=body.publicHost,
+        status=status,
+        region=body.region,
     )
     return HeartbeatOut(state=rec.state.value, heartbeatIntervalS=svc.settings.heartbeat_interval_s)
 
