@@ -5,30 +5,17 @@ control-plane restart loses nothing."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
-from tests.server import NodeProcess, ServerProcess, running_server
+from tests.server import NodeProcess, ServerProcess, running_server, wait_for
+from tests.server import nodes_by_name as nodes
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def nodes(c: httpx.Client) -> dict[str, dict[str, Any]]:
-    return {n["name"]: n for n in c.get("/v1/nodes").json()}
 
 
 @pytest.fixture

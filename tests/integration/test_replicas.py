@@ -6,23 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
 from tests.postgres import Postgres
-from tests.server import NodeProcess, ServerProcess, running_server
+from tests.server import NodeProcess, ServerProcess, running_server, wait_for
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def leads(srv: ServerProcess) -> bool:

@@ -10,17 +10,16 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 from sheesh.image.builder import BuiltImage
-from tests.server import NodeProcess, ServerProcess, running_server
+from tests.server import NodeProcess, ServerProcess, running_server, wait_for
+from tests.server import nodes_by_name as nodes
 
 pytestmark = pytest.mark.vm
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -68,23 +67,12 @@ def hosts() -> Iterator[list[Host]]:
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True, check=False)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
-def nodes(c: httpx.Client) -> dict[str, dict[str, Any]]:
-    return {n["name"]: n for n in c.get("/v1/nodes").json()}
-
-
-async def _serial(url: str) -> bytes:
+async def _serial(url: str, marker: bytes) -> bytes:
     async with websockets.connect(url) as ws:
         await ws.send("\n")
         await ws.send("echo sum=$((6*7)) host=$(hostname -I)\n")
         seen, deadline = b"", time.monotonic() + 60
-        while b"sum=42" not in seen:
+        while marker not in seen:
             msg = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
             seen += msg if isinstance(msg, bytes) else msg.encode()
         return seen
@@ -129,7 +117,7 @@ def cluster(
 def test_two_nodes_in_their_own_namespaces(cluster: tuple[ServerProcess, dict[str, NodeProcess]]) -> None:
     srv, procs = cluster
     with srv.client() as c:
-        wait_for("both nodes to report", lambda: all(nodes(c)[n]["state"] == "READY" for n in procs))
+        wait_for("both nodes to report", lambda: all(nodes(c)[n]["state"] == "READY" for n in procs), 30)
         assert {nodes(c)[n]["address"] for n in procs} == {p.env["SHEESH_HOST"] for p in procs.values()}
         first = c.post("/v1/vms", json=VM)
         assert first.status_code == 201, first.text
@@ -144,8 +132,8 @@ def test_two_nodes_in_their_own_namespaces(cluster: tuple[ServerProcess, dict[st
             assert r.status_code == 200 and r.json()["stdout"] == "1\n", r.text
             grant = c.get(f"/v1/vms/{vm['id']}/agentToken").json()
             assert grant["url"] == f"ws://{proc.env['SHEESH_HOST']}:{proc.port}"
-            seen = asyncio.run(_serial(f"{grant['url']}/serial?token={grant['token']}"))
-            assert vm["guestIp"].encode() in seen, seen[-300:]
+            marker = f"sum=42 host={vm['guestIp']}".encode()
+            assert marker in asyncio.run(_serial(f"{grant['url']}/serial?token={grant['token']}", marker))
 
         assert c.post("/v1/nodes/n1/drain").json()["state"] == "DRAINING"
         third = c.post("/v1/vms", json=VM).json()
@@ -155,12 +143,12 @@ def test_two_nodes_in_their_own_namespaces(cluster: tuple[ServerProcess, dict[st
 
         on_n2 = next(v["id"] for v in vms if v["node"] == "n2")
         procs["n2"].kill()
-        wait_for("n2 to be UNREACHABLE", lambda: nodes(c)["n2"]["state"] == "UNREACHABLE")
+        wait_for("n2 to be UNREACHABLE", lambda: nodes(c)["n2"]["state"] == "UNREACHABLE", 30)
         assert c.get(f"/v1/vms/{on_n2}").json()["state"] == "UNREACHABLE"
         r = c.post(f"/v1/vms/{on_n2}/exec", json={"cmd": "true"})
         assert r.status_code == 503 and "n2" in r.json()["message"]
         procs["n2"].start()
-        wait_for("n2 and its VM to return", lambda: c.get(f"/v1/vms/{on_n2}").json()["state"] == "RUNNING")
+        wait_for("n2 and its VM to return", lambda: c.get(f"/v1/vms/{on_n2}").json()["state"] == "RUNNING", 60)
         r = c.post(f"/v1/vms/{on_n2}/exec", json={"cmd": "echo survived"})
         assert r.status_code == 200 and r.json()["stdout"] == "survived\n"
 

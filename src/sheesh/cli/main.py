@@ -60,15 +60,7 @@ def serve(
         console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
     for line in services.auth.bootstrap():
         console.print(f"[bold green]{line}[/bold green]")
-    try:
-        tls = server_tls(settings)
-    except SheeshError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-    options = dict(HTTP_OPTIONS)
-    if tls is not None:
-        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
-        console.print(f"TLS: https:// and wss:// with {tls.cert}")
+    options = _server_options(settings)
     asyncio.run(
         _serve_both(
             [
@@ -85,6 +77,21 @@ HTTP_OPTIONS: dict[str, Any] = {
     "log_level": "info",
 }
 """JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
+
+
+def _server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options: ours, and the certificate when TLS is configured (exits with the reason if it is not
+    usable)."""
+    try:
+        tls = server_tls(settings)
+    except SheeshError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    options = dict(HTTP_OPTIONS)
+    if tls is not None:
+        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+        console.print(f"TLS: https:// and wss:// with {tls.cert}")
+    return options
 
 
 class _Server(uvicorn.Server):
@@ -124,13 +131,10 @@ def node(ctx: typer.Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         process = build_node_process(settings)
-        tls = server_tls(settings)
     except SheeshError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from exc
-    options = dict(HTTP_OPTIONS)
-    if tls is not None:
-        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+    options = _server_options(settings)
     console.print(
         f"node {settings.node_name} on {settings.host}:{settings.node_port}, reporting to {settings.control_url}"
     )
