@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from sheesh.vmm.driver import (
     SNAPSHOT_DISK,
@@ -206,17 +206,18 @@ class QemuDriver:
         wd = self._table.workdir(vm_id)
         if wd is None or not self.is_running(vm_id):
             raise VmmError(f"VM {vm_id} is not running")
-        client = QMPClient(f"sheesh-{vm_id}")
+        client = None
         try:
-            await asyncio.wait_for(client.connect(str(wd / QMP_SOCKET)), 5)
+            client = await _connect_qmp(vm_id, wd / QMP_SOCKET, QMP_CONNECT_TIMEOUT_S)
             yield client
         except VmmError:
             raise
         except Exception as exc:
             raise VmmError(f"QMP on {vm_id} failed: {exc}") from exc
         finally:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
 
     async def _command(self, vm_id: str, command: str, args: dict[str, Any] | None = None) -> Any:
         async with self._qmp(vm_id) as qmp:
@@ -337,3 +338,22 @@ class QemuDriver:
         if proc is not None:
             await proc.terminate(grace=1.0)
         self.ram_file(vm_id).unlink(missing_ok=True)
+
+
+QMP_CONNECT_TIMEOUT_S = 5.0
+
+
+async def _connect_qmp(vm_id: str, socket: Path, timeout_s: float) -> QMPClient:
+    """A QMP client connected to ``socket``. QEMU creates the socket file when it binds it, a moment before it
+    listens: a refused connection in that moment (seen under load) is tried again until ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        client = QMPClient(f"sheesh-{vm_id}")
+        try:
+            await asyncio.wait_for(client.connect(str(socket)), max(0.05, deadline - loop.time()))
+            return client
+        except ConnectError as exc:
+            if not isinstance(exc.exc, ConnectionRefusedError) or loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.01)

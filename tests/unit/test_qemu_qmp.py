@@ -1,0 +1,62 @@
+"""Connecting to a QEMU's QMP socket that is bound but not listening yet (the moment after QEMU creates the
+socket file): the connection is tried again until QEMU listens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from qemu.qmp import ConnectError
+
+from sheesh.vmm.qemu.driver import _connect_qmp
+
+GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}
+
+
+def _late_qmp_server(path: Path, listen_after_s: float) -> socket.socket:
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))  # the file exists from here on; connections are refused until listen()
+
+    def serve() -> None:
+        time.sleep(listen_after_s)
+        srv.listen(1)
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(json.dumps(GREETING).encode() + b"\r\n")
+            decoder, pending = json.JSONDecoder(), ""
+            while data := conn.recv(4096):  # commands come as JSON objects, not necessarily one per line
+                pending += data.decode()
+                while pending.strip():
+                    msg, end = decoder.raw_decode(pending.lstrip())
+                    pending = pending.lstrip()[end:]
+                    reply = {"return": {}} | ({"id": msg["id"]} if "id" in msg else {})
+                    conn.sendall(json.dumps(reply).encode() + b"\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+async def test_a_socket_that_listens_late_is_connected(tmp_path: Path) -> None:
+    srv = _late_qmp_server(tmp_path / "qmp.sock", 0.3)
+    try:
+        client = await _connect_qmp("vm-late", tmp_path / "qmp.sock", 5.0)
+        assert client.greeting is not None
+        await client.disconnect()
+    finally:
+        srv.close()
+
+
+async def test_a_socket_that_never_listens_fails_in_time(tmp_path: Path) -> None:
+    srv = _late_qmp_server(tmp_path / "qmp.sock", 60)
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises((ConnectError, TimeoutError)):
+            await _connect_qmp("vm-never", tmp_path / "qmp.sock", 0.5)
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        srv.close()
