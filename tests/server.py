@@ -204,7 +204,13 @@ class NodeProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.env.get('SHEESH_HOST', '127.0.0.1')}:{self.port}"
+        scheme = "https" if self.env.get("SHEESH_TLS") == "self-signed" else "http"
+        return f"{scheme}://{self.env.get('SHEESH_HOST', '127.0.0.1')}:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        cert = self.data_dir / "tls" / "cert.pem"
+        return ssl.create_default_context(cafile=str(cert)) if self.url.startswith("https") else True
 
     def start(self) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +226,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/metrics", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/metrics", timeout=1, verify=self.verify).status_code == 200:
                     return self
             time.sleep(0.1)
         raise AssertionError("node did not start:\n" + self.log.read_text())

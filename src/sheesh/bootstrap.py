@@ -134,12 +134,13 @@ def client_tls_context(settings: Settings) -> ssl.SSLContext | bool:
 
 
 def connect_remote(settings: Settings) -> ConnectFn:
-    """How the control plane makes the client of a remote node from its record."""
-    verify: ssl.SSLContext | bool = True
-    if settings.node_ca is not None:
-        verify = ssl.create_default_context(cafile=str(settings.node_ca))
+    """How the control plane makes the client of a remote node from its record (a node on TLS is checked
+    against ``node_ca``, read when its client is made, else the system's trust store)."""
 
     def connect(rec: NodeRecord) -> NodeClient:
+        verify: ssl.SSLContext | bool = True
+        if settings.node_ca is not None:
+            verify = ssl.create_default_context(cafile=str(settings.node_ca))
         scheme = "https" if rec.tls else "http"
         return RemoteNode(rec.id, f"{scheme}://{rec.address}:{rec.port}", rec.token, verify=verify)
 

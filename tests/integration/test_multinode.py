@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
+from sheesh.tls import self_signed
 from tests.server import NodeProcess, ServerProcess, running_server, wait_for
 from tests.server import nodes_by_name as nodes
 
@@ -139,3 +141,48 @@ def test_every_vm_operation_reaches_the_vms_node(cluster: tuple[ServerProcess, d
             assert c.delete(f"/v1/vms/{vm['id']}").status_code == 204
         for made in c.get("/v1/snapshots").json():
             assert c.delete(f"/v1/snapshots/{made['id']}").status_code == 204
+
+        # a host gone for good: its node is forgotten with its VMs, on request, once UNREACHABLE
+        gone = c.post("/v1/vms", json=VM).json()
+        assert gone["node"] == "n1"
+        r = c.delete("/v1/nodes/n1", params={"force": "true"})
+        assert r.status_code == 409 and "UNREACHABLE nodes only" in r.json()["message"]
+        procs["n1"].kill()
+        wait_for("n1 to be UNREACHABLE", lambda: nodes(c)["n1"]["state"] == "UNREACHABLE", 15)
+        assert c.delete("/v1/nodes/n1").status_code == 409
+        assert c.delete("/v1/nodes/n1", params={"force": "true"}).status_code == 204
+        assert c.get(f"/v1/vms/{gone['id']}").status_code == 404 and "n1" not in nodes(c)
+
+
+def test_a_node_on_tls(tmp_path: Path) -> None:
+    """The node serves its contract and WebSocket endpoints over TLS; the control plane checks its certificate
+    with SHEESH_NODE_CA and refuses it without."""
+    image_dir = Settings().resolved_image_dir()
+    cert = self_signed(["127.0.0.1"], tmp_path / "n1" / "tls").cert
+    env = {"SHEESH_VMM": "fake", "SHEESH_NETWORK": "off", "SHEESH_NODE_CA": str(cert)}
+    with running_server(tmp_path / "control", image_dir, **env) as srv, srv.client() as c:
+        token = c.post("/v1/nodes", json={"name": "n1"}).json()["token"]
+        assert c.post("/v1/nodes/local/drain").status_code == 200
+        node = NodeProcess(
+            tmp_path / "n1",
+            image_dir,
+            control_url=srv.url,
+            name="n1",
+            token=token,
+            SHEESH_VMM="fake",
+            SHEESH_TLS="self-signed",
+        )
+        try:
+            node.start()
+            wait_for("n1 to report", lambda: nodes(c).get("n1", {}).get("state") == "READY")
+            vm = c.post("/v1/vms", json=VM).json()
+            assert vm["node"] == "n1"
+            r = c.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "echo over tls"})
+            assert r.status_code == 200 and r.json()["stdout"] == "over tls\n"
+            assert c.get(f"/v1/vms/{vm['id']}/agentToken").json()["url"].startswith("wss://127.0.0.1:")
+            with pytest.raises(httpx.ConnectError):
+                httpx.post(f"{node.url}/node/v1/status", headers={"Authorization": f"Bearer {token}"}, json={})
+            assert c.delete(f"/v1/vms/{vm['id']}").status_code == 204
+        finally:
+            node.stop()
+            node.kill_vms()

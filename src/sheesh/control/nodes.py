@@ -105,15 +105,27 @@ class NodeService:
         self.store.save_record(rec)
         return rec
 
-    def delete(self, name: str) -> None:
-        self.get(name)
-        if any(v.node == name for v in self.store.list_vms()):
-            raise ConflictError(f"node {name} holds VMs; delete or move them first")
+    def delete(self, name: str, *, force: bool = False) -> list[str]:
+        """Forget node ``name``; refused while it holds VMs, unless ``force`` and the node is UNREACHABLE (a host
+        that is gone for good): then its VMs and snapshots are forgotten with it. Returns the VMs forgotten."""
+        rec = self.get(name)
+        held = [v.id for v in self.store.list_vms() if v.node == name]
+        if held and not (force and not rec.reachable):
+            raise ConflictError(
+                f"node {name} holds VMs; delete or move them first (force=true forgets them, UNREACHABLE nodes only)"
+            )
         if name == self.local.name:
             raise ConflictError(f"node {name} is the embedded node of this control plane")
+        for vm_id in held:
+            log.warning("forgetting VM %s of node %s, removed while unreachable", vm_id, name)
+            self.store.delete_vm(vm_id)
+        for snap in self.store.list_snapshots():
+            if snap.node == name:
+                self.store.delete_snapshot(snap.id)
         self.store.delete_record(NodeRecord, name)
         if (cached := self._clients.pop(name, None)) is not None:
             self._retire(cached[1])
+        return held
 
     # heartbeats and failure
 

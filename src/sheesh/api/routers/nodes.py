@@ -3,9 +3,9 @@ and undrain them and delete them (refused while a node holds VMs); nodes report 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from sheesh.api.deps import AdminDep, ServicesDep
@@ -133,6 +133,13 @@ async def undrain(name: str, _: AdminDep, svc: ServicesDep) -> NodeOut:
 
 
 @router.delete("/{name}", status_code=204, summary="Forget a node that holds no VMs (admin)")
-async def delete_node(name: str, _: AdminDep, svc: ServicesDep) -> Response:
-    svc.nodes.delete(name)
+async def delete_node(
+    name: str,
+    _: AdminDep,
+    svc: ServicesDep,
+    force: Annotated[
+        bool, Query(description="UNREACHABLE nodes only: forget the node with its VMs and snapshots (a dead host)")
+    ] = False,
+) -> Response:
+    svc.nodes.delete(name, force=force)
     return Response(status_code=204)
