@@ -14,34 +14,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sheesh.api.karma import KARMA_SURFACE, codec_of
 from sheesh.errors import (
-    ConflictError,
-    ForbiddenError,
-    InvalidInputError,
-    NotFoundError,
-    PayloadTooLargeError,
     RateLimitedError,
     SheeshError,
-    UnavailableError,
 )
 
 log = logging.getLogger(__name__)
 
-STATUS: list[tuple[type[SheeshError], int]] = [
-    (InvalidInputError, 400),
-    (ForbiddenError, 403),
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (PayloadTooLargeError, 413),
-    (RateLimitedError, 429),
-    (UnavailableError, 503),
-]
-
 
 def status_for(exc: SheeshError) -> int:
-    for kind, status in STATUS:
-        if isinstance(exc, kind):
-            return status
-    return 500
+    return exc.status_code
 
 
 REROBOTS_SURFACE = "rerobots"

@@ -229,19 +229,19 @@ CONTRACT_OPS: dict[str, Op] = {
 ``GET /node/v1/download``) and ``close``; the HTTP server and the remote client are both driven by it."""
 CONTRACT_PREFIX = "/node/v1"
 
-ERROR_CLASSES: dict[str, tuple[type[SheeshError], int]] = {
-    cls.__name__: (cls, status)
-    for cls, status in (
-        (InvalidInputError, 400),
-        (ForbiddenError, 403),
-        (NotFoundError, 404),
-        (ConflictError, 409),
-        (PayloadTooLargeError, 413),
-        (RateLimitedError, 429),
-        (NodeError, 500),
-        (MediaError, 500),
-        (UnavailableError, 503),
-        (GuestTimeoutError, 503),
+ERROR_CLASSES: dict[str, type[SheeshError]] = {
+    cls.__name__: cls
+    for cls in (
+        InvalidInputError,
+        ForbiddenError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        RateLimitedError,
+        NodeError,
+        MediaError,
+        UnavailableError,
+        GuestTimeoutError,
     )
 }
 """The errors that cross the seam by name (any other ``SheeshError`` crosses as its nearest listed base)."""
@@ -255,7 +255,7 @@ def agent_token_key(node_token: str) -> bytes:
 
 def error_class(name: str) -> type[SheeshError]:
     """The class a node's error answer names (``NodeError`` for names this side does not know)."""
-    return ERROR_CLASSES.get(name, (NodeError, 500))[0]
+    return ERROR_CLASSES.get(name, NodeError)
 
 
 class NodeClient(Protocol):

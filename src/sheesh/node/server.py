@@ -34,7 +34,7 @@ def _error(exc: SheeshError) -> JSONResponse:
     body: dict[str, Any] = {"error": name, "message": exc.message}
     if isinstance(exc, RateLimitedError):
         body["retryAfterS"] = exc.retry_after_s
-    return JSONResponse(body, status_code=ERROR_CLASSES[name][1])
+    return JSONResponse(body, status_code=exc.status_code)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
