@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.pki import CertificateAuthority
 from sheesh.control.remote_node import RemoteNode
-from sheesh.errors import ForbiddenError, InvalidInputError, NotFoundError, SheeshError, UnavailableError
+from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, SheeshError, UnavailableError
 from sheesh.models import ExecRequest
 from sheesh.node.agent import NodeAgent
 from sheesh.node.contract import CONTRACT_OPS, NodeClient, NodeVmSpec, VpnSpec
@@ -101,8 +101,10 @@ async def test_the_node_agent_runs_vpns_only_with_vm_networking(tmp_path: Path) 
     assert "remote-cert-tls client" in conf and "BEGIN CERTIFICATE" in conf
 
 
-async def test_lifecycle_exec_and_status(node: NodeClient) -> None:
+async def test_lifecycle_exec_and_status(node: NodeClient, tmp_path: Path) -> None:
     assert await node.is_running("vm-one") and not await node.is_running("vm-none")
+    with pytest.raises(ConflictError, match="already runs"):
+        await node.create(_spec(tmp_path, "vm-one"))
     assert "vm-one" in await node.local_vms()
     result = await node.exec("vm-one", ExecRequest("echo hi"), 4096)
     assert result.exit_code == 0 and "hi" in result.stdout

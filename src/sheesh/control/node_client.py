@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sheesh.errors import NotFoundError, UnavailableError
+from sheesh.errors import ConflictError, NotFoundError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
 from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
 
@@ -42,6 +42,8 @@ class FakeNodeClient:
 
     async def create(self, spec: NodeVmSpec) -> None:
         self._record("create", spec.vm_id)
+        if spec.vm_id in self.running:
+            raise ConflictError(f"VM {spec.vm_id} already runs on node {self.name}")
         if spec.snapshot_id is not None and spec.snapshot_id not in self.snapshots:
             raise NotFoundError(f"snapshot {spec.snapshot_id} has no files")
         self.specs[spec.vm_id] = spec

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sheesh.errors import NotFoundError, SheeshError, UnavailableError
+from sheesh.errors import ConflictError, NotFoundError, SheeshError, UnavailableError
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult, VmKind
 from sheesh.node.contract import NodeCapacity, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
 from sheesh.node.errors import NodeError
@@ -209,7 +209,10 @@ class NodeAgent:
 
     async def create(self, spec: NodeVmSpec) -> None:
         """Make the VM's disk overlay and boot it (or restore ``spec.snapshot_id``); returns once its guest
-        agent answers. A restored VM gets fresh entropy, the current time and a new boot id."""
+        agent answers. A restored VM gets fresh entropy, the current time and a new boot id. ConflictError if a
+        VM of that id runs here already."""
+        if self.runs(spec.vm_id):
+            raise ConflictError(f"VM {spec.vm_id} already runs on node {self.name}")
         self.workdir(spec.vm_id).mkdir(parents=True, exist_ok=True)
         self.files.remember(spec)
         if spec.snapshot_id is not None:
