@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 from _common import percentile, running_server
-from tests.server import NodeProcess, ServerProcess
+from tests.server import NodeProcess, ServerProcess, nodes_by_name, running_nodes, wait_for
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 
@@ -75,23 +75,20 @@ def run(c: httpx.Client, srv: ServerProcess, args: argparse.Namespace, tmp: Path
         token = c.post("/v1/nodes", json={"name": name}).json()["token"]
         node_env = {"SHEESH_VMM": args.vmm, "SHEESH_NETWORK": "off"}
         image_dir = Path(srv.env["SHEESH_IMAGE_DIR"])
-        proc = NodeProcess(tmp / name, image_dir, control_url=srv.url, name=name, token=token, **node_env)
-        procs.append(proc.start())
-    try:
-        deadline = time.monotonic() + 30
-        while {n["name"] for n in c.get("/v1/nodes").json() if n["state"] == "READY"} != {"local", "n1", "n2"}:
-            assert time.monotonic() < deadline, "the nodes did not report"
-            time.sleep(0.2)
+        procs.append(NodeProcess(tmp / name, image_dir, control_url=srv.url, name=name, token=token, **node_env))
+    with running_nodes(procs):
+        ready = {"local", "n1", "n2"}
+        wait_for(
+            "the nodes to report",
+            lambda: {n["name"] for n in nodes_by_name(c).values() if n["state"] == "READY"} == ready,
+            30,
+        )
         c.post("/v1/nodes/local/drain").raise_for_status()
         for name, other in (("n1", "n2"), ("n2", "n1")):
             c.post(f"/v1/nodes/{other}/drain").raise_for_status()
             warm(c, name)
             c.post(f"/v1/nodes/{other}/undrain").raise_for_status()
         multi, spread = creates(c, args.n, args.parallel)
-    finally:
-        for proc in procs:
-            proc.stop()
-            proc.kill_vms()
     print(f"VMM {args.vmm}, {args.parallel} creates at a time, from warm templates")
     print(line("floor: create -> RUNNING on the embedded node alone", single))
     print(line("create -> RUNNING across two sheesh node hosts", multi))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.server import free_port
+from tests.server import free_port, stop_process
 
 
 def _bin() -> Path:
@@ -78,11 +78,6 @@ def running_postgres() -> Iterator[Postgres]:
                 time.sleep(0.1)
         yield Postgres(port, proc)
     finally:
-        proc.send_signal(signal.SIGINT)  # fast shutdown
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, 20)  # SIGINT: PostgreSQL's fast shutdown
         log.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from tests.server import free_port
+from tests.server import free_port, stop_process
 
 
 @dataclass
@@ -50,11 +50,6 @@ def running_redis() -> Iterator[RedisServer]:
         client.close()
         yield RedisServer(port, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         log.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM ``proc`` and wait; SIGKILL after 15 s."""
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+    """Send ``sig`` to ``proc`` and wait; SIGKILL after ``timeout_s``."""
     if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
-            proc.wait(15)
+            proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -245,3 +245,17 @@ class NodeProcess:
     def kill_vms(self) -> None:
         kill_vms(self.data_dir)
         shutil.rmtree(self.env["SHEESH_RAM_DIR"], ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_nodes(procs: Iterable[NodeProcess]) -> Iterator[None]:
+    """Start every node of ``procs``; stop them and kill their VMs on exit."""
+    started = list(procs)
+    try:
+        for proc in started:
+            proc.start()
+        yield
+    finally:
+        for proc in started:
+            proc.stop()
+            proc.kill_vms()

@@ -9,6 +9,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.applications import Starlette
 
@@ -87,7 +88,6 @@ def build_node_process(settings: Settings, driver: VmmDriver | None = None) -> N
     node = build_node(settings, driver)
     blocked = settings.outbound_blocked()
     media = MediaService(node, settings.media_max_bytes, settings.max_disk_size_mb, blocked)
-    verify = client_tls_context(settings)
     heartbeat = Heartbeat(
         control_url=settings.control_url,
         name=settings.node_name,
@@ -99,7 +99,7 @@ def build_node_process(settings: Settings, driver: VmmDriver | None = None) -> N
         region=settings.node_region,
         status=node.status,
         interval_s=settings.heartbeat_interval_s,
-        verify=verify,
+        verify=ca_context(settings.control_ca),
     )
 
     @contextlib.asynccontextmanager
@@ -125,12 +125,10 @@ def build_node_process(settings: Settings, driver: VmmDriver | None = None) -> N
     return NodeProcess(node=node, app=app, heartbeat=heartbeat)
 
 
-def client_tls_context(settings: Settings) -> ssl.SSLContext | bool:
-    """How a node checks the control plane's certificate: ``SHEESH_CONTROL_CA`` (a PEM bundle) when set,
-    else the system's trust store."""
-    if settings.control_ca is None:
-        return True
-    return ssl.create_default_context(cafile=str(settings.control_ca))
+def ca_context(ca: Path | None) -> ssl.SSLContext | bool:
+    """How a client checks a server's certificate: against the PEM bundle ``ca`` when set (``SHEESH_CONTROL_CA``
+    on a node, ``SHEESH_NODE_CA`` on the control plane), else the system's trust store."""
+    return True if ca is None else ssl.create_default_context(cafile=str(ca))
 
 
 def connect_remote(settings: Settings) -> ConnectFn:
@@ -138,11 +136,9 @@ def connect_remote(settings: Settings) -> ConnectFn:
     against ``node_ca``, read when its client is made, else the system's trust store)."""
 
     def connect(rec: NodeRecord) -> NodeClient:
-        verify: ssl.SSLContext | bool = True
-        if settings.node_ca is not None:
-            verify = ssl.create_default_context(cafile=str(settings.node_ca))
         scheme = "https" if rec.tls else "http"
-        return RemoteNode(rec.id, f"{scheme}://{rec.address}:{rec.port}", rec.token, verify=verify)
+        url = f"{scheme}://{rec.address}:{rec.port}"
+        return RemoteNode(rec.id, url, rec.token, verify=ca_context(settings.node_ca))
 
     return connect
 

@@ -14,7 +14,7 @@ import pytest
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
 from sheesh.tls import self_signed
-from tests.server import NodeProcess, ServerProcess, running_server, wait_for
+from tests.server import NodeProcess, ServerProcess, running_nodes, running_server, wait_for
 from tests.server import nodes_by_name as nodes
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -45,14 +45,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, NodeProce
             )
             for name, token in tokens.items()
         }
-        try:
-            for proc in procs.values():
-                proc.start()
+        with running_nodes(procs.values()):
             yield srv, procs
-        finally:
-            for proc in procs.values():
-                proc.stop()
-                proc.kill_vms()
 
 
 def test_vms_spread_drain_node_failure_and_return(cluster: tuple[ServerProcess, dict[str, NodeProcess]]) -> None:
@@ -172,8 +166,7 @@ def test_a_node_on_tls(tmp_path: Path) -> None:
             SHEESH_VMM="fake",
             SHEESH_TLS="self-signed",
         )
-        try:
-            node.start()
+        with running_nodes([node]):
             wait_for("n1 to report", lambda: nodes(c).get("n1", {}).get("state") == "READY")
             vm = c.post("/v1/vms", json=VM).json()
             assert vm["node"] == "n1"
@@ -183,6 +176,3 @@ def test_a_node_on_tls(tmp_path: Path) -> None:
             with pytest.raises(httpx.ConnectError):
                 httpx.post(f"{node.url}/node/v1/status", headers={"Authorization": f"Bearer {token}"}, json={})
             assert c.delete(f"/v1/vms/{vm['id']}").status_code == 204
-        finally:
-            node.stop()
-            node.kill_vms()

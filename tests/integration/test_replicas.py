@@ -11,7 +11,7 @@ from pathlib import Path
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
 from tests.postgres import Postgres
-from tests.server import NodeProcess, ServerProcess, running_server, wait_for
+from tests.server import NodeProcess, ServerProcess, running_nodes, running_server, wait_for
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 
@@ -40,8 +40,7 @@ def test_replicas_share_state_limits_and_one_runs_the_periodic_work(tmp_path: Pa
         node = NodeProcess(
             tmp_path / "n1", image_dir, control_url=f"{a.url},{b.url}", name="n1", token=token, SHEESH_VMM="fake"
         )
-        try:
-            node.start()
+        with running_nodes([node]):
             with a.client() as ca, b.client() as cb:
                 assert cb.post("/v1/nodes/cp-b/drain").status_code == 200
                 wait_for(
@@ -76,6 +75,3 @@ def test_replicas_share_state_limits_and_one_runs_the_periodic_work(tmp_path: Pa
             with other.client() as c:
                 wait_for("n1 back", lambda: c.get(f"/v1/vms/{vm['id']}").json()["state"] == "RUNNING")
                 assert c.delete(f"/v1/vms/{vm['id']}").status_code == 204
-        finally:
-            node.stop()
-            node.kill_vms()

@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from sheesh.image.builder import BuiltImage
-from tests.server import NodeProcess, ServerProcess, running_server, wait_for
+from tests.server import NodeProcess, ServerProcess, running_nodes, running_server, wait_for
 from tests.server import nodes_by_name as nodes
 
 pytestmark = pytest.mark.vm
@@ -104,14 +104,8 @@ def cluster(
                 SHEESH_GUEST_NETWORK=guest_network,
                 SHEESH_NET_UPLINKS=f'["{host.ns_if}"]',
             )
-        try:
-            for proc in procs.values():
-                proc.start()
+        with running_nodes(procs.values()):
             yield srv, procs
-        finally:
-            for proc in procs.values():
-                proc.stop()
-                proc.kill_vms()
 
 
 def test_two_nodes_in_their_own_namespaces(cluster: tuple[ServerProcess, dict[str, NodeProcess]]) -> None:

@@ -99,10 +99,13 @@ def presented_key(request: Request) -> str | None:
     (rerobots), first match wins."""
     headers = request.headers
     key = (headers.get("x-api-key") or headers.get("x-auth-token") or "").strip()
-    if not key:
-        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else ""
-    return key or None
+    return key or bearer_token(request)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, if any."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 SESSION_COOKIE = "rds_session"

@@ -28,6 +28,15 @@ class Decision:
     """Seconds until the oldest counted request leaves the window (the budget is whole again by then)."""
 
 
+def _decision(limit: int, window: float, now: float, *, allowed: bool, count: int, oldest: float) -> Decision:
+    """The answer of every limiter: whether the hit was counted, ``count`` hits in the window now, the oldest at
+    ``oldest``."""
+    reset = max(0.0, oldest + window - now)
+    if not allowed:
+        return Decision(False, limit, 0, max(1, math.ceil(reset)), reset)
+    return Decision(True, limit, limit - count, 0, reset)
+
+
 class RateLimiter:
     """At most ``limit`` hits per ``window`` seconds for each (bucket, identity); refused hits do not count."""
 
@@ -47,10 +56,9 @@ class RateLimiter:
             while hits and hits[0] <= now - window:
                 hits.popleft()
             if len(hits) >= limit:
-                retry = max(1, math.ceil(hits[0] + window - now))
-                return Decision(False, limit, 0, retry, hits[0] + window - now)
+                return _decision(limit, window, now, allowed=False, count=len(hits), oldest=hits[0])
             hits.append(now)
-            return Decision(True, limit, limit - len(hits), 0, hits[0] + window - now)
+            return _decision(limit, window, now, allowed=True, count=len(hits), oldest=hits[0])
 
     def _prune(self, now: float, window: float) -> None:
         for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - window]:
@@ -68,10 +76,7 @@ class SharedRateLimiter:
     def hit(self, bucket: str, identity: str, limit: int, window: float = 60.0) -> Decision:
         now = self._clock()
         allowed, count, oldest = self._store.rate_hit(f"{bucket}|{identity}", limit, window, now)
-        reset = max(0.0, oldest + window - now)
-        if not allowed:
-            return Decision(False, limit, 0, max(1, math.ceil(reset)), reset)
-        return Decision(True, limit, limit - count, 0, reset)
+        return _decision(limit, window, now, allowed=allowed, count=count, oldest=oldest)
 
 
 _SLIDING_WINDOW_LUA = """
@@ -111,10 +116,7 @@ class RedisRateLimiter:
         except self._errors as exc:
             log.warning("rate limiter: Redis unavailable (%s): request let through", exc)
             return Decision(True, limit, limit - 1, 0, window)
-        reset = max(0.0, float(oldest) + window - now)
-        if not int(allowed):
-            return Decision(False, limit, 0, max(1, math.ceil(reset)), reset)
-        return Decision(True, limit, limit - int(count), 0, reset)
+        return _decision(limit, window, now, allowed=bool(int(allowed)), count=int(count), oldest=float(oldest))
 
     def close(self) -> None:
         self._redis.close()

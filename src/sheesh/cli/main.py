@@ -50,11 +50,8 @@ def serve(
     if port:
         settings.port = port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+    with _exit_on_error():
         apps = build_apps(settings)
-    except SheeshError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
     services = apps.services
     if not any(s.image.is_default for s in services.store.list_images()):
         console.print("[yellow]warning:[/yellow] no guest image yet: run `sheesh image build` to create VMs")
@@ -79,14 +76,21 @@ HTTP_OPTIONS: dict[str, Any] = {
 """JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
 
 
+@contextlib.contextmanager
+def _exit_on_error(what: str = "error") -> Iterator[None]:
+    """A ``SheeshError`` inside ends the command: ``what: <its message>`` in red, exit status 1."""
+    try:
+        yield
+    except SheeshError as exc:
+        console.print(f"[red]{what}:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+
+
 def _server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options: ours, and the certificate when TLS is configured (exits with the reason if it is not
     usable)."""
-    try:
+    with _exit_on_error():
         tls = server_tls(settings)
-    except SheeshError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
     options = dict(HTTP_OPTIONS)
     if tls is not None:
         options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
@@ -129,11 +133,8 @@ def node(ctx: typer.Context) -> None:
 
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+    with _exit_on_error():
         process = build_node_process(settings)
-    except SheeshError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
     options = _server_options(settings)
     console.print(
         f"node {settings.node_name} on {settings.host}:{settings.node_port}, reporting to {settings.control_url}"
@@ -151,14 +152,12 @@ def node_add(
     from sheesh.store.repo import SqlStore
 
     settings = Settings()
-    store = SqlStore(settings.resolved_database_url())
-    try:
-        _, token = add_node(store, name, region)
-    except SheeshError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    with _exit_on_error():
+        store = SqlStore(settings.resolved_database_url())
+        try:
+            _, token = add_node(store, name, region)
+        finally:
+            store.close()
     console.print("On the new node's host:")
     console.print(
         f"  SHEESH_NODE_NAME={name} SHEESH_NODE_TOKEN={token} SHEESH_CONTROL_URL=<this API's URL> sheesh node"
@@ -190,11 +189,8 @@ def console_attach(
 
     settings = Settings()
     url = api_url or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
-    try:
+    with _exit_on_error("console"):
         why = run(url, api_key, vm_id, otp)
-    except SheeshError as exc:
-        console.print(f"[red]console:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
     console.print(f"\r\n[dim]console {why}[/dim]")
 
 
@@ -225,16 +221,10 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even when cached
                 description=f"guest image: {message[:70]}",
             )
 
-        try:
+        with _exit_on_error("image build failed"):
             built = builder.build(report, force=force)
-        except SheeshError as exc:
-            console.print(f"[red]image build failed:[/red] {exc.message}")
-            raise typer.Exit(1) from exc
-    try:
+    with _exit_on_error(f"image built at {built.path} but not registered"):
         store = SqlStore(settings.resolved_database_url())
-    except SheeshError as exc:
-        console.print(f"[red]image built at {built.path} but not registered:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
     image = register_builtin(store, built)
     store.close()
     console.print(f"image {image.id} ready at {built.path} (kernel {built.kernel_version})")

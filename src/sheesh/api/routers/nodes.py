@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from sheesh.api.deps import AdminDep, ServicesDep
+from sheesh.api.deps import AdminDep, ServicesDep, bearer_token
 from sheesh.api.routers.vms import ERRORS
 from sheesh.api.schemas import ErrorOut, iso
 from sheesh.control.nodes import NodeView
@@ -94,10 +94,10 @@ async def add_node(body: NodeIn, _: AdminDep, svc: ServicesDep) -> NodeAdded:
     summary="A node reports its address, capacity and running VMs (node token: Authorization: Bearer)",
 )
 async def heartbeat(name: str, body: HeartbeatIn, svc: ServicesDep, request: Request) -> HeartbeatOut:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request)
+    if token is None:
         raise ForbiddenError("a node token is required (Authorization: Bearer)")
-    rec = svc.nodes.authenticate(name, token.strip())
+    rec = svc.nodes.authenticate(name, token)
     status = from_wire(NodeStatus, body.status)
     rec = await svc.nodes.heartbeat(
         rec,
