@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 
 ROOT = "/sys/fs/cgroup"
@@ -27,6 +28,8 @@ PIDS_MAX = 2048
 """Processes and threads that all jobs of a VM may have together."""
 JOB_PIDS_MAX = 512
 """Processes and threads one job may have."""
+KILL_WAIT_S = 10.0
+"""How long a timed-out job's answer waits for its processes to be gone."""
 RESERVE_MIN_MB = 40
 """Memory kept out of the jobs' reach (the agent, the kernel), at least this or 1/8 of the VM's memory."""
 
@@ -66,6 +69,34 @@ class JobCgroup:
         """SIGKILL every process in the cgroup, including those that left the process group."""
         with contextlib.suppress(OSError):
             _write(os.path.join(self.path, "cgroup.kill"), "1")
+
+    def populated(self) -> bool:
+        """Whether any process is left in the cgroup (``populated`` of ``cgroup.events``)."""
+        try:
+            with open(os.path.join(self.path, "cgroup.events")) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "populated":
+                        return value.strip() != "0"
+        except FileNotFoundError:
+            return False
+        return False
+
+    def kill_and_wait(self, timeout_s: float = KILL_WAIT_S) -> bool:
+        """Kill the cgroup and wait until its processes are gone: ``cgroup.kill`` only sends the signals, and a
+        few hundred processes of a fork bomb take seconds to die under emulation. The kill is sent again every
+        half second. True when the cgroup is empty."""
+        deadline = time.monotonic() + timeout_s
+        next_kill = 0.0
+        while self.populated():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if now >= next_kill:
+                self.kill()
+                next_kill = now + 0.5
+            time.sleep(0.02)
+        return True
 
     def remove(self) -> bool:
         """Remove the cgroup if no process is left in it (background jobs keep it); True when gone."""

@@ -279,6 +279,8 @@ def run_job(
         shell.proc, shell.out_fd, shell.err_fd, deadline, limit, cgroup=shell.cgroup
     )
     code = shell.proc.wait()
+    if timed_out and shell.cgroup is not None:
+        shell.cgroup.kill_and_wait()  # the answer says the job is over: so is everything it started
     if shells is not None:
         shells.refill()
     if shell.cgroup is not None and cgroups is not None:
