@@ -28,6 +28,12 @@ class NotFoundError(SheeshError):
     status_code = 404
 
 
+class AuthenticationError(SheeshError):
+    """No credentials, or unknown ones (HTTP 401)."""
+
+    status_code = 401
+
+
 class ForbiddenError(SheeshError):
     """Credentials were presented but are wrong, expired or insufficient (HTTP 403)."""
 

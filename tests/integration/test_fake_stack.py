@@ -5,47 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from sheesh.api.app import create_app
 from sheesh.config import Settings
-from sheesh.control.services import Services
-from sheesh.node.agent import NodeAgent
-from sheesh.store.repo import SqlStore
 from sheesh.vmm.fake import FakeDriver
-from tests.fakes import add_default_image
-
-KEY = {"X-API-Key": "test-key"}
-GOOD = {"cpu": 1, "memMb": 128, "allowIps": ["172.16.0.1/32"]}
-
-
-def _services(settings: Settings, driver: FakeDriver) -> Services:
-    store = SqlStore(settings.resolved_database_url())
-    if not store.list_images():
-        add_default_image(store, settings.data_dir / "img")
-    node = NodeAgent(settings.vms_dir, driver, boot_timeout_s=10, stop_timeout_s=3)
-    return Services.create(settings, store, node)
-
-
-def _kill_leftovers(vms_dir: Path) -> None:
-    for pidfile in vms_dir.glob("*/vmm.pid"):
-        proc = Path(f"/proc/{pidfile.read_text().strip()}/cmdline")
-        if proc.exists() and str(pidfile.parent).encode() in proc.read_bytes():
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-
-
-@pytest.fixture
-def stack(settings: Settings) -> Iterator[tuple[TestClient, FakeDriver]]:
-    driver = FakeDriver()
-    try:
-        with TestClient(create_app(_services(settings, driver))) as client:
-            yield client, driver
-    finally:
-        _kill_leftovers(settings.vms_dir)
+from tests.vmmstack import GOOD, KEY, kill_leftovers, vmm_services
 
 
 def _exec(c: TestClient, vm: str, **body: object) -> dict[str, object]:
@@ -55,8 +22,8 @@ def _exec(c: TestClient, vm: str, **body: object) -> dict[str, object]:
     return out
 
 
-def test_create_exec_stop_start_delete(stack: tuple[TestClient, FakeDriver], settings: Settings) -> None:
-    c, driver = stack
+def test_create_exec_stop_start_delete(vmm_stack: tuple[TestClient, FakeDriver], settings: Settings) -> None:
+    c, driver = vmm_stack
     r = c.post("/v1/vms", json=GOOD, headers=KEY)
     assert r.status_code == 201, r.text
     vm = r.json()["id"]
@@ -77,10 +44,10 @@ def test_create_exec_stop_start_delete(stack: tuple[TestClient, FakeDriver], set
     assert c.get("/v1/vms", headers=KEY).json() == []
 
 
-def test_concurrent_execs_are_multiplexed(stack: tuple[TestClient, FakeDriver]) -> None:
+def test_concurrent_execs_are_multiplexed(vmm_stack: tuple[TestClient, FakeDriver]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    c, _ = stack
+    c, _ = vmm_stack
     vm = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
     start = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
@@ -89,8 +56,8 @@ def test_concurrent_execs_are_multiplexed(stack: tuple[TestClient, FakeDriver]) 
     assert time.monotonic() - start < 3.5, "execs ran one after another"
 
 
-def test_guest_that_powers_off_is_marked_stopped(stack: tuple[TestClient, FakeDriver]) -> None:
-    c, _ = stack
+def test_guest_that_powers_off_is_marked_stopped(vmm_stack: tuple[TestClient, FakeDriver]) -> None:
+    c, _ = vmm_stack
     vm = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
     pid = int((Path(c.app.state.services.settings.vms_dir) / vm / "vmm.pid").read_text())  # type: ignore[attr-defined]
     os.kill(pid, signal.SIGKILL)
@@ -102,8 +69,8 @@ def test_guest_that_powers_off_is_marked_stopped(stack: tuple[TestClient, FakeDr
     assert r.status_code == 409
 
 
-def test_boot_failure_is_reported_and_cleaned(stack: tuple[TestClient, FakeDriver], settings: Settings) -> None:
-    c, driver = stack
+def test_boot_failure_is_reported_and_cleaned(vmm_stack: tuple[TestClient, FakeDriver], settings: Settings) -> None:
+    c, driver = vmm_stack
     driver.fail_start = True
     r = c.post("/v1/vms", json=GOOD, headers=KEY)
     assert r.status_code == 500
@@ -114,7 +81,7 @@ def test_boot_failure_is_reported_and_cleaned(stack: tuple[TestClient, FakeDrive
 
 def test_restart_reattaches_running_vms(settings: Settings) -> None:
     try:
-        with TestClient(create_app(_services(settings, FakeDriver()))) as c:
+        with TestClient(create_app(vmm_services(settings, FakeDriver()))) as c:
             alive = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
             dead = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
             _exec(c, alive, cmd="echo before > note")
@@ -122,7 +89,7 @@ def test_restart_reattaches_running_vms(settings: Settings) -> None:
         # manager is gone; its VM processes are not. One of them dies while nobody watches.
         os.kill(dead_pid, signal.SIGKILL)
         time.sleep(0.2)
-        with TestClient(create_app(_services(settings, FakeDriver()))) as c:
+        with TestClient(create_app(vmm_services(settings, FakeDriver()))) as c:
             states = {v["id"]: v["state"] for v in c.get("/v1/vms", headers=KEY).json()}
             assert states == {alive: "RUNNING", dead: "STOPPED"}
             assert _exec(c, alive, cmd="cat note")["stdout"] == "before\n"
@@ -130,4 +97,4 @@ def test_restart_reattaches_running_vms(settings: Settings) -> None:
             for vm in (alive, dead):
                 assert c.delete(f"/v1/vms/{vm}", headers=KEY).status_code == 204
     finally:
-        _kill_leftovers(settings.vms_dir)
+        kill_leftovers(settings.vms_dir)

@@ -87,6 +87,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.add_middleware(limits.BodyLimit, max_bytes=lambda: svc.settings.max_body_bytes)
     for module in (vms, execution, files, snapshots, images, network, kyun):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(execution.streams)
     app.include_router(accounts.router)
     app.include_router(workspaces.router)
     app.include_router(rerobots.router)

@@ -8,10 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
+from starlette.requests import HTTPConnection
 
 from sheesh.auth.apikeys import Principal
 from sheesh.control.services import Services
-from sheesh.errors import InvalidInputError, NotFoundError, RateLimitedError, SheeshError
+from sheesh.errors import AuthenticationError, InvalidInputError, NotFoundError, RateLimitedError, SheeshError
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
@@ -24,7 +25,7 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def client_ip(request: Request) -> str:
+def client_ip(request: HTTPConnection) -> str:
     return request.client.host if request.client else "?"
 
 
@@ -41,7 +42,7 @@ def firewall_source(src: str | None, request: Request) -> str:
     return f"{caller}/32"
 
 
-def resolve_principal(request: Request, svc: Services) -> Principal | None:
+def resolve_principal(request: HTTPConnection, svc: Services) -> Principal | None:
     """The principal of a request's credentials, or None (none, unknown, expired, tampered); never raises: why
     a signature or cookie failed is kept for ``authenticate``. Resolved once per request (the rate limiter and
     ``authenticate`` share it)."""
@@ -69,32 +70,38 @@ def _login_token(value: str | None) -> str | None:
     return value.strip() if value and "." in value else None
 
 
-def limit_identity(request: Request, svc: Services) -> str:
+def limit_identity(request: HTTPConnection, svc: Services) -> str:
     """Whom rate limits count against: the authenticated user (however the credential was spelled), else
     the client address (no credential, or one that fails authentication)."""
     principal = resolve_principal(request, svc)
     return "user:" + principal.user_id if principal is not None else "ip:" + client_ip(request)
 
 
+def enforce_rate_limit(conn: HTTPConnection, svc: Services, bucket: str) -> None:
+    """Count one request of ``conn`` in ``bucket`` (``global``: ``settings.global_rate_limit``, else
+    ``settings.rate_limits[bucket]``) per minute per user (or client address); RateLimitedError beyond."""
+    limit = svc.settings.global_rate_limit if bucket == "global" else svc.settings.rate_limits.get(bucket)
+    if not limit or limit <= 0:
+        return
+    decision = svc.limiter.hit(bucket, limit_identity(conn, svc), limit)
+    if not decision.allowed:
+        svc.metrics.rate_limited.labels(bucket).inc()
+        raise RateLimitedError(
+            f"rate limit exceeded: {limit} requests per minute; retry in {decision.retry_after_s}s",
+            decision.retry_after_s,
+        )
+
+
 def rate_limited(bucket: str) -> Callable[..., None]:
     """Dependency enforcing ``settings.rate_limits[bucket]`` per minute per user (or client address)."""
 
     def check(request: Request, svc: ServicesDep) -> None:
-        limit = svc.settings.rate_limits.get(bucket)
-        if not limit:
-            return
-        decision = svc.limiter.hit(bucket, limit_identity(request, svc), limit)
-        if not decision.allowed:
-            svc.metrics.rate_limited.labels(bucket).inc()
-            raise RateLimitedError(
-                f"rate limit exceeded: {limit} requests per minute; retry in {decision.retry_after_s}s",
-                decision.retry_after_s,
-            )
+        enforce_rate_limit(request, svc, bucket)
 
     return check
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: HTTPConnection) -> str | None:
     """The API key of a request: ``X-API-Key``, ``x-auth-token`` (Kyun) or ``Authorization: Bearer``
     (rerobots), first match wins."""
     headers = request.headers
@@ -102,7 +109,7 @@ def presented_key(request: Request) -> str | None:
     return key or bearer_token(request)
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     """The token of ``Authorization: Bearer <token>``, if any."""
     scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
     return (token.strip() or None) if scheme.lower() == "bearer" else None
@@ -114,13 +121,23 @@ SESSION_COOKIE = "rds_session"
 def authenticate(request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]) -> Principal:
     """API key (three header conventions), else ``X-Karma-Signature``, else the ``rds_session`` cookie.
     No credentials or an unknown key: 401. A tampered or expired signature or cookie: 403."""
-    principal = resolve_principal(request, svc)
+    principal = principal_of(request, svc)
+    request.state.principal = principal
+    return principal
+
+
+def principal_of(conn: HTTPConnection, svc: Services) -> Principal:
+    """The authenticated principal of ``conn`` (a request or a WebSocket), as ``authenticate`` checks it.
+
+    :raise AuthenticationError: no credentials, or an unknown key
+    :raise ForbiddenError: a tampered or expired signature or cookie
+    """
+    principal = resolve_principal(conn, svc)
     if principal is None:
-        error: SheeshError | None = request.scope["state"].get("auth_error")
+        error: SheeshError | None = conn.scope["state"].get("auth_error")
         if error is not None:
             raise error
-        raise HTTPException(status_code=401, detail="missing or invalid API key")
-    request.state.principal = principal
+        raise AuthenticationError("missing or invalid API key")
     return principal
 
 

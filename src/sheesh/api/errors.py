@@ -6,6 +6,8 @@ is written with the request's ``X-Karma-Codec`` (json or msgpack)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,9 +47,10 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, requ
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def validation_message(errors: Sequence[Any]) -> str:
+    """One message for pydantic's validation errors (of a request, or of a model validated by hand)."""
     parts = []
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         msg = str(err.get("msg", "invalid"))
         if err.get("type") == "json_invalid":
@@ -72,7 +75,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return error(400, _validation_message(exc), request=request)
+        return error(400, validation_message(exc.errors()), request=request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -201,6 +201,14 @@ class ExecBody(Body):
         return value
 
 
+class ExecStreamBody(ExecBody):
+    """The first message of ``/v1/vms/:id/exec/stream``: an exec body, and a terminal if wanted."""
+
+    pty: StrictBool = False
+    rows: Annotated[StrictInt, Field(ge=1, le=1000)] = 24
+    cols: Annotated[StrictInt, Field(ge=1, le=1000)] = 80
+
+
 class ExecOut(BaseModel):
     exitCode: int
     stdout: str

@@ -16,6 +16,7 @@ from sheesh.config import Settings
 from sheesh.control.metrics import Metrics
 from sheesh.control.vms import VmService
 from sheesh.errors import PayloadTooLargeError, SheeshError
+from sheesh.execstream import STDOUT, ExecStream, StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.models import (
     ExecKind,
     ExecLog,
@@ -45,6 +46,53 @@ def _tail(text: str) -> str:
     return text[-EXEC_LOG_TAIL:]
 
 
+class LoggedStream:
+    """An ``ExecStream`` that adds its outcome to the VM's execution history when it ends (or is closed)."""
+
+    def __init__(self, stream: ExecStream, record: Callable[[StreamExit | None, str, str, str | None], None]) -> None:
+        self._stream = stream
+        self._record = record
+        self.pid = stream.pid
+        self._tails = {STDOUT: bytearray(), 2: bytearray()}
+        self._done = False
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            async for event in self._stream.events():
+                if isinstance(event, StreamOutput):
+                    tail = self._tails.setdefault(event.fd, bytearray())
+                    tail.extend(event.data)
+                    del tail[:-EXEC_LOG_TAIL]
+                else:
+                    self._end(event, None)
+                yield event
+        except SheeshError as exc:
+            self._end(None, exc.message)
+            raise
+
+    def _end(self, exit: StreamExit | None, error: str | None) -> None:
+        if not self._done:
+            self._done = True
+            out, err = (self._tails[fd].decode(errors="replace") for fd in (STDOUT, 2))
+            self._record(exit, out, err, error)
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    async def close_stdin(self) -> None:
+        await self._stream.close_stdin()
+
+    async def signal(self, name: str) -> None:
+        await self._stream.signal(name)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._stream.resize(rows, cols)
+
+    async def close(self) -> None:
+        self._end(None, "the client left before the command ended: it was killed")
+        await self._stream.close()
+
+
 @dataclass
 class ExecService:
     """Guest operations on running VMs; they run concurrently (lifecycle changes are ``VmService``'s)."""
@@ -64,6 +112,67 @@ class ExecService:
             req.cmd[:EXEC_LOG_COMMAND],
             lambda: self.vms.node_of(vm_id).exec(vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), limit),
         )
+
+    async def exec_stream(self, vm_id: str, req: StreamRequest) -> ExecStream:
+        """Start a streaming command (``sheesh.execstream``). Like exec, each output stream is capped at the
+        exec output limit and the timeout at the exec maximum (the default); a terminal session is neither
+        capped nor timed out unless it asks (it ends with its shell or its client)."""
+        await self.vms.running(vm_id, "exec")
+        timeout = req.timeout_ms or (None if req.pty else self.settings.exec_max_timeout_ms)
+        limit = None if req.pty else self.settings.exec_output_limit_bytes
+        started = datetime.now(UTC)
+        t0 = time.monotonic()
+
+        def record(exit: StreamExit | None, stdout: str, stderr: str, error: str | None) -> None:
+            self._add_log(
+                vm_id,
+                ExecKind.EXEC,
+                command=req.cmd,
+                started=started,
+                t0=t0,
+                outcome=exit,
+                output=(stdout, stderr),
+                error=error,
+            )
+
+        try:
+            stream = await self.vms.node_of(vm_id).exec_stream(
+                vm_id, dataclasses.replace(req, timeout_ms=timeout), limit
+            )
+        except SheeshError as exc:
+            record(None, "", "", exc.message)
+            raise
+        return LoggedStream(stream, record)
+
+    def _add_log(
+        self,
+        vm_id: str,
+        kind: ExecKind,
+        *,
+        command: str,
+        started: datetime,
+        t0: float,
+        outcome: ExecResult | ScriptResult | StreamExit | None,
+        output: tuple[str, str],
+        error: str | None,
+    ) -> None:
+        """Add a call to the VM's execution history (not when the VM was deleted meanwhile)."""
+        if self.store.get_vm(vm_id) is None:
+            return
+        entry = ExecLog(
+            id=f"xl-{secrets.token_hex(8)}",
+            vm_id=vm_id,
+            kind=kind,
+            command=command[:EXEC_LOG_COMMAND],
+            started_at=started,
+            duration_ms=round((time.monotonic() - t0) * 1000, 1),
+            exit_code=outcome.exit_code if outcome else None,
+            timed_out=outcome.timed_out if outcome else False,
+            stdout_tail=_tail(output[0]),
+            stderr_tail=_tail(output[1]),
+            error=error if outcome is None else None,
+        )
+        self.store.add_exec_log(entry, EXEC_LOG_KEEP)
 
     async def run_script(self, vm_id: str, req: ScriptRequest) -> ScriptResult:
         """run-ts or run-js. Deno gets network permission only where the VM has egress: all hosts with
@@ -95,21 +204,10 @@ class ExecService:
         finally:
             if self.metrics is not None:
                 self.metrics.exec_seconds.labels(kind.value).observe(time.monotonic() - t0)
-            entry = ExecLog(
-                id=f"xl-{secrets.token_hex(8)}",
-                vm_id=vm_id,
-                kind=kind,
-                command=command,
-                started_at=started,
-                duration_ms=round((time.monotonic() - t0) * 1000, 1),
-                exit_code=result.exit_code if result else None,
-                timed_out=result.timed_out if result else False,
-                stdout_tail=_tail(result.stdout) if result else "",
-                stderr_tail=_tail(result.stderr) if result else "",
-                error=error if result is None else None,
+            output = (result.stdout, result.stderr) if result else ("", "")
+            self._add_log(
+                vm_id, kind, command=command, started=started, t0=t0, outcome=result, output=output, error=error
             )
-            if self.store.get_vm(vm_id) is not None:  # not when the VM was deleted meanwhile
-                self.store.add_exec_log(entry, EXEC_LOG_KEEP)
 
     def exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
         self.vms.get(vm_id)

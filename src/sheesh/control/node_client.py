@@ -3,14 +3,55 @@ contract (``sheesh.node.contract``), which ``NodeAgent`` implements in-process."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sheesh.errors import ConflictError, NotFoundError, UnavailableError
+from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
+from sheesh.execstream import STDOUT, StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
 from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
 
-__all__ = ["FakeNodeClient", "NodeClient"]
+__all__ = ["FakeExecStream", "FakeNodeClient", "NodeClient"]
+
+
+class FakeExecStream:
+    """A streaming command that behaves like ``echo <cmd>; cat``: the command line comes out first, then
+    stdin is echoed back; the end of stdin ends it with 0, KILL with 137. ``resizes`` keeps the sizes asked."""
+
+    def __init__(self, req: StreamRequest) -> None:
+        self.pid = 4242
+        self.req = req
+        self.resizes: list[tuple[int, int]] = []
+        self.closed = False
+        self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._queue.put_nowait(StreamOutput(fd=STDOUT, data=req.cmd.encode() + b"\n"))
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, StreamExit):
+                return
+
+    async def write(self, data: bytes) -> None:
+        self._queue.put_nowait(StreamOutput(fd=STDOUT, data=data))
+
+    async def close_stdin(self) -> None:
+        self._queue.put_nowait(StreamExit(exit_code=0))
+
+    async def signal(self, name: str) -> None:
+        if name.upper() not in ("KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2"):
+            raise InvalidInputError(f"unknown signal {name!r}")
+        self._queue.put_nowait(StreamExit(exit_code=137 if name.upper() == "KILL" else 130))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        if not self.req.pty:
+            raise InvalidInputError("this job has no terminal to resize (start it with pty)")
+        self.resizes.append((rows, cols))
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 class FakeNodeClient:
@@ -33,6 +74,7 @@ class FakeNodeClient:
         self.vpns: dict[str, VpnSpec] = {}
         self.asked: list[str] = []
         """VMs ``is_running`` was asked about."""
+        self.streams: list[FakeExecStream] = []
 
     def _record(self, op: str, vm_id: str) -> None:
         self.calls.append((op, vm_id))
@@ -86,6 +128,13 @@ class FakeNodeClient:
         if vm_id not in self.running:
             raise UnavailableError(f"VM {vm_id} is not running")
         return self.exec_result or ExecResult(0, req.cmd, "")
+
+    async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> FakeExecStream:
+        self._record("exec_stream", vm_id)
+        if vm_id not in self.running:
+            raise UnavailableError(f"VM {vm_id} is not running")
+        self.streams.append(FakeExecStream(req))
+        return self.streams[-1]
 
     async def run_script(
         self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int

@@ -11,14 +11,29 @@ classes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from sheesh.errors import RateLimitedError, UnavailableError
+from sheesh.errors import InvalidInputError, RateLimitedError, SheeshError, UnavailableError
+from sheesh.execstream import (
+    StreamEvent,
+    StreamProtocolError,
+    StreamRequest,
+    exit_of,
+    parse_output_frame,
+    parse_server_message,
+    resize_message,
+    signal_message,
+    stdin_eof,
+)
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
 from sheesh.node.contract import (
     CONTRACT_OPS,
@@ -35,6 +50,61 @@ from sheesh.node.contract import (
 
 log = logging.getLogger(__name__)
 STREAM_CHUNK = 256 * 1024
+WS_MAX_MESSAGE = 2 * 1024 * 1024
+
+
+def _raise_error_message(message: dict[str, Any]) -> None:
+    cls = error_class(str(message.get("error")))
+    text = str(message.get("message"))
+    if cls is RateLimitedError:
+        raise RateLimitedError(text, 1)
+    raise cls(text)
+
+
+class RemoteExecStream:
+    """A streaming command on a remote node: the node contract's ``/node/v1/exec_stream`` WebSocket."""
+
+    def __init__(self, node: str, ws: ClientConnection, pid: int) -> None:
+        self._node = node
+        self._ws = ws
+        self.pid = pid
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            async for message in self._ws:
+                if isinstance(message, bytes):
+                    yield parse_output_frame(message)
+                    continue
+                parsed = parse_server_message(message)
+                if parsed["type"] == "exit":
+                    yield exit_of(parsed)
+                    return
+                if parsed["type"] == "error":  # a control message the node refused; the command goes on
+                    log.warning("node %s refused a stream message: %s", self._node, parsed.get("message"))
+        except (ConnectionClosed, OSError, StreamProtocolError) as exc:
+            raise UnavailableError(f"node {self._node} broke off the stream: {exc}") from exc
+        raise UnavailableError(f"node {self._node} closed the stream before the command ended")
+
+    async def _send(self, message: str | bytes) -> None:
+        try:
+            await self._ws.send(message)
+        except (ConnectionClosed, OSError) as exc:
+            raise UnavailableError(f"node {self._node} broke off the stream: {exc}") from exc
+
+    async def write(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def close_stdin(self) -> None:
+        await self._send(stdin_eof())
+
+    async def signal(self, name: str) -> None:
+        await self._send(signal_message(name))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._send(resize_message(rows, cols))
+
+    async def close(self) -> None:
+        await self._ws.close()
 
 
 class RemoteNode:
@@ -55,6 +125,8 @@ class RemoteNode:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
+        self._token = token
+        self._ssl = verify
         self._http = httpx.AsyncClient(
             base_url=self.base_url + CONTRACT_PREFIX,
             headers={"Authorization": f"Bearer {token}"},
@@ -138,6 +210,38 @@ class RemoteNode:
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         result: ExecResult = await self.invoke("exec", vm_id=vm_id, req=req, output_limit=output_limit)
         return result
+
+    async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> RemoteExecStream:
+        url = self.base_url.replace("http", "ws", 1) + CONTRACT_PREFIX + "/exec_stream"
+        tls: ssl.SSLContext | None = None
+        if url.startswith("wss:"):
+            tls = self._ssl if isinstance(self._ssl, ssl.SSLContext) else ssl.create_default_context()
+            if self._ssl is False:
+                tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        try:
+            ws = await websockets.connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {self._token}"},
+                ssl=tls,
+                max_size=WS_MAX_MESSAGE,
+                open_timeout=self.timeout_s,
+            )
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise UnavailableError(f"node {self.name} is unreachable: {type(exc).__name__} {exc}") from exc
+        try:
+            await ws.send(json.dumps({"vm_id": vm_id, "req": to_wire(req), "output_limit": output_limit}))
+            first = parse_server_message(str(await asyncio.wait_for(ws.recv(), self.timeout_s * 6)))
+            if first["type"] == "error":
+                _raise_error_message(first)
+            if first["type"] != "started":
+                raise InvalidInputError(f"node {self.name} answered the stream with {first['type']}")
+            return RemoteExecStream(self.name, ws, int(first.get("pid", 0)))
+        except SheeshError:
+            await ws.close()
+            raise
+        except (ConnectionClosed, OSError, TimeoutError, StreamProtocolError) as exc:
+            await ws.close()
+            raise UnavailableError(f"node {self.name} broke off the stream: {exc}") from exc
 
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
         result: SnapshotInfo = await self.invoke(

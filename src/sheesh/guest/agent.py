@@ -37,6 +37,7 @@ from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, War
 from sheesh.guest.protocol import ErrorKind, Op
 from sheesh.guest.scripts import run_script
 from sheesh.guest.sshd import SshError, SshServer
+from sheesh.guest.streams import StreamJobs
 
 AGENT_ID = uuid.uuid4().hex
 """Names this agent process in every reply: the node notices a restarted agent by a new name."""
@@ -151,6 +152,7 @@ class Agent:
         self._write = write
         self._lock = threading.Lock()
         self.shells = shells
+        self.streams = StreamJobs(config, shells.cgroups if shells is not None else None, self.send)
         t = self.transfers
         self.handlers: dict[Op, Callable[[dict[str, Any]], dict[str, Any]]] = {
             Op.PING: self._ping,
@@ -171,6 +173,11 @@ class Agent:
             Op.DOWNLOAD_BEGIN: lambda req: {"download": t.begin_download(str(req.get("path")))},
             Op.DOWNLOAD_NEXT: self._download_next,
             Op.DOWNLOAD_CLOSE: self._download_close,
+            Op.EXEC_START: self.streams.start,
+            Op.EXEC_INPUT: self._exec_input,
+            Op.EXEC_SIGNAL: lambda req: self._stream_op(req, lambda job: job.signal(str(req["signal"]))),
+            Op.EXEC_RESIZE: lambda req: self._stream_op(req, lambda job: job.resize(req["rows"], req["cols"])),
+            Op.EXEC_ACK: lambda req: self._stream_op(req, lambda job: job.ack(int(req["bytes"]))),
         }
 
     def send(self, message: dict[str, Any]) -> None:
@@ -179,7 +186,24 @@ class Agent:
             self._write(frame)
 
     def handle(self, req: dict[str, Any]) -> None:
+        if req.get("op") in protocol.NO_REPLY:  # quick, and answered by nothing: handled in the reader
+            with contextlib.suppress(Exception):
+                self.dispatch(req)
+            return
         _POOL.submit(self._handle, req)
+
+    def host_gone(self) -> None:
+        """The host disconnected: its streaming jobs have nobody to send output to (they are killed)."""
+        self.streams.host_gone()
+
+    def _stream_op(self, req: dict[str, Any], act: Callable[[Any], None]) -> dict[str, Any]:
+        act(self.streams.get(req.get("stream")))
+        return {}
+
+    def _exec_input(self, req: dict[str, Any]) -> dict[str, Any]:
+        data = base64.b64decode(str(req.get("data") or ""))
+        self.streams.get(req.get("stream")).write(data, bool(req.get("eof")))
+        return {}
 
     def _ping(self, _: dict[str, Any]) -> dict[str, Any]:
         warm = self.shells.ready() if self.shells is not None else 0
@@ -273,6 +297,7 @@ def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None)
     fd = os.open(path, os.O_RDWR)
     agent = Agent(config, _write_all(fd), shells)
     decoder = protocol.FrameDecoder()
+    heard = False
     while True:
         try:
             data = os.read(fd, 65536)
@@ -282,8 +307,12 @@ def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None)
             raise
         if not data:
             decoder.reset()
+            if heard:  # the host that spoke went away
+                heard = False
+                agent.host_gone()
             time.sleep(0.02)
             continue
+        heard = True
         for req in decoder.feed(data):
             agent.handle(req)
 
@@ -298,12 +327,12 @@ def serve_connection(
     agent = Agent(config, conn.sendall, shells, transfers)
     decoder = protocol.FrameDecoder()
     with conn:
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            for req in decoder.feed(data):
-                agent.handle(req)
+        try:
+            while data := conn.recv(65536):
+                for req in decoder.feed(data):
+                    agent.handle(req)
+        finally:
+            agent.host_gone()
 
 
 def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None) -> None:

@@ -84,27 +84,34 @@ def _user_kwargs(config: RunConfig) -> dict[str, Any]:
 
 @dataclass
 class Shell:
-    """A login shell waiting for one job, already in its own cgroup (when the guest has cgroups)."""
+    """A login shell waiting for one job, already in its own cgroup (when the guest has cgroups). Its output
+    goes to two pipes (``out_fd``, ``err_fd``: our read ends), or to a terminal (both None)."""
 
     proc: subprocess.Popen[bytes]
     job_fd: int  # our write end
     child_job_fd: int  # the number the shell reads it under
-    out_fd: int
-    err_fd: int
+    out_fd: int | None
+    err_fd: int | None
     cgroup: JobCgroup | None
 
 
-def spawn_shell(config: RunConfig, cgroups: ExecCgroups | None) -> Shell:
-    """Start a login shell as the exec user that sources its job from a pipe, then evals ``__sheesh_cmd``."""
+def spawn_shell(
+    config: RunConfig, cgroups: ExecCgroups | None, *, stdin_fd: int | None = None, tty: str | None = None
+) -> Shell:
+    """Start a login shell as the exec user that sources its job from a pipe, then evals ``__sheesh_cmd``.
+    Its stdin is ``stdin_fd`` (default /dev/null). With ``tty`` (a pseudo-terminal's path, owned by the exec
+    user) the shell opens it as stdin, stdout and stderr: as a session leader without one, that makes it the
+    shell's controlling terminal."""
     job_r, job_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    pipes: list[int] = [] if tty else [*os.pipe(), *os.pipe()]  # out_r, out_w, err_r, err_w
     if _user_kwargs(config):  # the shell reopens the job pipe by path: it must own it
         os.fchown(job_r, config.uid or 0, config.gid or 0)
-    boot = (
-        f"exec 1>&{out_w} 2>&{err_w} {out_w}>&- {err_w}>&-; . /proc/self/fd/{job_r}; "
-        'eval -- "unset __sheesh_cmd; $__sheesh_cmd"'
-    )
+    if tty:
+        redirect, passed = f"exec 0<>{shlex.quote(tty)} 1>&0 2>&0", [job_r]
+    else:
+        out_w, err_w = pipes[1], pipes[3]
+        redirect, passed = f"exec 1>&{out_w} 2>&{err_w} {out_w}>&- {err_w}>&-", [job_r, out_w, err_w]
+    boot = f'{redirect}; . /proc/self/fd/{job_r}; eval -- "unset __sheesh_cmd; $__sheesh_cmd"'
     cgroup: JobCgroup | None = None
     try:
         if cgroups is not None:
@@ -113,25 +120,33 @@ def spawn_shell(config: RunConfig, cgroups: ExecCgroups | None) -> Shell:
             ["bash", "-l", "-c", boot],
             cwd=config.workspace,
             env=base_env(config),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            pass_fds=(job_r, out_w, err_w),
+            pass_fds=tuple(passed),
             start_new_session=True,
             **_user_kwargs(config),
         )
     except BaseException:
-        for fd in (job_r, job_w, out_r, out_w, err_r, err_w):
+        for fd in (job_r, job_w, *pipes):
             os.close(fd)
         if cgroup is not None and cgroups is not None:
             cgroups.release(cgroup)
         raise
-    for fd in (job_r, out_w, err_w):
+    for fd in passed:
         os.close(fd)
     if cgroup is not None:
         with contextlib.suppress(OSError):  # the shell died already: the job will see it
             cgroup.add(proc.pid)
-    return Shell(proc, job_w, job_r, out_r, err_r, cgroup)
+    if tty:
+        return Shell(proc, job_w, job_r, None, None, cgroup)
+    return Shell(proc, job_w, job_r, pipes[0], pipes[2], cgroup)
+
+
+def send_job(shell: Shell, cwd: str, env: dict[str, str], cmd: str) -> None:
+    """Write the job the shell waits for (a shell that died before reading it: its exit status says so)."""
+    with contextlib.suppress(BrokenPipeError), open(shell.job_fd, "wb") as job:
+        job.write(job_script(shell.child_job_fd, cwd, env, cmd))
 
 
 class WarmShells:
@@ -268,11 +283,8 @@ def run_job(
     shell = shells.take() if shells is not None else None
     if shell is None:
         shell = spawn_shell(config, cgroups)
-    try:
-        with open(shell.job_fd, "wb") as job:
-            job.write(job_script(shell.child_job_fd, cwd, env, cmd))
-    except BrokenPipeError:
-        pass  # the shell died before reading its job: its exit status says so
+    assert shell.out_fd is not None and shell.err_fd is not None  # pipes: no tty asked for
+    send_job(shell, cwd, env, cmd)
     deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
     limit = int(output_limit or DEFAULT_OUTPUT_LIMIT)
     timed_out, truncated, out, err = collect(
@@ -285,17 +297,20 @@ def run_job(
         shells.refill()
     if shell.cgroup is not None and cgroups is not None:
         cgroups.release(shell.cgroup)
-    if timed_out:
-        code = EXIT_TIMEOUT
-    elif code < 0:
-        code = 128 - code
     return {
-        "exit_code": code,
+        "exit_code": exit_status(code, timed_out),
         "stdout": out.decode(errors="replace"),
         "stderr_bytes": err,
         "timed_out": timed_out,
         "truncated": truncated,
     }
+
+
+def exit_status(returncode: int, timed_out: bool) -> int:
+    """A job's exit code as a shell reports it: 124 after a timeout, 128 + N when signal N ended it."""
+    if timed_out:
+        return EXIT_TIMEOUT
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def user_env(env: object) -> dict[str, str]:
@@ -321,15 +336,21 @@ def env_list(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def run_exec(config: RunConfig, req: dict[str, Any], shells: WarmShells | None = None) -> dict[str, Any]:
-    """Run ``cmd`` like ``bash -lc``; collect at most ``output_limit`` bytes per stream; kill the job on
-    timeout."""
+def job_of(config: RunConfig, req: dict[str, Any]) -> tuple[str, str]:
+    """The checked ``cmd`` of an exec request and its working directory (mapped to this agent's workspace)."""
     cmd = req.get("cmd")
     if not isinstance(cmd, str) or "\0" in cmd:
         raise RequestError("cmd must be a string without NUL bytes")
     cwd = config.map_path(str(req.get("cwd") or GUEST_WORKSPACE))
     if not os.path.isdir(cwd):
         raise RequestError(f"working directory {req.get('cwd') or GUEST_WORKSPACE} does not exist")
+    return cmd, cwd
+
+
+def run_exec(config: RunConfig, req: dict[str, Any], shells: WarmShells | None = None) -> dict[str, Any]:
+    """Run ``cmd`` like ``bash -lc``; collect at most ``output_limit`` bytes per stream; kill the job on
+    timeout."""
+    cmd, cwd = job_of(config, req)
     reply = run_job(
         config,
         shells,

@@ -6,6 +6,11 @@ Requests carry ``id`` (int) and ``op`` (str); responses echo ``id`` and carry ei
 op-specific fields, or ``ok: false`` and ``error`` (message) with ``kind`` (an ``ErrorKind``). Every reply
 also names the agent process that sent it (``agent``): a different name than before means the agent was
 restarted, and requests sent to the old one will never be answered.
+
+Streaming jobs (``exec_start``) also send frames nobody asked for: ``StreamOutput`` (a chunk of a stream's stdout
+or stderr) and, last, ``StreamExit``; both carry ``stream`` (the id the host chose) and ``event`` instead of
+``id``. The agent sends at most ``STREAM_WINDOW`` bytes of output a stream's host has not acknowledged
+(``exec_ack``, which gets no reply): a slow reader slows the program down instead of filling memory.
 """
 
 import json
@@ -19,6 +24,8 @@ HEADER_SIZE = len(MAGIC) + _LEN.size
 MAX_FRAME = 32 * 1024 * 1024
 PORT_NAME = "sheesh.agent"
 PROTOCOL_VERSION = 1
+STREAM_WINDOW = 1024 * 1024
+"""Output bytes of one stream in flight (sent, not yet acknowledged by ``exec_ack``)."""
 
 
 class Op(StrEnum):
@@ -40,6 +47,20 @@ class Op(StrEnum):
     DOWNLOAD_BEGIN = "download_begin"
     DOWNLOAD_NEXT = "download_next"
     DOWNLOAD_CLOSE = "download_close"
+    EXEC_START = "exec_start"
+    EXEC_INPUT = "exec_input"
+    EXEC_SIGNAL = "exec_signal"
+    EXEC_RESIZE = "exec_resize"
+    EXEC_ACK = "exec_ack"
+
+
+NO_REPLY: frozenset[Op] = frozenset({Op.EXEC_ACK})
+"""Ops the agent does not answer (the host sends them often and waits for nothing)."""
+
+
+class StreamEventKind(StrEnum):
+    OUTPUT = "output"
+    EXIT = "exit"
 
 
 class ErrorKind(StrEnum):
@@ -65,6 +86,70 @@ class ProgramReply(TypedDict):
     exit_code: int
     stdout: str
     stderr: str
+    timed_out: bool
+    truncated: bool
+
+
+class ExecStartRequest(TypedDict):
+    """Start a streaming job; its output comes as ``StreamOutput`` frames, its end as ``StreamExit``. With
+    ``pty`` the command runs on a pseudo-terminal of ``rows`` x ``cols`` (its stderr is the terminal too)."""
+
+    stream: str
+    cmd: str
+    cwd: NotRequired[str]
+    env: NotRequired[dict[str, str]]
+    timeout_ms: NotRequired[int | None]
+    output_limit: NotRequired[int | None]
+    """Bytes per stream (None: no limit); past it output is read and dropped, and the exit says ``truncated``."""
+    pty: NotRequired[bool]
+    rows: NotRequired[int]
+    cols: NotRequired[int]
+
+
+class ExecStartReply(TypedDict):
+    pid: int
+
+
+class ExecInputRequest(TypedDict):
+    stream: str
+    data: NotRequired[str]
+    """base64 bytes for the job's stdin (the terminal, with ``pty``)"""
+    eof: NotRequired[bool]
+    """close stdin after ``data`` (on a terminal: the EOF character)"""
+
+
+class ExecSignalRequest(TypedDict):
+    stream: str
+    signal: str
+    """a name: KILL (the whole job's cgroup), TERM, INT, HUP, QUIT, USR1, USR2"""
+
+
+class ExecResizeRequest(TypedDict):
+    stream: str
+    rows: int
+    cols: int
+
+
+class ExecAckRequest(TypedDict):
+    stream: str
+    bytes: int
+
+
+class StreamOutput(TypedDict):
+    stream: str
+    event: str
+    """``output``"""
+    fd: int
+    """1 stdout, 2 stderr"""
+    data: str
+    """base64"""
+
+
+class StreamExit(TypedDict):
+    stream: str
+    event: str
+    """``exit``"""
+    exit_code: int
     timed_out: bool
     truncated: bool
 
@@ -170,6 +255,11 @@ REQUESTS: dict[Op, type[Any]] = {
     Op.DOWNLOAD_BEGIN: DownloadBeginRequest,
     Op.DOWNLOAD_NEXT: DownloadRef,
     Op.DOWNLOAD_CLOSE: DownloadRef,
+    Op.EXEC_START: ExecStartRequest,
+    Op.EXEC_INPUT: ExecInputRequest,
+    Op.EXEC_SIGNAL: ExecSignalRequest,
+    Op.EXEC_RESIZE: ExecResizeRequest,
+    Op.EXEC_ACK: ExecAckRequest,
 }
 """The request type of each op (the reply types are named beside them); the agent refuses a request that lacks
 a required field before any handler sees it."""

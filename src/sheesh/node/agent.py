@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sheesh.errors import ConflictError, NotFoundError, SheeshError, UnavailableError
+from sheesh.execstream import ExecStream, StreamRequest
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult, VmKind
 from sheesh.node.contract import NodeCapacity, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
 from sheesh.node.errors import NodeError
@@ -399,6 +400,10 @@ class NodeAgent:
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         self._require_running(vm_id)
         return await self.guests.exec(vm_id, req, output_limit)
+
+    async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> ExecStream:
+        self._require_running(vm_id)
+        return await self.guests.exec_stream(vm_id, req, output_limit)
 
     async def run_script(
         self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int

@@ -31,6 +31,7 @@ from sheesh.errors import (
     SheeshError,
     UnavailableError,
 )
+from sheesh.execstream import ExecStream, StreamRequest
 from sheesh.models import (
     ExecRequest,
     ExecResult,
@@ -51,6 +52,7 @@ __all__ = [
     "ERROR_CLASSES",
     "ExecRequest",
     "ExecResult",
+    "ExecStream",
     "NodeCapacity",
     "NodeClient",
     "NodeStatus",
@@ -59,11 +61,13 @@ __all__ = [
     "ScriptRequest",
     "ScriptResult",
     "SnapshotInfo",
+    "StreamRequest",
     "VmNet",
     "VpnSpec",
     "WireError",
     "agent_token_key",
     "error_class",
+    "error_name",
     "from_wire",
     "to_wire",
 ]
@@ -179,6 +183,7 @@ CONTRACT_TYPES: tuple[type[Any], ...] = (
     ExecResult,
     ScriptRequest,
     ScriptResult,
+    StreamRequest,
 )
 """Every record that crosses the seam (the wire tests round-trip each of them)."""
 
@@ -225,8 +230,9 @@ CONTRACT_OPS: dict[str, Op] = {
     "log_tail": Op(args={**_VM, "kind": str, "lines": int}, result=list[str], idempotent=True),
     "status": Op(args={}, result=NodeStatus, idempotent=True),
 }
-"""Every operation of ``NodeClient`` but the byte streams (``upload``: ``PUT /node/v1/upload``, ``download``:
-``GET /node/v1/download``) and ``close``; the HTTP server and the remote client are both driven by it."""
+"""Every operation of ``NodeClient`` but the streams (``upload``: ``PUT /node/v1/upload``, ``download``:
+``GET /node/v1/download``, ``exec_stream``: the WebSocket ``/node/v1/exec_stream``, in the message format of
+``sheesh.execstream``) and ``close``; the HTTP server and the remote client are both driven by it."""
 CONTRACT_PREFIX = "/node/v1"
 
 ERROR_CLASSES: dict[str, type[SheeshError]] = {
@@ -251,6 +257,11 @@ def agent_token_key(node_token: str) -> bytes:
     """The key a remote node checks agent tokens (``/serial``, ``/vnc``, ...) with: derived from its secret,
     so the control plane can sign tokens for it and nobody else can."""
     return hmac.new(node_token.encode(), b"sheesh agent tokens", hashlib.sha256).digest()
+
+
+def error_name(exc: SheeshError) -> str:
+    """The name ``exc`` crosses the seam by: its class or nearest base in ``ERROR_CLASSES`` (else NodeError)."""
+    return next((c.__name__ for c in type(exc).__mro__ if c.__name__ in ERROR_CLASSES), NodeError.__name__)
 
 
 def error_class(name: str) -> type[SheeshError]:
@@ -299,6 +310,15 @@ class NodeClient(Protocol):
         ...
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult: ...
+
+    async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> ExecStream:
+        """Start ``req`` and return it running (output, stdin, signals, resize: ``ExecStream``); each of its
+        output streams is capped at ``output_limit`` bytes (None: not capped; a terminal never is).
+
+        :raise UnavailableError: the VM does not run or its guest cannot be reached
+        :raise InvalidInputError: the guest refused the command (working directory, environment, size)
+        """
+        ...
 
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
         """Save the running (or paused) VM under ``snapshot_id``, first flushing the guest's file systems when

@@ -46,6 +46,8 @@ class GuestClient:
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str | None]] = {}
         """Each waiting request's future and the agent process it was sent to (None: not known yet)."""
         self.agent_id: str | None = None
+        self._streams: dict[str, asyncio.Queue[dict[str, Any] | SheeshError]] = {}
+        """The frames of each streaming job (``protocol.StreamOutput``/``StreamExit``), by stream id."""
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
@@ -71,6 +73,11 @@ class GuestClient:
         try:
             while data := await reader.read(65536):
                 for msg in decoder.feed(data):
+                    if "event" in msg:
+                        queue = self._streams.get(str(msg.get("stream")))
+                        if queue is not None:
+                            queue.put_nowait(msg)
+                        continue
                     fut, _ = self._pending.pop(msg.get("id", -1), (None, None))
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
@@ -83,11 +90,29 @@ class GuestClient:
                 self._writer.close()
                 self._writer = None
 
-    def _fail_pending(self, exc: Exception) -> None:
+    def _fail_pending(self, exc: SheeshError) -> None:
         for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
+        for queue in self._streams.values():
+            queue.put_nowait(exc)
+        self._streams.clear()
+
+    def subscribe(self, stream: str) -> asyncio.Queue[dict[str, Any] | SheeshError]:
+        """The queue the frames of streaming job ``stream`` will arrive in (subscribe before starting it); a
+        lost connection puts its error there."""
+        queue: asyncio.Queue[dict[str, Any] | SheeshError] = asyncio.Queue()
+        self._streams[stream] = queue
+        return queue
+
+    def unsubscribe(self, stream: str) -> None:
+        self._streams.pop(stream, None)
+
+    def notify(self, op: Op, **args: Any) -> None:
+        """Send an op the agent does not answer (``protocol.NO_REPLY``), if connected; never waits."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(protocol.encode({"op": op, **args}))
 
     def _note_agent(self, agent: object) -> None:
         """A reply named its agent process: requests sent to another (earlier) one will never be answered."""

@@ -3,17 +3,20 @@ run-js, file transfers, identity refresh and network settings, all as ``protocol
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sheesh.errors import SheeshError
-from sheesh.guest.protocol import Op
+from sheesh.errors import SheeshError, UnavailableError
+from sheesh.execstream import StreamEvent, StreamExit, StreamOutput, StreamRequest
+from sheesh.guest.protocol import Op, StreamEventKind
 from sheesh.models import ExecRequest, ExecResult, ScriptLanguage, ScriptRequest, ScriptResult
 from sheesh.node.guest_client import GuestClient
 from sheesh.node.plumbing import GuestNet
@@ -24,6 +27,11 @@ TRANSFER_CHUNK = 256 * 1024
 TRANSFER_TIMEOUT_S = 60.0
 SSH_TIMEOUT_S = 30.0
 """Making host keys under TCG can take seconds when the VM was just restored."""
+STREAM_START_TIMEOUT_S = 30.0
+STREAM_CALL_TIMEOUT_S = 30.0
+STDIN_TIMEOUT_S = 24 * 3600.0
+"""Writing stdin waits as long as the program does not read it (the agent is pinged meanwhile)."""
+ACK_EVERY = 64 * 1024
 
 
 async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
@@ -46,6 +54,70 @@ def _finished(reply: dict[str, Any]) -> dict[str, Any]:
         "timed_out": bool(reply.get("timed_out")),
         "truncated": bool(reply.get("truncated")),
     }
+
+
+class GuestStream:
+    """A streaming job in a guest (``ExecStream``): its frames arrive in ``queue`` (see ``GuestClient``); output
+    is acknowledged as the consumer takes it, so the agent never has more than its window in flight."""
+
+    def __init__(
+        self, client: GuestClient, stream: str, queue: asyncio.Queue[dict[str, Any] | SheeshError], pid: int
+    ) -> None:
+        self._client = client
+        self._stream = stream
+        self._queue = queue
+        self.pid = pid
+        self.ended = False
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        unacked = 0
+        while not self.ended:
+            item = await self._queue.get()
+            if isinstance(item, SheeshError):
+                self.ended = True
+                raise item
+            if item.get("event") == StreamEventKind.EXIT:
+                self.ended = True
+                self._client.unsubscribe(self._stream)
+                yield StreamExit(
+                    exit_code=int(item["exit_code"]),
+                    timed_out=bool(item.get("timed_out")),
+                    truncated=bool(item.get("truncated")),
+                )
+                return
+            data = base64.b64decode(str(item.get("data", "")))
+            yield StreamOutput(fd=int(item.get("fd", 1)), data=data)
+            unacked += len(data)  # the consumer took it: room for more
+            if unacked >= ACK_EVERY or self._queue.empty():
+                self._client.notify(Op.EXEC_ACK, stream=self._stream, bytes=unacked)
+                unacked = 0
+
+    async def _call(self, op: Op, timeout_s: float = STREAM_CALL_TIMEOUT_S, **args: Any) -> None:
+        if self.ended:
+            raise UnavailableError("the command has ended")
+        await self._client.call(op, timeout_s, stream=self._stream, **args)
+
+    async def write(self, data: bytes) -> None:
+        for start in range(0, len(data), TRANSFER_CHUNK):
+            chunk = base64.b64encode(data[start : start + TRANSFER_CHUNK]).decode()
+            await self._call(Op.EXEC_INPUT, STDIN_TIMEOUT_S, data=chunk)
+
+    async def close_stdin(self) -> None:
+        await self._call(Op.EXEC_INPUT, STDIN_TIMEOUT_S, eof=True)
+
+    async def signal(self, name: str) -> None:
+        await self._call(Op.EXEC_SIGNAL, signal=name)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._call(Op.EXEC_RESIZE, rows=rows, cols=cols)
+
+    async def close(self) -> None:
+        """Kill the job if it still runs, and stop listening for it."""
+        if not self.ended:
+            with contextlib.suppress(SheeshError):
+                await self._call(Op.EXEC_SIGNAL, signal="KILL")
+        self.ended = True
+        self._client.unsubscribe(self._stream)
 
 
 class Guests:
@@ -113,6 +185,27 @@ class Guests:
         args = {"cmd": req.cmd, "cwd": req.cwd, "env": req.env, "output_limit": output_limit}
         reply = await self._run(vm_id, Op.EXEC, req.timeout_ms, **args)
         return ExecResult(**_finished(reply))
+
+    async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> GuestStream:
+        """Start a streaming job (errors of the start raise here); its output comes through the stream."""
+        client = self.client(vm_id)
+        stream = uuid.uuid4().hex
+        queue = client.subscribe(stream)
+        args = {"cmd": req.cmd, "cwd": req.cwd, "env": req.env, "timeout_ms": req.timeout_ms, "pty": req.pty}
+        try:
+            reply = await client.call(
+                Op.EXEC_START,
+                STREAM_START_TIMEOUT_S,
+                stream=stream,
+                output_limit=output_limit,
+                rows=req.rows,
+                cols=req.cols,
+                **args,
+            )
+        except BaseException:
+            client.unsubscribe(stream)
+            raise
+        return GuestStream(client, stream, queue, int(reply["pid"]))
 
     async def run_script(
         self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int

@@ -1,23 +1,42 @@
-"""/v1/vms/:id/exec, /run-ts, /run-js and the execution history /exec-logs."""
+"""/v1/vms/:id/exec, /run-ts, /run-js, the execution history /exec-logs, and the streaming exec WebSocket
+/v1/vms/:id/exec/stream (its messages: ``sheesh.execstream``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
-from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
+from sheesh.api.deps import (
+    SESSION_COOKIE,
+    OwnedVmId,
+    ServicesDep,
+    enforce_rate_limit,
+    presented_key,
+    principal_of,
+    rate_limited,
+)
+from sheesh.api.errors import validation_message
 from sheesh.api.routers.vms import LIMITED
-from sheesh.api.schemas import ExecBody, ExecLogOut, ExecOut, RunJsBody, RunTsBody, RunTsOut
-from sheesh.errors import InvalidInputError
+from sheesh.api.schemas import ExecBody, ExecLogOut, ExecOut, ExecStreamBody, RunJsBody, RunTsBody, RunTsOut
+from sheesh.control.services import Services
+from sheesh.errors import ForbiddenError, InvalidInputError, NotFoundError, SheeshError
+from sheesh.execstream import ExecStream, StreamRequest
 from sheesh.models import ExecKind, ExecRequest, ScriptLanguage, ScriptRequest
+from sheesh.streambridge import refuse, serve_stream
 
 router = APIRouter(prefix="/v1/vms", tags=["exec"], responses=LIMITED)
+streams = APIRouter(prefix="/v1/vms")
+"""WebSocket routes (authenticated by hand: the REST dependencies take HTTP requests)."""
 MAX_EXEC_LOGS = 200
+FIRST_MESSAGE_TIMEOUT_S = 30.0
 
 
-def _check_timeout(svc: ServicesDep, timeout_ms: int | None) -> None:
+def _check_timeout(svc: Services, timeout_ms: int | None) -> None:
     limit = svc.settings.exec_max_timeout_ms
     if timeout_ms is not None and timeout_ms > limit:
         raise InvalidInputError(f"timeoutMs must be <= {limit}")
@@ -93,3 +112,56 @@ async def exec_logs(
 ) -> list[ExecLogOut]:
     kind = None if type == "all" else ExecKind(type)
     return [ExecLogOut.of(e) for e in svc.execs.exec_logs(vm_id, kind, limit)]
+
+
+def _check_origin(ws: WebSocket) -> None:
+    """A browser's cookie rides along on a WebSocket opened by any page: with the session cookie as the only
+    credential, the page must be one of ours (same host)."""
+    if presented_key(ws) is not None or SESSION_COOKIE not in ws.cookies:
+        return
+    origin = ws.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != ws.headers.get("host"):
+        raise ForbiddenError("cross-site WebSocket refused: the session cookie works from this server's pages only")
+
+
+async def _open_stream(ws: WebSocket, vm_id: str, svc: Services) -> ExecStream:
+    principal = principal_of(ws, svc)
+    _check_origin(ws)
+    enforce_rate_limit(ws, svc, "global")
+    enforce_rate_limit(ws, svc, "exec")
+    if not principal.can_see(svc.vms.get(vm_id).owner_id):
+        raise NotFoundError(f"VM {vm_id} not found")
+    await ws.accept()
+    try:
+        first = await asyncio.wait_for(ws.receive(), FIRST_MESSAGE_TIMEOUT_S)
+    except TimeoutError:
+        raise InvalidInputError(f"no command within {FIRST_MESSAGE_TIMEOUT_S:.0f}s") from None
+    if first.get("text") is None:
+        raise InvalidInputError("the first message must be the command as a JSON text message")
+    try:
+        body = ExecStreamBody.model_validate_json(first["text"])
+    except ValidationError as exc:
+        raise InvalidInputError(validation_message(exc.errors())) from None
+    _check_timeout(svc, body.timeout_ms)
+    req = StreamRequest(
+        cmd=body.cmd,
+        cwd=body.cwd,
+        env=body.env,
+        timeout_ms=body.timeout_ms,
+        pty=body.pty,
+        rows=body.rows,
+        cols=body.cols,
+    )
+    return await svc.execs.exec_stream(vm_id, req)
+
+
+@streams.websocket("/{vm_id}/exec/stream")
+async def exec_stream(websocket: WebSocket, vm_id: str) -> None:
+    """Streaming exec: output as it comes, stdin, signals, a terminal (``pty``); see ``sheesh.execstream``."""
+    svc: Services = websocket.app.state.services
+    try:
+        stream = await _open_stream(websocket, vm_id, svc)
+    except SheeshError as exc:
+        await refuse(websocket, exc)
+        return
+    await serve_stream(websocket, stream)
