@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import uvicorn
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp
 
 from sheesh.config import Settings
 from sheesh.control.node_client import FakeNodeClient
@@ -97,3 +100,20 @@ def node_with_console(root: Path) -> Iterator[tuple[NodeAgent, bytearray]]:
         yield node, received
     finally:
         srv.close()
+
+
+@contextlib.contextmanager
+def serving(app: ASGIApp) -> Iterator[int]:
+    """``app`` served by a real uvicorn on a loopback port (in a thread of this process); yields the port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the app did not start"
+        time.sleep(0.02)
+    try:
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from sheesh.auth.sessions import SessionSigner
 from sheesh.cli.console import ESCAPE, ConsoleError, attach
 from sheesh.node.ws import create_node_app
-from tests.fakes import node_with_console
+from tests.fakes import node_with_console, serving
 
 
 @pytest.fixture
@@ -24,21 +23,8 @@ def node(tmp_path: Path) -> Iterator[tuple[str, SessionSigner, bytearray]]:
     """A node on a loopback port whose vm-1 has an upper-casing serial console; yields (ws base, signer,
     the bytes the console received)."""
     signer = SessionSigner(b"k" * 32)
-    with node_with_console(tmp_path) as (agent, received):
-        app = create_node_app(agent, signer)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "node app did not start"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"ws://127.0.0.1:{port}", signer, received
-        finally:
-            server.should_exit = True
-            thread.join(10)
+    with node_with_console(tmp_path) as (agent, received), serving(create_node_app(agent, signer)) as port:
+        yield f"ws://127.0.0.1:{port}", signer, received
 
 
 def _read_until(fd: int, marker: bytes, timeout: float = 10) -> bytes:

@@ -64,10 +64,11 @@ def _raise_error_message(message: dict[str, Any]) -> None:
 class RemoteExecStream:
     """A streaming command on a remote node: the node contract's ``/node/v1/exec_stream`` WebSocket."""
 
-    def __init__(self, node: str, ws: ClientConnection, pid: int) -> None:
+    def __init__(self, node: str, ws: ClientConnection, pid: int, req: StreamRequest) -> None:
         self._node = node
         self._ws = ws
         self.pid = pid
+        self._pty = req.pty
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         try:
@@ -101,6 +102,8 @@ class RemoteExecStream:
         await self._send(signal_message(name))
 
     async def resize(self, rows: int, cols: int) -> None:
+        if not self._pty:  # what the node would refuse, refused here (its refusals arrive later, in the stream)
+            raise InvalidInputError("this job has no terminal to resize (start it with pty)")
         await self._send(resize_message(rows, cols))
 
     async def close(self) -> None:
@@ -235,7 +238,7 @@ class RemoteNode:
                 _raise_error_message(first)
             if first["type"] != "started":
                 raise InvalidInputError(f"node {self.name} answered the stream with {first['type']}")
-            return RemoteExecStream(self.name, ws, int(first.get("pid", 0)))
+            return RemoteExecStream(self.name, ws, int(first.get("pid", 0)), req)
         except SheeshError:
             await ws.close()
             raise

@@ -215,7 +215,7 @@ class StreamJob:
                 with self._cond:
                     if self._gone:
                         break
-                    if self._unacked >= STREAM_WINDOW:
+                    if self._unacked >= STREAM_WINDOW and exited_at is None:  # (an exited shell writes no more)
                         self._cond.wait(0.05)
                         continue
                 if exited_at is not None and now - exited_at > EXIT_READ_MAX_S:
