@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     exec_max_timeout_ms: int = 15 * 60 * 1000
     exec_output_limit_bytes: int = 4 * 1024 * 1024
     max_disk_size_mb: int = 64 * 1024
+    vm_max_timeout_s: int = 30 * 24 * 3600
+    """Longest ``timeoutS`` a VM may be given (30 days)."""
     upload_max_bytes: int = 10 * 1024 * 1024
     max_body_bytes: int = 2 * 1024 * 1024
     """Largest request body of the JSON endpoints (uploads stream to their own limits): 413 beyond."""

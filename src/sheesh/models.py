@@ -86,6 +86,13 @@ class ProvisionMode(enum.StrEnum):
     SNAPSHOT = "snapshot"
 
 
+class TimeoutAction(enum.StrEnum):
+    """What happens to a VM whose timeout runs out."""
+
+    DELETE = "delete"
+    PAUSE = "pause"
+
+
 @dataclass(kw_only=True)
 class Vm:
     """A VM as the control plane records it."""
@@ -111,6 +118,9 @@ class Vm:
     ports: list[PortForward] = field(default_factory=list)
     vpn_network: str | None = None
     """Addresses of the clients of the VM's VPN (rerobots instances), which reach the VM past its firewall."""
+    expires_at: datetime | None = None
+    """When the VM's timeout runs out (``timeoutS``): it is then deleted or paused (``on_timeout``)."""
+    on_timeout: TimeoutAction = TimeoutAction.DELETE
 
     @property
     def user_snapshot_id(self) -> str | None:

@@ -5,7 +5,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from sheesh.models import ApiKey, Image, NodeRecord, NodeState, ProvisionMode, Role, User, Vm, VmState
+from sheesh.models import (
+    ApiKey,
+    Image,
+    NodeRecord,
+    NodeState,
+    ProvisionMode,
+    Role,
+    TimeoutAction,
+    User,
+    Vm,
+    VmState,
+)
 from sheesh.store.errors import StoreError
 from sheesh.store.memory import MemoryStore
 from sheesh.store.repo import SqlStore, Store
@@ -50,6 +61,7 @@ def test_vm_roundtrip_update_delete(store: Store) -> None:
     assert got == vm
     vm.state = VmState.STOPPED
     vm.error = "boom"
+    vm.expires_at, vm.on_timeout = datetime(2027, 5, 6, 7, 8, 9, tzinfo=UTC), TimeoutAction.PAUSE
     store.save_vm(vm)
     assert store.get_vm("vm-1") == vm
     assert store.used_ips() == {"172.16.0.2"}

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 async def _reconcile_loop(svc: Services) -> None:
-    """The periodic work, on one replica at a time (``Store.lead``): node heartbeats, VM processes, rerobots
-    instance expiries and reservations."""
+    """The periodic work, on one replica at a time (``Store.lead``): node heartbeats, VM processes, VM
+    timeouts, rerobots instance expiries and reservations."""
     while True:
         await asyncio.sleep(svc.settings.reconcile_interval_s)
         try:
@@ -47,6 +47,7 @@ async def _reconcile_loop(svc: Services) -> None:
                 continue
             svc.nodes.check()
             await svc.vms.reconcile()
+            await svc.vms.expire()
             await svc.instances.reconcile()
             await svc.node.ensure_network()  # rules removed behind the node's back (a host firewall reload)
         except Exception:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from sheesh.models import ExecLog, FirewallAction, PortForward, Snapshot, Vm, VmKind
+from sheesh.models import ExecLog, FirewallAction, PortForward, Snapshot, TimeoutAction, Vm, VmKind
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CMD_BYTES = 256 * 1024
@@ -46,6 +46,11 @@ class CreateVmBody(Body):
             "BIOS, VGA (VNC console), CD-ROM; can boot ISOs and cloud-init images via the node agent"
         ),
     ] = VmKind.SANDBOX
+    timeout_s: Annotated[
+        StrictInt | None,
+        Field(alias="timeoutS", ge=1, description="Delete (or pause, see onTimeout) the VM this many seconds from now"),
+    ] = None
+    on_timeout: Annotated[TimeoutAction, Field(alias="onTimeout")] = TimeoutAction.DELETE
 
     @field_validator("allow_ips")
     @classmethod
@@ -141,6 +146,9 @@ class VmOut(BaseModel):
     nodePort: int | None = None
     kind: str = VmKind.SANDBOX.value
     ports: list[PortOut] = Field(default_factory=list)
+    expiresAt: str | None = None
+    """When the VM's timeout runs out (null: none)."""
+    onTimeout: str = TimeoutAction.DELETE.value
 
     @classmethod
     def of(cls, vm: Vm, node_host: str | None = None, node_port: int | None = None) -> VmOut:
@@ -163,7 +171,16 @@ class VmOut(BaseModel):
             nodePort=node_port,
             kind=vm.kind.value,
             ports=[PortOut.of(p) for p in vm.ports],
+            expiresAt=iso(vm.expires_at) if vm.expires_at else None,
+            onTimeout=vm.on_timeout.value,
         )
+
+
+class TimeoutBody(Body):
+    timeout_s: Annotated[
+        StrictInt | None, Field(alias="timeoutS", ge=1, description="Seconds from now; null: no timeout")
+    ]
+    on_timeout: Annotated[TimeoutAction | None, Field(alias="onTimeout", description="Unchanged if left out")] = None
 
 
 class ExecBody(Body):

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sheesh.config import Settings
 from sheesh.control.images import resolve_image
@@ -27,6 +27,7 @@ from sheesh.models import (
     ProvisionMode,
     Snapshot,
     SnapshotKind,
+    TimeoutAction,
     Vm,
     VmKind,
     VmState,
@@ -84,6 +85,8 @@ class CreateVm:
     disk_size_mb: int | None = None
     owner_id: str | None = None
     kind: VmKind = VmKind.SANDBOX
+    timeout_s: int | None = None
+    on_timeout: TimeoutAction = TimeoutAction.DELETE
 
 
 @dataclass
@@ -149,6 +152,7 @@ class VmService:
         source: Snapshot | None = None
         full = req.kind == VmKind.FULL
         check_allow_ips(req.allow_ips, self.settings.guest_network)
+        expires_at = self._expiry(req.timeout_s)
         if full and req.snapshot_id is not None:
             raise InvalidInputError("full VMs boot from the image or their own disk, not from a snapshot")
         if req.snapshot_id is not None:
@@ -192,6 +196,8 @@ class VmService:
                 snapshot_id=source.id if source else None,
                 owner_id=req.owner_id,
                 kind=req.kind,
+                expires_at=expires_at,
+                on_timeout=req.on_timeout,
             )
             self.store.add_vm(vm)
         started = time.monotonic()
@@ -211,6 +217,53 @@ class VmService:
                 self.metrics.creates.labels("created").inc()
                 self.metrics.create_seconds.observe(time.monotonic() - started)
             return vm
+
+    def _expiry(self, timeout_s: int | None) -> datetime | None:
+        if timeout_s is None:
+            return None
+        if timeout_s > self.settings.vm_max_timeout_s:
+            raise InvalidInputError(f"timeoutS must be <= {self.settings.vm_max_timeout_s}")
+        return datetime.now(UTC) + timedelta(seconds=timeout_s)
+
+    async def set_timeout(self, vm_id: str, timeout_s: int | None, on_timeout: TimeoutAction | None) -> Vm:
+        """The VM's timeout runs out ``timeout_s`` seconds from now (None: never); ``on_timeout`` (unchanged
+        when None) says whether it is then deleted or paused."""
+        async with self._locked(vm_id) as vm:
+            if vm.state in (VmState.CREATING, VmState.DELETING):
+                raise ConflictError(f"VM {vm_id} is {vm.state}")
+            vm.expires_at = self._expiry(timeout_s)
+            if on_timeout is not None:
+                vm.on_timeout = on_timeout
+            self.store.save_vm(vm)
+            return vm
+
+    async def expire(self, now: datetime | None = None) -> list[str]:
+        """Delete (or pause) the VMs whose timeout ran out; returns their ids. A VM of an unreachable node
+        waits for its node; one that cannot be paused (not running) is deleted."""
+        now = now or datetime.now(UTC)
+        done: list[str] = []
+        for vm in self.store.list_vms():
+            if vm.expires_at is None or vm.expires_at > now or vm.state == VmState.UNREACHABLE:
+                continue
+            if vm.state in (VmState.CREATING, VmState.DELETING) or self._busy(vm.id):
+                continue
+            try:
+                if vm.on_timeout == TimeoutAction.PAUSE and vm.state in (VmState.RUNNING, VmState.PAUSED):
+                    if vm.state == VmState.RUNNING:
+                        await self.pause(vm.id)
+                    await self.set_timeout(vm.id, None, None)
+                    log.info("VM %s timed out: paused", vm.id)
+                else:
+                    await self.delete(vm.id)
+                    log.info("VM %s timed out: deleted", vm.id)
+                done.append(vm.id)
+            except SheeshError as exc:
+                log.warning("VM %s timed out but could not be %s: %s", vm.id, vm.on_timeout, exc.message)
+        return done
+
+    def _busy(self, vm_id: str) -> bool:
+        lock = self._locks.get(vm_id)
+        return lock is not None and lock.locked()
 
     def snapshot(self, snapshot_id: str) -> Snapshot:
         snap = self.store.get_snapshot(snapshot_id)
@@ -412,8 +465,7 @@ class VmService:
         its last heartbeat did not list as running."""
         reported = self.nodes.reported_running()
         for vm in self.store.list_vms():
-            lock = self._locks.get(vm.id)
-            if vm.state not in (VmState.RUNNING, VmState.PAUSED) or (lock and lock.locked()):
+            if vm.state not in (VmState.RUNNING, VmState.PAUSED) or self._busy(vm.id):
                 continue
             if vm.id in reported.get(vm.node, ()):
                 continue

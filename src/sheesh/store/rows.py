@@ -19,6 +19,7 @@ from sheesh.models import (
     Role,
     Snapshot,
     SnapshotKind,
+    TimeoutAction,
     User,
     Vm,
     VmKind,
@@ -107,6 +108,8 @@ def vm_from_row(row: VmRow) -> Vm:
         firewall=from_wire(list[FirewallRule], [named(r, ("src", "action")) for r in row.firewall or []]),
         ports=from_wire(list[PortForward], [named(p, PORT_FIELDS) for p in row.ports or []]),
         vpn_network=row.vpn_network,
+        expires_at=utc(row.expires_at) if row.expires_at else None,
+        on_timeout=TimeoutAction(row.on_timeout or TimeoutAction.DELETE),
     )
 
 
@@ -139,6 +142,8 @@ def vm_values(vm: Vm) -> dict[str, object]:
         "kind": vm.kind.value,
         "firewall": to_wire(vm.firewall),
         "ports": to_wire(vm.ports),
+        "expires_at": vm.expires_at,
+        "on_timeout": vm.on_timeout.value,
     }
 
 

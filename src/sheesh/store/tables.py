@@ -35,6 +35,8 @@ class VmRow(Base):
     firewall: Mapped[list[Any]] = mapped_column(JSON, default=list)
     ports: Mapped[list[Any]] = mapped_column(JSON, default=list)
     vpn_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    on_timeout: Mapped[str] = mapped_column(String(16), default="delete")
 
 
 class ImageRow(Base):

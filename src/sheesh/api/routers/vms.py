@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, rate_limited
-from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, VmOut, iso
+from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, TimeoutBody, VmOut, iso
 from sheesh.auth.apikeys import Principal
 from sheesh.auth.totp import require_otp
 from sheesh.control.services import Services
@@ -57,9 +57,16 @@ async def create_vm(body: CreateVmBody, svc: ServicesDep, principal: PrincipalDe
             disk_size_mb=body.disk_size_mb,
             owner_id=principal.user_id,
             kind=body.kind,
+            timeout_s=body.timeout_s,
+            on_timeout=body.on_timeout,
         )
     )
     return vm_out(svc, vm)
+
+
+@router.post("/{vm_id}/timeout", summary="Set (or clear) the VM's timeout, counted from now")
+async def set_timeout(vm_id: OwnedVmId, body: TimeoutBody, svc: ServicesDep) -> VmOut:
+    return vm_out(svc, await svc.vms.set_timeout(vm_id, body.timeout_s, body.on_timeout))
 
 
 @router.get("", summary="List VMs")
