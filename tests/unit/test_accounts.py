@@ -127,3 +127,28 @@ def test_revoke_by_sha256_and_purge(app: tuple[TestClient, Services]) -> None:
     assert c.get("/v1/users/me", headers=bob).status_code == 401
     assert c.get("/v1/users/me", headers=second).status_code == 401
     assert c.post("/purge").status_code == 401
+
+
+def test_admins_change_roles_and_delete_users(app: tuple[TestClient, Services]) -> None:
+    c, svc = app
+    bob = _user(c, "bob")
+    bob_id = c.get("/v1/users/me", headers=bob).json()["id"]
+    admin_id = c.get("/v1/users/me", headers=ADMIN).json()["id"]
+    assert c.get("/v1/users", headers=bob).status_code == 403
+    assert c.patch(f"/v1/users/{bob_id}", json={"role": "admin"}, headers=bob).status_code == 403
+    r = c.patch(f"/v1/users/{bob_id}", json={"role": "admin"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["role"] == "admin"
+    assert c.get("/v1/users", headers=bob).status_code == 200
+    assert c.patch(f"/v1/users/{bob_id}", json={"role": "user"}, headers=ADMIN).json()["role"] == "user"
+    r = c.patch(f"/v1/users/{admin_id}", json={"role": "user"}, headers=ADMIN)
+    assert r.status_code == 409 and "last admin" in r.json()["message"]
+    assert c.patch(f"/v1/users/{bob_id}", json={"role": "root"}, headers=ADMIN).status_code == 400
+    assert c.delete(f"/v1/users/{admin_id}", headers=ADMIN).status_code == 409
+    vm = c.post("/v1/vms", json=VM, headers=bob).json()["id"]
+    r = c.delete(f"/v1/users/{bob_id}", headers=ADMIN)
+    assert r.status_code == 409 and vm in r.json()["message"]
+    assert c.delete(f"/v1/vms/{vm}", headers=bob).status_code == 204
+    assert c.delete(f"/v1/users/{bob_id}", headers=ADMIN).status_code == 204
+    assert c.get("/v1/users/me", headers=bob).status_code == 401, "their keys went with them"
+    assert svc.store.get_user(bob_id) is None
+    assert c.delete(f"/v1/users/{bob_id}", headers=ADMIN).status_code == 404

@@ -36,6 +36,29 @@ class AccountService:
         """(slow: hashes the password)"""
         return self.auth.create_user(username, password, role)
 
+    def set_role(self, user_id: str, role: Role) -> User:
+        """Make the user an admin or a user; the last admin stays one (409)."""
+        user = self.user(user_id)
+        if user.role == Role.ADMIN and role != Role.ADMIN and self._admins() == [user.id]:
+            raise ConflictError(f"{user.username} is the last admin")
+        user.role = role
+        self.store.save_user(user)
+        return user
+
+    def delete_user(self, actor_id: str, user_id: str) -> None:
+        """Remove a user and their API keys: not yourself, nor someone who still owns VMs or snapshots (409)."""
+        user = self.user(user_id)
+        if user_id == actor_id:
+            raise ConflictError("you cannot delete yourself")
+        owned = [v.id for v in self.store.list_vms() if v.owner_id == user_id]
+        owned += [s.id for s in self.store.list_snapshots() if s.owner_id == user_id]
+        if owned:
+            raise ConflictError(f"{user.username} still owns {', '.join(owned[:5])}: delete those first")
+        self.store.delete_user(user_id)
+
+    def _admins(self) -> list[str]:
+        return [u.id for u in self.store.list_users() if u.role == Role.ADMIN]
+
     def check_password(self, username: str, password: str) -> User:
         """The user if the password is right, counting failures towards the lockout. (slow)"""
         settings = self.settings

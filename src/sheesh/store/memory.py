@@ -138,6 +138,10 @@ class MemoryStore:
         user = self.users.get(user_id)
         return copy.deepcopy(user) if user else None
 
+    def delete_user(self, user_id: str) -> None:
+        self.delete_user_api_keys(user_id)
+        self.users.pop(user_id, None)
+
     def get_user_by_name(self, username: str) -> User | None:
         return next((copy.deepcopy(u) for u in self.users.values() if u.username == username), None)
 

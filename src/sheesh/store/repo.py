@@ -102,6 +102,9 @@ class Store(Protocol):
     def get_user(self, user_id: str) -> User | None: ...
     def get_user_by_name(self, username: str) -> User | None: ...
     def list_users(self) -> list[User]: ...
+    def delete_user(self, user_id: str) -> None:
+        """Remove the user and their API keys."""
+        ...
 
     def add_record(self, rec: Record) -> None:
         """Store a new rerobots record (workspace type, deployment, instance, ...); a duplicate id: StoreError."""
@@ -377,6 +380,11 @@ class SqlStore:
     def list_users(self) -> list[User]:
         with self._read() as s:
             return [user_from_row(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at))]
+
+    def delete_user(self, user_id: str) -> None:
+        with self._write() as s:
+            s.execute(delete(ApiKeyRow).where(ApiKeyRow.user_id == user_id))
+            s.execute(delete(UserRow).where(UserRow.id == user_id))
 
     def add_record(self, rec: Record) -> None:
         with self._write() as s:

@@ -118,6 +118,21 @@ async def create_user(body: CreateUserBody, request: Request, _: AdminDep, svc: 
     return UserOut.of(await svc.hashing.run(client_ip(request), create, body.username, body.password, body.role))
 
 
+class UserPatchBody(Body):
+    role: Role
+
+
+@router.patch("/v1/users/{user_id}", summary="Change a user's role (admin; the last admin stays one)")
+async def patch_user(user_id: str, body: UserPatchBody, _: AdminDep, svc: ServicesDep) -> UserOut:
+    return UserOut.of(svc.accounts.set_role(user_id, body.role))
+
+
+@router.delete("/v1/users/{user_id}", status_code=204, summary="Delete a user and their API keys (admin)")
+async def delete_user(user_id: str, principal: AdminDep, svc: ServicesDep) -> Response:
+    svc.accounts.delete_user(principal.user_id, user_id)
+    return Response(status_code=204)
+
+
 @router.get("/v1/api-keys", summary="List the caller's API keys")
 async def list_keys(principal: PrincipalDep, svc: ServicesDep) -> list[ApiKeyOut]:
     return [ApiKeyOut.of(k) for k in svc.auth.list_keys(principal.user_id)]
