@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sheesh.config import Settings
 from sheesh.errors import InvalidInputError
+from sheesh.secretfile import write_secret
 
 VALIDITY = dt.timedelta(days=825)
 
@@ -56,13 +56,8 @@ def self_signed(hostnames: list[str], folder: Path) -> TlsFiles:
     )
     folder.mkdir(parents=True, exist_ok=True)
     files = TlsFiles(folder / "cert.pem", folder / "key.pem")
-    fd = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_secret(files.key, pem)
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return files
 

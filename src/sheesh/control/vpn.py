@@ -10,7 +10,6 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from sheesh.control.pki import CertificateAuthority
 from sheesh.control.vms import VmService
 from sheesh.errors import ConflictError, SheeshError, UnavailableError
 from sheesh.node.contract import VpnSpec
+from sheesh.secretfile import write_secret
 from sheesh.store.repo import Store
 from sheesh.workspaces import ACTIVE_INSTANCE, Instance, VpnClient, VpnStatus
 
@@ -69,10 +69,7 @@ class VpnService:
             raw = json.loads(path.read_text())
             return CertificateAuthority(raw["key_pem"], raw["cert_pem"])
         ca = CertificateAuthority.generate(f"sheesh VPN {inst.id}")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"key_pem": ca.key_pem, "cert_pem": ca.cert_pem}, fh)
+        write_secret(path, json.dumps({"key_pem": ca.key_pem, "cert_pem": ca.cert_pem}))
         return ca
 
     def _allocate(self, inst: Instance) -> None:
