@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sheesh.api.app import create_app
 from sheesh.config import Settings
 from sheesh.vmm.fake import FakeDriver
+from tests.fakes import serving
 from tests.vmmstack import kill_leftovers, vmm_services
 
 
@@ -20,5 +21,15 @@ def vmm_stack(settings: Settings) -> Iterator[tuple[TestClient, FakeDriver]]:
     try:
         with TestClient(create_app(vmm_services(settings, driver))) as client:
             yield client, driver
+    finally:
+        kill_leftovers(settings.vms_dir)
+
+
+@pytest.fixture
+def served_url(settings: Settings) -> Iterator[str]:
+    """The same stack behind a real uvicorn on a loopback port (HTTP and WebSockets): its base URL."""
+    try:
+        with serving(create_app(vmm_services(settings, FakeDriver()))) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
         kill_leftovers(settings.vms_dir)

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sheesh.api.app import create_app
 from sheesh.client import (
     AsyncSheesh,
     AuthenticationError,
@@ -28,25 +27,13 @@ from sheesh.client import (
     StreamOutput,
 )
 from sheesh.config import Settings
-from sheesh.vmm.fake import FakeDriver
-from tests.fakes import serving
-from tests.vmmstack import kill_leftovers, vmm_services
 
 KEY = "test-key"
 
 
 @pytest.fixture
-def url(settings: Settings) -> Iterator[str]:
-    try:
-        with serving(create_app(vmm_services(settings, FakeDriver()))) as port:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        kill_leftovers(settings.vms_dir)
-
-
-@pytest.fixture
-def client(url: str) -> Iterator[Sheesh]:
-    with Sheesh(url, KEY) as c:
+def client(served_url: str) -> Iterator[Sheesh]:
+    with Sheesh(served_url, KEY) as c:
         yield c
 
 
@@ -72,13 +59,13 @@ def test_create_exec_files_and_delete_on_exit(client: Sheesh, tmp_path: Path) ->
         client.vms.get(vm_id)
 
 
-def test_typed_errors_carry_the_servers_message(url: str, client: Sheesh) -> None:
+def test_typed_errors_carry_the_servers_message(served_url: str, client: Sheesh) -> None:
     with pytest.raises(BadRequestError, match="memMb"):
         client.vms.create(mem_mb=1)
     with pytest.raises(NotFoundError) as missing:
         client.vms.get("vm-nope")
     assert missing.value.status == 404 and "vm-nope" in missing.value.message
-    with Sheesh(url, "wrong-key") as bad, pytest.raises(AuthenticationError):
+    with Sheesh(served_url, "wrong-key") as bad, pytest.raises(AuthenticationError):
         bad.vms.list()
     vm = client.vms.create()
     vm.pause()
@@ -154,9 +141,9 @@ def test_429_is_retried_after_retry_after(settings: Settings) -> None:
     assert limited.value.retry_after_s == 0.2 and len(calls) == 2
 
 
-def test_async_client(url: str) -> None:
+def test_async_client(served_url: str) -> None:
     async def main() -> None:
-        async with AsyncSheesh(url, KEY) as client:
+        async with AsyncSheesh(served_url, KEY) as client:
             async with await client.vms.create(mem_mb=128) as vm:
                 assert (await vm.exec("echo async")).stdout == "async\n"
                 chunks: list[bytes] = []
@@ -171,7 +158,7 @@ def test_async_client(url: str) -> None:
     asyncio.run(main())
 
 
-def test_environment_and_saved_login(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_and_saved_login(served_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     monkeypatch.delenv("SHEESH_URL", raising=False)
     monkeypatch.delenv("SHEESH_API_KEY", raising=False)
@@ -179,11 +166,11 @@ def test_environment_and_saved_login(url: str, tmp_path: Path, monkeypatch: pyte
         Sheesh()
     from sheesh.client.config import save_config
 
-    path = save_config(url, "wrong")
+    path = save_config(served_url, "wrong")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     monkeypatch.setenv("SHEESH_API_KEY", KEY)  # the environment wins over the saved login
     with Sheesh() as c:
-        assert c.base_url == url and c.vms.list() == []
+        assert c.base_url == served_url and c.vms.list() == []
 
 
 def test_the_sdk_imports_without_the_servers_dependencies() -> None:

@@ -171,10 +171,10 @@ async def test_an_unreachable_node_is_named_and_idempotent_calls_are_retried() -
 
 
 def test_every_operation_of_the_protocol_crosses_http() -> None:
-    streamed = {"upload", "download", "close", "name"}
+    streamed = {"upload", "download", "exec_stream", "close", "name"}
     protocol = {n for n in dir(NodeClient) if not n.startswith("_")} - streamed
     assert protocol == set(CONTRACT_OPS)
-    assert all(hasattr(RemoteNode, n) for n in protocol | {"upload", "download"})
+    assert all(hasattr(RemoteNode, n) for n in protocol | {"upload", "download", "exec_stream"})
 
 
 async def test_heartbeats_go_to_the_replica_that_answers() -> None:

@@ -52,7 +52,7 @@ def raw_terminal(fd: int) -> Iterator[None]:
         return
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSADRAIN)  # (TCSAFLUSH, the default, would drop keys typed ahead)
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -5,24 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sheesh.api.http import MAX_HEAD_BYTES, JsonErrorsH11Protocol
-from sheesh.config import Settings
+from sheesh.cli.resources import add_image_commands, snapshot_app, user_app
+from sheesh.cli.resources import key_app as api_key_app
+from sheesh.cli.vm import app as vm_app
 from sheesh.errors import SheeshError
-from sheesh.tls import self_signed, server_tls
+
+if TYPE_CHECKING:
+    from sheesh.config import Settings
 
 app = typer.Typer(help="sheesh: self-hosted isolated microVMs", no_args_is_help=True)
 image_app = typer.Typer(help="Guest images", no_args_is_help=True)
-key_app = typer.Typer(help="API keys", no_args_is_help=True)
+key_app = typer.Typer(help="API keys in this host's database (see `sheesh key` for the API)", no_args_is_help=True)
 web_app = typer.Typer(help="Browser console assets", no_args_is_help=True)
 net_app = typer.Typer(help="VM networking on this host", no_args_is_help=True)
 tls_app = typer.Typer(help="TLS certificates", no_args_is_help=True)
@@ -33,7 +34,18 @@ app.add_typer(net_app, name="network")
 app.add_typer(tls_app, name="tls")
 node_app = typer.Typer(help="Run a node agent on this host, or add nodes on the control plane's host")
 app.add_typer(node_app, name="node")
+app.add_typer(vm_app, name="vm")
+app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(api_key_app, name="key")
+app.add_typer(user_app, name="user")
+add_image_commands(image_app)
 console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    from sheesh.config import Settings
+
+    return Settings()
 
 
 @app.command()
@@ -42,9 +54,12 @@ def serve(
     port: int = typer.Option(None, help="Listen port (default from SHEESH_PORT or 3000)"),
 ) -> None:
     """Run the control plane with an embedded local node agent."""
-    from sheesh.bootstrap import build_apps
+    import uvicorn
 
-    settings = Settings()
+    from sheesh.bootstrap import build_apps
+    from sheesh.cli.serving import serve_all
+
+    settings = _settings()
     if host:
         settings.host = host
     if port:
@@ -59,21 +74,13 @@ def serve(
         console.print(f"[bold green]{line}[/bold green]")
     options = _server_options(settings)
     asyncio.run(
-        _serve_both(
+        serve_all(
             [
                 uvicorn.Config(apps.api, host=settings.host, port=settings.port, **options),
                 uvicorn.Config(apps.node, host=settings.host, port=settings.node_port, **options),
             ]
         )
     )
-
-
-HTTP_OPTIONS: dict[str, Any] = {
-    "http": JsonErrorsH11Protocol,
-    "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
-    "log_level": "info",
-}
-"""JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
 
 
 @contextlib.contextmanager
@@ -87,40 +94,14 @@ def _exit_on_error(what: str = "error") -> Iterator[None]:
 
 
 def _server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn options: ours, and the certificate when TLS is configured (exits with the reason if it is not
-    usable)."""
+    """uvicorn options for ``settings``; exits with the reason when TLS is configured but not usable."""
+    from sheesh.cli.serving import server_options
+
     with _exit_on_error():
-        tls = server_tls(settings)
-    options = dict(HTTP_OPTIONS)
-    if tls is not None:
-        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
-        console.print(f"TLS: https:// and wss:// with {tls.cert}")
+        options, cert = server_options(settings)
+    if cert is not None:
+        console.print(f"TLS: https:// and wss:// with {cert}")
     return options
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (``_serve_both`` stops all servers together)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def _serve_both(configs: list[uvicorn.Config]) -> None:
-    """The control-plane API and the node's WebSocket port in one process; SIGINT/SIGTERM stop both."""
-    servers = [_Server(config) for config in configs]
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        for server in servers:
-            server.should_exit = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @node_app.callback(invoke_without_command=True)
@@ -129,9 +110,12 @@ def node(ctx: typer.Context) -> None:
     contract for the control plane and the public WebSocket endpoints on SHEESH_NODE_PORT (1337)."""
     if ctx.invoked_subcommand is not None:
         return
-    from sheesh.bootstrap import build_node_process
+    import uvicorn
 
-    settings = Settings()
+    from sheesh.bootstrap import build_node_process
+    from sheesh.cli.serving import serve_all
+
+    settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _exit_on_error():
         process = build_node_process(settings)
@@ -139,7 +123,7 @@ def node(ctx: typer.Context) -> None:
     console.print(
         f"node {settings.node_name} on {settings.host}:{settings.node_port}, reporting to {settings.control_url}"
     )
-    asyncio.run(_serve_both([uvicorn.Config(process.app, host=settings.host, port=settings.node_port, **options)]))
+    asyncio.run(serve_all([uvicorn.Config(process.app, host=settings.host, port=settings.node_port, **options)]))
 
 
 @node_app.command("add")
@@ -151,7 +135,7 @@ def node_add(
     from sheesh.control.nodes import add_node
     from sheesh.store.repo import SqlStore
 
-    settings = Settings()
+    settings = _settings()
     with _exit_on_error():
         store = SqlStore(settings.resolved_database_url())
         try:
@@ -172,9 +156,31 @@ def tls_self_signed(
     """Make a self-signed certificate; `sheesh serve` uses <data dir>/tls with SHEESH_TLS=self-signed."""
     from pathlib import Path
 
-    folder = Path(out) if out else Settings().data_dir / "tls"
+    folder = Path(out) if out else _settings().data_dir / "tls"
+    from sheesh.tls import self_signed
+
     files = self_signed(hostname, folder)
     console.print(f"certificate {files.cert} and key {files.key} for {', '.join(hostname)}")
+
+
+@app.command("login")
+def login(
+    url: Annotated[str, typer.Option(prompt="API URL", help="The server, e.g. http://127.0.0.1:3000")],
+    api_key: Annotated[str, typer.Option(prompt="API key", hide_input=True, help="An API key of yours")],
+) -> None:
+    """Check a server URL and API key and save them for later commands (SHEESH_URL/SHEESH_API_KEY win)."""
+    from sheesh.client import Sheesh
+    from sheesh.client.config import save_config
+    from sheesh.client.errors import SheeshClientError
+
+    try:
+        with Sheesh(url, api_key) as client:
+            me = client.users.me()
+    except SheeshClientError as exc:
+        console.print(f"[red]login failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    path = save_config(url.rstrip("/"), api_key)
+    console.print(f"logged in to {url} as {me.username} ({me.role}); saved in {path}")
 
 
 @app.command("console")
@@ -187,7 +193,7 @@ def console_attach(
     """Attach this terminal to a VM's serial console (Ctrl-] detaches)."""
     from sheesh.cli.console import run
 
-    settings = Settings()
+    settings = _settings()
     url = api_url or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
     with _exit_on_error("console"):
         why = run(url, api_key, vm_id, otp)
@@ -201,7 +207,7 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even when cached
     from sheesh.image.builder import ImageBuilder
     from sheesh.store.repo import SqlStore
 
-    settings = Settings()
+    settings = _settings()
     builder = ImageBuilder(settings.resolved_image_dir())
     with Progress(
         TextColumn("{task.description}"),
@@ -235,7 +241,7 @@ def web_fetch() -> None:
     """Fetch the browser consoles' JavaScript (xterm.js, noVNC; pinned npm packages) into the data dir."""
     from sheesh.web.assets import fetch_assets
 
-    dest = Settings().resolved_web_dir()
+    dest = _settings().resolved_web_dir()
     fetched = fetch_assets(dest)
     console.print(f"console assets in {dest}: " + (", ".join(fetched) if fetched else "up to date"))
 
@@ -245,7 +251,7 @@ def network_down() -> None:
     """Remove sheesh's bridge, every VM tap on it and its nftables tables (VMs lose their network)."""
     from sheesh.node.network import NetConfig, teardown
 
-    settings = Settings()
+    settings = _settings()
     asyncio.run(teardown(NetConfig(settings.bridge, settings.guest_network)))
     console.print(f"removed bridge {settings.bridge} and its nftables tables")
 
@@ -256,7 +262,7 @@ def apikey_create(label: str = typer.Option("cli", help="Label for the key")) ->
     from sheesh.auth.apikeys import ApiKeyAuth
     from sheesh.store.repo import SqlStore
 
-    settings = Settings()
+    settings = _settings()
     store = SqlStore(settings.resolved_database_url())
     auth = ApiKeyAuth(store, instance_secret=settings.instance_secret)
     for line in auth.bootstrap():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import ssl
 import tempfile
@@ -41,10 +42,12 @@ class AsyncVmFiles:
     def __init__(self, vm: AsyncVm) -> None:
         self._vm = vm
 
-    async def upload(self, local_path: str | os.PathLike[str], dest: str = "/workspace") -> None:
+    async def upload(
+        self, local_path: str | os.PathLike[str], dest: str = "/workspace", *, progress: Progress | None = None
+    ) -> None:
         """Copy a local file or folder's contents into ``dest`` in the VM."""
         archive = await asyncio.to_thread(pack, local_path)
-        await self._vm._t.run(calls.upload(self._vm.id, dest, archive))
+        await self._vm._t.send_file(calls.upload(self._vm.id, dest), io.BytesIO(archive), len(archive), progress)
 
     async def download(
         self, path: str, local_dir: str | os.PathLike[str], *, progress: Progress | None = None
@@ -279,8 +282,7 @@ class AsyncImages:
     ) -> Image:
         path = Path(local_path)
         with path.open("rb") as fh:
-            body = await self._t.put_file(calls.image_part_path(image_id, part), fh, path.stat().st_size, progress)
-        return Image.of(body)
+            return await self._t.send_file(calls.upload_image_part(image_id, part), fh, path.stat().st_size, progress)
 
     async def set_default(self, image_id: str) -> None:
         await self._t.run(calls.set_default_image(image_id))

@@ -125,14 +125,10 @@ def run_script(
     return Call("POST", _vm(vm_id, f"/run-{language}"), ScriptResult.of, json=body)
 
 
-def upload(vm_id: str, dest: str, archive: bytes) -> Call[None]:
+def upload(vm_id: str, dest: str) -> Call[None]:
+    """The archive goes as the body (``send_file``)."""
     return Call(
-        "POST",
-        _vm(vm_id, "/files/upload"),
-        _none,
-        params={"dest": dest},
-        content=archive,
-        headers={"Content-Type": "application/gzip"},
+        "POST", _vm(vm_id, "/files/upload"), _none, params={"dest": dest}, headers={"Content-Type": "application/gzip"}
     )
 
 
@@ -199,10 +195,11 @@ def delete_image(image_id: str) -> Call[None]:
     return Call("DELETE", f"/v1/images/{quote(image_id, safe='')}", _none)
 
 
-def image_part_path(image_id: str, part: str) -> str:
+def upload_image_part(image_id: str, part: str) -> Call[Image]:
+    """``kernel`` or ``rootfs``; the file goes as the body (``send_file``)."""
     if part not in ("kernel", "rootfs"):
         raise ValueError("part must be kernel or rootfs")
-    return f"/v1/images/{quote(image_id, safe='')}/{part}"
+    return Call("PUT", f"/v1/images/{quote(image_id, safe='')}/{part}", Image.of)
 
 
 # --- accounts -----------------------------------------------------------------------------------------------------

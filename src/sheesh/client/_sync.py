@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import ssl
 import tempfile
@@ -53,12 +54,15 @@ class VmFiles:
     def __init__(self, vm: Vm) -> None:
         self._vm = vm
 
-    def upload(self, local_path: str | os.PathLike[str], dest: str = "/workspace") -> None:
+    def upload(
+        self, local_path: str | os.PathLike[str], dest: str = "/workspace", *, progress: Progress | None = None
+    ) -> None:
         """Copy a local file or folder's contents into ``dest`` (under /workspace) in the VM.
 
         Example: ``vm.files.upload("./project", "/workspace/project")``
         """
-        self._vm._t.run(calls.upload(self._vm.id, dest, pack(local_path)))
+        archive = pack(local_path)
+        self._vm._t.send_file(calls.upload(self._vm.id, dest), io.BytesIO(archive), len(archive), progress)
 
     def download(self, path: str, local_dir: str | os.PathLike[str], *, progress: Progress | None = None) -> list[str]:
         """Copy the folder ``path`` of the VM into ``local_dir``; returns the names extracted.
@@ -314,8 +318,7 @@ class Images:
         """Upload ``part`` (``kernel``: an uncompressed vmlinux, or ``rootfs``: an ext4 image) from a file."""
         path = Path(local_path)
         with path.open("rb") as fh:
-            body = self._t.put_file(calls.image_part_path(image_id, part), fh, path.stat().st_size, progress)
-        return Image.of(body)
+            return self._t.send_file(calls.upload_image_part(image_id, part), fh, path.stat().st_size, progress)
 
     def set_default(self, image_id: str) -> None:
         self._t.run(calls.set_default_image(image_id))

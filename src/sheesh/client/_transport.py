@@ -31,7 +31,6 @@ class Call(Generic[T]):
     parse: Callable[[Any], T]
     params: dict[str, Any] | None = None
     json: Any = None
-    content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,6 +54,13 @@ def raise_for(response: httpx.Response) -> None:
     except ValueError:
         retry = 1.0
     raise error_for(response.status_code, message, body, retry)
+
+
+def _body_headers(call: Call[Any], size: int | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/octet-stream", **call.headers}
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return headers
 
 
 def decoded(response: httpx.Response) -> Any:
@@ -118,14 +124,12 @@ class SyncTransport(_Base):
 
     def run(self, call: Call[T]) -> T:
         response = self.send(
-            lambda: self.http.request(
-                call.method, call.path, params=call.params, json=call.json, content=call.content, headers=call.headers
-            )
+            lambda: self.http.request(call.method, call.path, params=call.params, json=call.json, headers=call.headers)
         )
         return call.parse(decoded(response))
 
-    def put_file(self, path: str, file: IO[bytes], size: int | None, progress: Progress | None) -> Any:
-        """PUT ``file`` as the body, in chunks (``progress`` after each)."""
+    def send_file(self, call: Call[T], file: IO[bytes], size: int | None, progress: Progress | None) -> T:
+        """Send ``call`` with ``file`` as its body, in chunks (``progress`` after each)."""
 
         def chunks() -> Iterator[bytes]:
             done = 0
@@ -135,12 +139,17 @@ class SyncTransport(_Base):
                 if progress is not None:
                     progress(done, size)
 
-        headers = {"Content-Type": "application/octet-stream"}
-        if size is not None:
-            headers["Content-Length"] = str(size)
+        headers = _body_headers(call, size)
         timeout = httpx.Timeout(self.timeout_s, read=None, write=None)
-        file.seek(0)
-        return decoded(self.send(lambda: self.http.put(path, content=chunks(), headers=headers, timeout=timeout)))
+        start = file.tell()
+
+        def build() -> httpx.Response:
+            file.seek(start)
+            return self.http.request(
+                call.method, call.path, params=call.params, content=chunks(), headers=headers, timeout=timeout
+            )
+
+        return call.parse(decoded(self.send(build)))
 
     def get_to(self, path: str, params: dict[str, Any], out: IO[bytes], progress: Progress | None) -> int:
         """Stream the answer's body into ``out``; returns its size."""
@@ -197,13 +206,11 @@ class AsyncTransport(_Base):
 
     async def run(self, call: Call[T]) -> T:
         response = await self.send(
-            lambda: self.http.request(
-                call.method, call.path, params=call.params, json=call.json, content=call.content, headers=call.headers
-            )
+            lambda: self.http.request(call.method, call.path, params=call.params, json=call.json, headers=call.headers)
         )
         return call.parse(decoded(response))
 
-    async def put_file(self, path: str, file: IO[bytes], size: int | None, progress: Progress | None) -> Any:
+    async def send_file(self, call: Call[T], file: IO[bytes], size: int | None, progress: Progress | None) -> T:
         async def chunks() -> AsyncIterator[bytes]:
             done = 0
             while chunk := await asyncio.to_thread(file.read, UPLOAD_CHUNK):
@@ -212,13 +219,17 @@ class AsyncTransport(_Base):
                 if progress is not None:
                     progress(done, size)
 
-        headers = {"Content-Type": "application/octet-stream"}
-        if size is not None:
-            headers["Content-Length"] = str(size)
+        headers = _body_headers(call, size)
         timeout = httpx.Timeout(self.timeout_s, read=None, write=None)
-        file.seek(0)
-        response = await self.send(lambda: self.http.put(path, content=chunks(), headers=headers, timeout=timeout))
-        return decoded(response)
+        start = file.tell()
+
+        def build() -> Any:
+            file.seek(start)
+            return self.http.request(
+                call.method, call.path, params=call.params, content=chunks(), headers=headers, timeout=timeout
+            )
+
+        return call.parse(decoded(await self.send(build)))
 
     async def get_to(self, path: str, params: dict[str, Any], out: IO[bytes], progress: Progress | None) -> int:
         timeout = httpx.Timeout(self.timeout_s, read=None)
