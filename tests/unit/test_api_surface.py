@@ -157,6 +157,10 @@ def test_public_docs_swagger_openapi(client: tuple[TestClient, FakeNodeClient, s
     api = c.get("/docs/api")
     assert api.status_code == 200 and "<table>" in api.text and "run-ts" in api.text
     assert c.get("/docs/api.md").text.startswith("# API reference")
+    assert "exec/stream" in api.text and '"type": "resize"' in api.text
+    for page, words in (("sdk", "exec_stream"), ("cli", "sheesh vm shell")):
+        r = c.get(f"/docs/{page}")
+        assert r.status_code == 200 and words in r.text and f'href="/docs/{page}"' in c.get("/docs").text
     assert c.get("/docs/..%2Fsecret").status_code == 404
     assert c.get("/docs/nope").status_code == 404
 
