@@ -88,7 +88,7 @@ def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]
         done.append("clock")
     config.boot_id = uuid.uuid4().hex
     if config.ssh is not None:
-        config.ssh.start(regenerate=True)
+        config.ssh.forget()
         done.append("ssh")
     reply: dict[str, Any] = {"boot_id": config.boot_id, "done": done}
     if isinstance(net := req.get("net"), dict):
@@ -213,7 +213,7 @@ class Agent:
         if self.config.ssh is None:
             raise RequestError("this agent offers no SSH server", ErrorKind.NOT_FOUND)
         try:
-            return self.config.ssh.authorize(req.get("keys"))
+            return self.config.ssh.authorize(req.get("keys"), req.get("host_key"), req.get("host_key_pub"))
         except SshError as exc:
             raise RequestError(str(exc)) from None
 
@@ -396,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
             in_vm=False,
             ssh=ssh,
         )
-        ssh.start(regenerate=False)
         if not args.same_user:
             config.uid, config.gid = 1000, 1000
         serve_unix(config, args.listen, WarmShells(config))
@@ -406,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     config = AgentConfig(workspace=args.workspace, poweroff=_guest_poweroff, staging=STAGING, ssh=ssh)
     cgroups = ExecCgroups.setup()
     watch_power_button(_guest_poweroff)
-    ssh.start(regenerate=False)
     while True:
         path = find_port()
         if path is not None:

@@ -228,6 +228,9 @@ class DownloadChunkReply(TypedDict):
 class SshAuthorizeRequest(TypedDict):
     keys: list[str]
     """root's authorized keys (OpenSSH lines): replace the previous ones."""
+    host_key: NotRequired[str]
+    """An OpenSSH private host key for a VM that has none yet (made by the host: faster than in the guest)."""
+    host_key_pub: NotRequired[str]
 
 
 class SshAuthorizeReply(TypedDict):

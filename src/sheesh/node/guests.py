@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
 from sheesh.errors import SheeshError, UnavailableError
 from sheesh.execstream import StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.guest.protocol import Op, StreamEventKind
@@ -54,6 +57,14 @@ def _finished(reply: dict[str, Any]) -> dict[str, Any]:
         "timed_out": bool(reply.get("timed_out")),
         "truncated": bool(reply.get("truncated")),
     }
+
+
+def host_key() -> tuple[str, str]:
+    """A new SSH host key: the OpenSSH private key and its public line."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + " root@sheesh"
+    return private, public
 
 
 class GuestStream:
@@ -172,7 +183,12 @@ class Guests:
         await self.client(vm_id).call(Op.RESIZE_FS, 10)
 
     async def authorize_ssh(self, vm_id: str, public_keys: Sequence[str]) -> list[str]:
-        reply = await self.client(vm_id).call(Op.SSH_AUTHORIZE, SSH_TIMEOUT_S, keys=list(public_keys))
+        """Root's authorized keys; the guest's SSH server starts with its first call, with a host key made here
+        (ed25519 takes a moment under emulation) unless the VM has its own already."""
+        private, public = host_key()
+        reply = await self.client(vm_id).call(
+            Op.SSH_AUTHORIZE, SSH_TIMEOUT_S, keys=list(public_keys), host_key=private, host_key_pub=public
+        )
         return [str(k) for k in reply.get("hostkeys", [])]
 
     async def _run(self, vm_id: str, op: Op, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
