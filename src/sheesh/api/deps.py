@@ -13,11 +13,12 @@ from starlette.requests import HTTPConnection
 from sheesh.auth.apikeys import Principal
 from sheesh.control.services import Services
 from sheesh.errors import AuthenticationError, InvalidInputError, NotFoundError, RateLimitedError, SheeshError
+from sheesh.models import Vm
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -118,9 +119,12 @@ def bearer_token(request: HTTPConnection) -> str | None:
 SESSION_COOKIE = "rds_session"
 
 
-def authenticate(request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]) -> Principal:
+async def authenticate(
+    request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]
+) -> Principal:
     """API key (three header conventions), else ``X-Karma-Signature``, else the ``rds_session`` cookie.
-    No credentials or an unknown key: 401. A tampered or expired signature or cookie: 403."""
+    No credentials or an unknown key: 401. A tampered or expired signature or cookie: 403. Async like the
+    handlers: a key is one indexed read, cheaper than a hop to a worker thread and back."""
     principal = principal_of(request, svc)
     request.state.principal = principal
     return principal
@@ -144,20 +148,29 @@ def principal_of(conn: HTTPConnection, svc: Services) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise HTTPException(status_code=403, detail="admin role required")
     return principal
 
 
-def owned_vm_id(vm_id: str, principal: PrincipalDep, svc: ServicesDep) -> str:
-    """The path's VM id, if the caller may act on it (another user's VM is 404, like a missing one)."""
-    if not principal.can_see(svc.vms.get(vm_id).owner_id):
+async def owned_vm_id(vm_id: str, principal: PrincipalDep, svc: ServicesDep, request: Request) -> str:
+    """The path's VM id, if the caller may act on it (another user's VM is 404, like a missing one). The
+    record read is kept for the handler (``checked_vm``)."""
+    vm = svc.vms.get(vm_id)
+    if not principal.can_see(vm.owner_id):
         raise NotFoundError(f"VM {vm_id} not found")
+    request.state.vm = vm
     return vm_id
 
 
-def owned_snapshot_id(snapshot_id: str, principal: PrincipalDep, svc: ServicesDep) -> str:
+def checked_vm(request: Request, svc: Services, vm_id: str) -> Vm:
+    """The VM ``owned_vm_id`` read for this request (read again if it was not)."""
+    vm: Vm | None = getattr(request.state, "vm", None)
+    return vm if vm is not None and vm.id == vm_id else svc.vms.get(vm_id)
+
+
+async def owned_snapshot_id(snapshot_id: str, principal: PrincipalDep, svc: ServicesDep) -> str:
     if not principal.can_see(svc.vms.snapshot(snapshot_id).owner_id):
         raise NotFoundError(f"snapshot {snapshot_id} not found")
     return snapshot_id

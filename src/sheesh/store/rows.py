@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sqlalchemy import Row
 
 from sheesh.models import (
     ApiKey,
@@ -86,7 +88,8 @@ class StoredImage:
     path: Path
 
 
-def vm_from_row(row: VmRow) -> Vm:
+def vm_from_row(row: VmRow | Row[Any]) -> Vm:
+    """From an ORM row or a plain result row of the ``vms`` table (the hot reads skip the ORM)."""
     created = utc(row.created_at)
     return Vm(
         id=row.id,
@@ -209,7 +212,7 @@ def user_values(user: User) -> dict[str, object]:
     }
 
 
-def user_from_row(row: UserRow) -> User:
+def user_from_row(row: UserRow | Row[Any]) -> User:
     return User(
         id=row.id,
         username=row.username,

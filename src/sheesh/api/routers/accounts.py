@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from sheesh.api.bodies import validated
-from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, authenticate, client_ip
+from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, client_ip, principal_of
 from sheesh.api.karma import Codec, karma_surface, read_body, respond
 from sheesh.api.rerobots import rerobots_surface
 from sheesh.api.routers.vms import ERRORS
@@ -173,7 +173,7 @@ async def purge(request: Request, svc: ServicesDep, body: PurgeBody | None = Non
         check = svc.accounts.check_password
         user_id = (await svc.hashing.run(client_ip(request), check, body.username, body.password)).id
     else:
-        user_id = authenticate(request, svc, None).user_id
+        user_id = principal_of(request, svc).user_id
     return JSONResponse({"purged": svc.auth.purge(user_id)})
 
 
