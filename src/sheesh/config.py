@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_disk_size_mb: int = 64 * 1024
     vm_max_timeout_s: int = 30 * 24 * 3600
     """Longest ``timeoutS`` a VM may be given (30 days)."""
+    auto_pause_s: float = 0
+    """Pause a running VM once nothing has used its guest (exec, files, run-ts/js, streams, consoles) for this
+    long; the next such request resumes it first. 0 (the default): never."""
     upload_max_bytes: int = 10 * 1024 * 1024
     max_body_bytes: int = 2 * 1024 * 1024
     """Largest request body of the JSON endpoints (uploads stream to their own limits): 413 beyond."""

@@ -121,6 +121,9 @@ class Vm:
     expires_at: datetime | None = None
     """When the VM's timeout runs out (``timeoutS``): it is then deleted or paused (``on_timeout``)."""
     on_timeout: TimeoutAction = TimeoutAction.DELETE
+    auto_paused: bool = False
+    """PAUSED by auto-pause (``SHEESH_AUTO_PAUSE_S``), not by its user: the next request that needs the guest
+    resumes it."""
 
     @property
     def user_snapshot_id(self) -> str | None:

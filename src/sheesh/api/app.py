@@ -48,6 +48,7 @@ async def _reconcile_loop(svc: Services) -> None:
             svc.nodes.check()
             await svc.vms.reconcile()
             await svc.vms.expire()
+            await svc.vms.auto_pause()
             await svc.instances.reconcile()
             await svc.node.ensure_network()  # rules removed behind the node's back (a host firewall reload)
         except Exception:

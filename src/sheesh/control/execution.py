@@ -103,27 +103,30 @@ class ExecService:
     metrics: Metrics | None = None
 
     async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
-        await self.vms.running(vm_id, "exec")
-        timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
-        limit = self.settings.exec_output_limit_bytes
-        return await self._logged(
-            vm_id,
-            ExecKind.EXEC,
-            req.cmd[:EXEC_LOG_COMMAND],
-            lambda: self.vms.node_of(vm_id).exec(vm_id, ExecRequest(req.cmd, req.cwd, req.env, timeout), limit),
-        )
+        async with self.vms.in_use(vm_id, "exec"):
+            timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
+            limit = self.settings.exec_output_limit_bytes
+            request = ExecRequest(req.cmd, req.cwd, req.env, timeout)
+            return await self._logged(
+                vm_id,
+                ExecKind.EXEC,
+                req.cmd[:EXEC_LOG_COMMAND],
+                lambda: self.vms.node_of(vm_id).exec(vm_id, request, limit),
+            )
 
     async def exec_stream(self, vm_id: str, req: StreamRequest) -> ExecStream:
         """Start a streaming command (``sheesh.execstream``). Like exec, each output stream is capped at the
         exec output limit and the timeout at the exec maximum (the default); a terminal session is neither
         capped nor timed out unless it asks (it ends with its shell or its client)."""
         await self.vms.running(vm_id, "exec")
+        self.vms.hold(vm_id)  # released when the stream ends
         timeout = req.timeout_ms or (None if req.pty else self.settings.exec_max_timeout_ms)
         limit = None if req.pty else self.settings.exec_output_limit_bytes
         started = datetime.now(UTC)
         t0 = time.monotonic()
 
         def record(exit: StreamExit | None, stdout: str, stderr: str, error: str | None) -> None:
+            self.vms.release(vm_id)
             self._add_log(
                 vm_id,
                 ExecKind.EXEC,
@@ -178,16 +181,16 @@ class ExecService:
         """run-ts or run-js. Deno gets network permission only where the VM has egress: all hosts with
         outbound internet, else the single addresses of its allowlist."""
         kind = ExecKind.RUN_TS if req.language == ScriptLanguage.TS else ExecKind.RUN_JS
-        vm = await self.vms.running(vm_id, kind.value)
-        allow_net: bool | list[str] = True if vm.outbound_internet else _single_hosts(vm.allow_ips)
-        timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
-        req = dataclasses.replace(req, timeout_ms=timeout)
-        code = req.code or ""
-        what = req.path or "sha256:" + hashlib.sha256(code.encode()).hexdigest()
-        limit = self.settings.exec_output_limit_bytes
-        return await self._logged(
-            vm_id, kind, what, lambda: self.vms.node_of(vm_id).run_script(vm_id, req, allow_net, limit)
-        )
+        async with self.vms.in_use(vm_id, kind.value) as vm:
+            allow_net: bool | list[str] = True if vm.outbound_internet else _single_hosts(vm.allow_ips)
+            timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
+            req = dataclasses.replace(req, timeout_ms=timeout)
+            code = req.code or ""
+            what = req.path or "sha256:" + hashlib.sha256(code.encode()).hexdigest()
+            limit = self.settings.exec_output_limit_bytes
+            return await self._logged(
+                vm_id, kind, what, lambda: self.vms.node_of(vm_id).run_script(vm_id, req, allow_net, limit)
+            )
 
     async def _logged(self, vm_id: str, kind: ExecKind, command: str, run: Callable[[], Awaitable[_R]]) -> _R:
         """Run ``run`` and add the outcome (or the failure) to the VM's execution history."""
@@ -215,7 +218,10 @@ class ExecService:
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""
-        await self.vms.running(vm_id, "upload")
+        async with self.vms.in_use(vm_id, "upload"):
+            return await self._upload(vm_id, dest, chunks)
+
+    async def _upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         limit = self.settings.upload_max_bytes
 
         async def counted() -> AsyncIterator[bytes]:
@@ -230,4 +236,18 @@ class ExecService:
 
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
         await self.vms.running(vm_id, "download")
-        return await self.vms.node_of(vm_id).download(vm_id, path)
+        self.vms.hold(vm_id)
+        try:
+            chunks = await self.vms.node_of(vm_id).download(vm_id, path)
+        except BaseException:
+            self.vms.release(vm_id)
+            raise
+        return self._released(vm_id, chunks)
+
+    async def _released(self, vm_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, then the VM's hold released (also when the client stops reading)."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.vms.release(vm_id)

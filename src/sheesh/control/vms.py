@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,11 @@ def vm_net(vm: Vm) -> VmNet:
     )
 
 
+def _pausable(vm: Vm) -> bool:
+    """Auto-pause applies to sandboxes used through the API only (not full VMs, forwarded ports or a VPN)."""
+    return vm.kind == VmKind.SANDBOX and not vm.ports and not vm.vpn_network
+
+
 def check_allow_ips(cidrs: list[str], guest_network: str) -> None:
     """Refuse allowlist entries inside the guest network: VMs cannot reach each other (isolated bridge ports,
     no proxy ARP), so such an entry could never work. The gateway (the node itself) is allowed; wider
@@ -100,6 +106,11 @@ class VmService:
     metrics: Metrics | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _alloc: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _last_used: dict[str, float] = field(default_factory=dict)
+    """When each VM's guest was last used (monotonic s), for auto-pause."""
+    _in_use: Counter[str] = field(default_factory=Counter)
+    """Guest operations in flight per VM (an exec, a stream, a transfer): such a VM is never auto-paused."""
+    _auto_pausing: set[str] = field(default_factory=set)
 
     @contextlib.asynccontextmanager
     async def _locked(self, vm_id: str) -> AsyncIterator[Vm]:
@@ -117,6 +128,8 @@ class VmService:
             raise ConflictError(f"VM {vm.id} cannot go from {vm.state} to {state}")
         vm.state = state
         vm.error = error
+        if state != VmState.PAUSED:
+            vm.auto_paused = False
         self.store.save_vm(vm)
 
     def _spec(self, vm: Vm, source: Snapshot | None = None) -> NodeVmSpec:
@@ -385,13 +398,95 @@ class VmService:
         self._locks.pop(vm_id, None)
 
     async def running(self, vm_id: str, what: str) -> Vm:
+        """The VM, running (resumed first if auto-pause paused it), for a guest operation ``what``.
+
+        :raise ConflictError: it is not running (nor auto-paused)
+        """
         vm = self._reachable(self.get(vm_id))
+        self._last_used[vm_id] = time.monotonic()
+        if (vm.state == VmState.PAUSED and vm.auto_paused) or vm_id in self._auto_pausing:
+            vm = await self._wake(vm_id)
         if vm.state != VmState.RUNNING:
             raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
         if not await self.nodes.of(vm).is_running(vm_id):
             await self.reconcile()
             raise ConflictError(f"VM {vm_id} is not running")
         return vm
+
+    async def touch(self, vm_id: str) -> None:
+        """The VM's guest is about to be used outside the API (a console): resume it if auto-pause paused it."""
+        self._last_used[vm_id] = time.monotonic()
+        vm = self.get(vm_id)
+        if (vm.state == VmState.PAUSED and vm.auto_paused) or vm_id in self._auto_pausing:
+            await self._wake(vm_id)
+
+    @contextlib.asynccontextmanager
+    async def in_use(self, vm_id: str, what: str) -> AsyncIterator[Vm]:
+        """``running``, and the VM counts as in use (never auto-paused) until the block ends."""
+        vm = await self.running(vm_id, what)
+        self.hold(vm_id)
+        try:
+            yield vm
+        finally:
+            self.release(vm_id)
+
+    def hold(self, vm_id: str) -> None:
+        """One more guest operation in flight on the VM (``release`` ends it)."""
+        self._in_use[vm_id] += 1
+
+    def release(self, vm_id: str) -> None:
+        self._in_use[vm_id] -= 1
+        if self._in_use[vm_id] <= 0:
+            del self._in_use[vm_id]
+        self._last_used[vm_id] = time.monotonic()
+
+    async def _wake(self, vm_id: str) -> Vm:
+        """Resume a VM auto-pause paused (once, however many requests arrive together)."""
+        async with self._locked(vm_id) as vm:
+            if vm.state == VmState.PAUSED and vm.auto_paused:
+                t0 = time.monotonic()
+                await self.nodes.of(vm).resume(vm_id)
+                self._set_state(vm, VmState.RUNNING)
+                log.info("VM %s resumed from auto-pause in %.0f ms", vm_id, (time.monotonic() - t0) * 1000)
+            return vm
+
+    async def auto_pause(self) -> list[str]:
+        """Pause the sandboxes nothing has used for ``settings.auto_pause_s`` (0: none); returns their ids.
+
+        Skipped: VMs with a guest operation in flight or a lifecycle change under way, full VMs, and VMs
+        reached directly over the network (forwarded ports, a VPN), whose use the control plane cannot see.
+        A VM first seen here counts as used now.
+        """
+        idle_s = self.settings.auto_pause_s
+        if idle_s <= 0:
+            return []
+        now = time.monotonic()
+        paused: list[str] = []
+        for vm in self.store.list_vms():
+            last = self._last_used.setdefault(vm.id, now)
+            if vm.state != VmState.RUNNING or now - last < idle_s or not _pausable(vm):
+                continue
+            if self._in_use[vm.id] or self._busy(vm.id):
+                continue
+            try:
+                async with self._locked(vm.id) as cur:
+                    if cur.state != VmState.RUNNING or self._in_use[vm.id] or self._last_used[vm.id] != last:
+                        continue
+                    self._auto_pausing.add(vm.id)  # a request arriving now waits and resumes it
+                    try:
+                        await self.nodes.of(cur).pause(vm.id)
+                        cur.auto_paused = True
+                        self._set_state(cur, VmState.PAUSED)
+                    finally:
+                        self._auto_pausing.discard(vm.id)
+            except SheeshError as exc:
+                log.warning("auto-pause of VM %s failed: %s", vm.id, exc.message)
+                continue
+            log.info("VM %s auto-paused after %.0f s unused", vm.id, now - last)
+            paused.append(vm.id)
+        for gone in self._last_used.keys() - {vm.id for vm in self.store.list_vms()}:
+            del self._last_used[gone]
+        return paused
 
     async def add_firewall_rule(self, vm_id: str, rule: FirewallRule) -> list[FirewallRule]:
         """Append an inbound rule (first match wins; traffic matching none is dropped)."""

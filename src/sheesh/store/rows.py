@@ -113,6 +113,7 @@ def vm_from_row(row: VmRow | Row[Any]) -> Vm:
         vpn_network=row.vpn_network,
         expires_at=utc(row.expires_at) if row.expires_at else None,
         on_timeout=TimeoutAction(row.on_timeout or TimeoutAction.DELETE),
+        auto_paused=bool(row.auto_paused),
     )
 
 
@@ -147,6 +148,7 @@ def vm_values(vm: Vm) -> dict[str, object]:
         "ports": to_wire(vm.ports),
         "expires_at": vm.expires_at,
         "on_timeout": vm.on_timeout.value,
+        "auto_paused": vm.auto_paused,
     }
 
 

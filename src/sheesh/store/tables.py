@@ -37,6 +37,7 @@ class VmRow(Base):
     vpn_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     on_timeout: Mapped[str] = mapped_column(String(16), default="delete")
+    auto_paused: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ImageRow(Base):

@@ -34,4 +34,4 @@ async def danbo_agent_token(
     otp: Annotated[str | None, Query(description="One-time passcode (API keys, when 2FA is on)")] = None,
     x_otp: Annotated[str | None, Header(alias="X-OTP")] = None,
 ) -> AgentTokenOut:
-    return issue_agent_token(svc, principal, vm_id, otp or x_otp)
+    return await issue_agent_token(svc, principal, vm_id, otp or x_otp)

@@ -95,12 +95,14 @@ async def agent_token(
 ) -> AgentTokenOut:
     """With 2FA on, an API key needs a current passcode (``otp`` or ``X-OTP``); a login token does not (the
     passcode was checked at login)."""
-    return issue_agent_token(svc, principal, vm_id, otp or x_otp)
+    return await issue_agent_token(svc, principal, vm_id, otp or x_otp)
 
 
-def issue_agent_token(svc: Services, principal: Principal, vm_id: str, otp: str | None) -> AgentTokenOut:
+async def issue_agent_token(svc: Services, principal: Principal, vm_id: str, otp: str | None) -> AgentTokenOut:
+    """A console token; an auto-paused VM is resumed for the console."""
     if not principal.login:
         require_otp(svc.accounts.user(principal.user_id), otp)
+    await svc.vms.touch(vm_id)
     node = svc.vms.get(vm_id).node
     ttl = svc.settings.agent_token_ttl_s
     token = svc.nodes.agent_signer(node, svc.sessions).issue(vm_id, "agent", ttl)
