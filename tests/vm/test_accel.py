@@ -16,7 +16,7 @@ pytestmark = pytest.mark.vm
 
 async def test_boot_probe_detects_a_working_accelerator(guest_image: BuiltImage, tmp_path: Path) -> None:
     drv = QemuDriver(tmp_path)
-    assert await drv.boots(guest_image.kernel, "tcg") is True
+    assert await drv.boots(guest_image.kernel, "tcg", timeout=60) is True  # TCG is far slower than the KVM bound
     assert await drv.boots(tmp_path / "missing-kernel", "tcg") is False
 
 

@@ -149,6 +149,17 @@ def send_job(shell: Shell, cwd: str, env: dict[str, str], cmd: str) -> None:
         job.write(job_script(shell.child_job_fd, cwd, env, cmd))
 
 
+REFILL_NICE = 19
+"""Niceness of warm shells while they start and wait: a back-to-back job never waits behind a refill."""
+
+
+def _renice(shell: Shell, nice: int) -> None:
+    """Set the niceness of a waiting shell (only as root: raising it back needs the privilege)."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PROCESS, shell.proc.pid, nice)
+
+
 class WarmShells:
     """Shells started ahead of time (``size`` ready at once), refilled after each job."""
 
@@ -176,6 +187,7 @@ class WarmShells:
                 except OSError:
                     time.sleep(1)
                     continue
+                _renice(shell, REFILL_NICE)  # its start-up yields to a job running meanwhile
                 with self._lock:
                     self._ready.append(shell)
 
@@ -186,6 +198,7 @@ class WarmShells:
             while self._ready:
                 candidate = self._ready.pop(0)
                 if candidate.proc.poll() is None:
+                    _renice(candidate, 0)
                     return candidate
         return None
 

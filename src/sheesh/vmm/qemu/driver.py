@@ -59,6 +59,11 @@ async def _run(argv: list[str], what: str) -> None:
         raise VmmError(f"{what} failed: {out.decode(errors='replace').strip()}")
 
 
+KVM_PROBE_TIMEOUT_S = 8.0
+"""Bound of the KVM probe boot: under a working KVM the kernel reaches its panic in about a second; a KVM that
+cannot run the guest hangs until the bound, and the first VM waits for it (once: the answer is cached)."""
+
+
 class QemuDriver:
     """Implements ``VmmDriver``. ``accel``: ``kvm``, ``tcg`` or ``auto`` (KVM if a probe boot works, the
     result cached in ``state_dir``)."""
@@ -109,7 +114,7 @@ class QemuDriver:
         cache.write_text(json.dumps({"key": key, "kvm": ok}))
         return ok
 
-    async def boots(self, kernel: Path, accel: str, timeout: float = 20.0) -> bool:
+    async def boots(self, kernel: Path, accel: str, timeout: float = KVM_PROBE_TIMEOUT_S) -> bool:
         """Whether ``kernel`` boots under ``accel`` far enough to panic for want of an init."""
         argv = probe_argv(self.binary, kernel, accel, host_tsc_khz())
         try:
