@@ -462,7 +462,8 @@ class VmService:
             return []
         now = time.monotonic()
         paused: list[str] = []
-        for vm in self.store.list_vms():
+        vms = self.store.list_vms()
+        for vm in vms:
             last = self._last_used.setdefault(vm.id, now)
             if vm.state != VmState.RUNNING or now - last < idle_s or not _pausable(vm):
                 continue
@@ -484,7 +485,7 @@ class VmService:
                 continue
             log.info("VM %s auto-paused after %.0f s unused", vm.id, now - last)
             paused.append(vm.id)
-        for gone in self._last_used.keys() - {vm.id for vm in self.store.list_vms()}:
+        for gone in self._last_used.keys() - {vm.id for vm in vms}:
             del self._last_used[gone]
         return paused
 
