@@ -77,8 +77,8 @@ BARE_APP = textwrap.dedent(
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
     sys.path.insert(0, sys.argv[3])
-    from sheesh.cli.serving import bare_server_options
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), **bare_server_options())
+    from sheesh.cli.serving import HTTP_OPTIONS  # what `sheesh serve` runs uvicorn with (TLS aside)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), **HTTP_OPTIONS)
     """
 )
 

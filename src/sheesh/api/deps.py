@@ -154,20 +154,17 @@ async def require_admin(principal: PrincipalDep) -> Principal:
     return principal
 
 
-async def owned_vm_id(vm_id: str, principal: PrincipalDep, svc: ServicesDep, request: Request) -> str:
-    """The path's VM id, if the caller may act on it (another user's VM is 404, like a missing one). The
-    record read is kept for the handler (``checked_vm``)."""
+async def owned_vm(vm_id: str, principal: PrincipalDep, svc: ServicesDep) -> Vm:
+    """The path's VM, if the caller may act on it (another user's VM is 404, like a missing one)."""
     vm = svc.vms.get(vm_id)
     if not principal.can_see(vm.owner_id):
         raise NotFoundError(f"VM {vm_id} not found")
-    request.state.vm = vm
-    return vm_id
+    return vm
 
 
-def checked_vm(request: Request, svc: Services, vm_id: str) -> Vm:
-    """The VM ``owned_vm_id`` read for this request (read again if it was not)."""
-    vm: Vm | None = getattr(request.state, "vm", None)
-    return vm if vm is not None and vm.id == vm_id else svc.vms.get(vm_id)
+async def owned_vm_id(vm: Annotated[Vm, Depends(owned_vm)]) -> str:
+    """``owned_vm``'s id (FastAPI resolves ``owned_vm`` once per request, so a handler may take both)."""
+    return vm.id
 
 
 async def owned_snapshot_id(snapshot_id: str, principal: PrincipalDep, svc: ServicesDep) -> str:
@@ -176,6 +173,7 @@ async def owned_snapshot_id(snapshot_id: str, principal: PrincipalDep, svc: Serv
     return snapshot_id
 
 
+OwnedVm = Annotated[Vm, Depends(owned_vm)]
 OwnedVmId = Annotated[str, Depends(owned_vm_id)]
 OwnedSnapshotId = Annotated[str, Depends(owned_snapshot_id)]
 AdminDep = Annotated[Principal, Depends(require_admin)]

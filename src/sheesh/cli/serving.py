@@ -24,11 +24,6 @@ HTTP_OPTIONS: dict[str, Any] = {
 """JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
 
 
-def bare_server_options() -> dict[str, Any]:
-    """The uvicorn options of ``sheesh serve`` without TLS, for the floor of ``bench/api.py``."""
-    return dict(HTTP_OPTIONS)
-
-
 def server_options(settings: Settings) -> tuple[dict[str, Any], Path | None]:
     """uvicorn options (ours, and the certificate when TLS is configured) and that certificate's path.
 

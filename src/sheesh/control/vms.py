@@ -402,10 +402,7 @@ class VmService:
 
         :raise ConflictError: it is not running (nor auto-paused)
         """
-        vm = self._reachable(self.get(vm_id))
-        self._last_used[vm_id] = time.monotonic()
-        if (vm.state == VmState.PAUSED and vm.auto_paused) or vm_id in self._auto_pausing:
-            vm = await self._wake(vm_id)
+        vm = await self._awake(self._reachable(self.get(vm_id)))
         if vm.state != VmState.RUNNING:
             raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
         if not await self.nodes.of(vm).is_running(vm_id):
@@ -415,10 +412,14 @@ class VmService:
 
     async def touch(self, vm_id: str) -> None:
         """The VM's guest is about to be used outside the API (a console): resume it if auto-pause paused it."""
-        self._last_used[vm_id] = time.monotonic()
-        vm = self.get(vm_id)
-        if (vm.state == VmState.PAUSED and vm.auto_paused) or vm_id in self._auto_pausing:
-            await self._wake(vm_id)
+        await self._awake(self.get(vm_id))
+
+    async def _awake(self, vm: Vm) -> Vm:
+        """``vm`` counted as used now; resumed first if auto-pause paused it (or is pausing it)."""
+        self._last_used[vm.id] = time.monotonic()
+        if (vm.state == VmState.PAUSED and vm.auto_paused) or vm.id in self._auto_pausing:
+            return await self._wake(vm.id)
+        return vm
 
     @contextlib.asynccontextmanager
     async def in_use(self, vm_id: str, what: str) -> AsyncIterator[Vm]:

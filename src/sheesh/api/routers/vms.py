@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
-from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, checked_vm, rate_limited
+from sheesh.api.deps import OwnedVm, OwnedVmId, PrincipalDep, ServicesDep, rate_limited
 from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, TimeoutBody, VmOut, iso
 from sheesh.auth.apikeys import Principal
 from sheesh.auth.totp import require_otp
@@ -75,8 +75,8 @@ async def list_vms(svc: ServicesDep, principal: PrincipalDep) -> list[VmOut]:
 
 
 @router.get("/{vm_id}", summary="Get a VM (with the node host/port of its console endpoints)")
-async def get_vm(vm_id: OwnedVmId, svc: ServicesDep, request: Request) -> VmOut:
-    return vm_out(svc, checked_vm(request, svc, vm_id))
+async def get_vm(vm: OwnedVm, svc: ServicesDep) -> VmOut:
+    return vm_out(svc, vm)
 
 
 class AgentTokenOut(BaseModel):
