@@ -12,7 +12,7 @@ import pytest
 from qemu.qmp import QMPClient
 
 from sheesh.image.builder import BuiltImage
-from tests.server import ServerProcess, running_server
+from tests.server import ServerProcess, running_server, wait_for
 
 pytestmark = pytest.mark.vm
 SHAPE = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -36,6 +36,9 @@ def test_restore_keeps_files_and_processes_and_refreshes_identity(srv: ServerPro
     with srv.client() as c:
         src = c.post("/v1/vms", json=SHAPE).json()["id"]
         _sh(c, src, "echo before > /workspace/state.txt; nohup sleep 9999 >/dev/null 2>&1 & echo started")
+        ts = c.post(f"/v1/vms/{src}/run-ts", json={"code": "console.log(1)"})
+        assert ts.status_code == 200 and ts.json()["stdout"] == "1\n", ts.text
+        wait_for("a warm Deno", lambda: _sh(c, src, "pgrep -f 'runner[.]ts' || true") != "", 120)
         sleep_pid = _sh(c, src, "pgrep -x sleep").strip()
         r = c.post(f"/v1/vms/{src}/snapshots")
         assert r.status_code == 201, r.text
@@ -60,6 +63,12 @@ def test_restore_keeps_files_and_processes_and_refreshes_identity(srv: ServerPro
             streams.add(_sh(c, vm, "head -c 16 /dev/urandom | od -An -tx1; echo $RANDOM $RANDOM"))
         streams.add(_sh(c, src, "head -c 16 /dev/urandom | od -An -tx1; echo $RANDOM $RANDOM"))
         assert len(streams) == 3, "clones share random streams"
+        # the warm Deno the snapshot holds is not reused by the copies: each gets a Deno of its own
+        randoms = {
+            c.post(f"/v1/vms/{vm}/run-ts", json={"code": "console.log(Math.random())"}).json()["stdout"]
+            for vm in [src, *(v["id"] for v in clones)]
+        }
+        assert len(randoms) == 3, randoms
         # a restored VM can itself be snapshotted (its RAM is streamed) and restored again
         r = c.post(f"/v1/vms/{clones[0]['id']}/snapshots")
         assert r.status_code == 201, r.text

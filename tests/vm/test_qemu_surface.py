@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -77,7 +78,38 @@ def test_run_ts_path_timeout_and_uid(vm: tuple[httpx.Client, str]) -> None:
     assert r.status_code == 400 and "does not exist" in r.json()["message"]
     r = c.post(f"/v1/vms/{vm_id}/run-ts", json={"code": "while (true) {}", "timeoutMs": 2000})
     assert r.json()["timedOut"] is True and r.json()["exitCode"] == 124
-    assert _sh(c, vm_id, "pgrep -x deno || true") == ""
+    # what is left is at most the warm Deno started after the run, waiting for the next one
+    left = _sh(c, vm_id, "ps -o stat=,args= -C deno || true").splitlines()
+    assert len(left) <= 1 and all("runner.ts" in line and line.startswith("S") for line in left), left
+
+
+def _warm_deno_pid(c: httpx.Client, vm_id: str, timeout_s: float = 120) -> int:
+    """The PID of the warm Deno waiting in the VM (waits for it to be started)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = _sh(c, vm_id, "pgrep -f 'deno run .*runner[.]ts' || true").split()
+        if pids:
+            return int(pids[0])
+        assert time.monotonic() < deadline, "no warm Deno was started"
+        time.sleep(1)
+
+
+def test_run_ts_warm_deno(vm: tuple[httpx.Client, str]) -> None:
+    c, vm_id = vm
+    url = f"/v1/vms/{vm_id}/run-ts"
+    assert c.post(url, json={"code": "console.log(1)"}).json()["stdout"] == "1\n"
+    warm = _warm_deno_pid(c, vm_id)
+    assert _sh(c, vm_id, f"ps -o user=,ni= -p {warm}").split() == ["user", "19"]  # waits as the exec user
+    code = "console.log(Deno.pid); result.set({ ok: true })"
+    body = c.post(url, json={"code": code}).json()
+    assert body["stdout"] == f"{warm}\n" and body["result"] == {"ok": True}, body  # the warm one ran it
+    assert _sh(c, vm_id, f"test -d /proc/{warm} || echo gone") == "gone\n"  # one run each
+    # another command line (env, args) starts cold and gets its own warm Deno for next time
+    body = c.post(url, json={"code": "console.log(Deno.args[0])", "args": ["x"], "env": ["K=v"]}).json()
+    assert body["stdout"] == "x\n", body
+    again = _warm_deno_pid(c, vm_id)
+    body = c.post(url, json={"code": "console.log(Deno.pid, Deno.args[0])", "args": ["x"], "env": ["K=v"]}).json()
+    assert body["stdout"] == f"{again} x\n", body
 
 
 def test_upload_download_roundtrip(vm: tuple[httpx.Client, str]) -> None:

@@ -38,6 +38,7 @@ from sheesh.guest.protocol import ErrorKind, Op
 from sheesh.guest.scripts import run_script
 from sheesh.guest.sshd import SshError, SshServer
 from sheesh.guest.streams import StreamJobs
+from sheesh.guest.warmdeno import WarmDeno
 
 AGENT_ID = uuid.uuid4().hex
 """Names this agent process in every reply: the node notices a restarted agent by a new name."""
@@ -144,8 +145,10 @@ class Agent:
         write: Callable[[bytes], None],
         shells: WarmShells | None = None,
         transfers: files.Transfers | None = None,
+        deno: WarmDeno | None = None,
     ) -> None:
         self.config = config
+        self.deno = deno
         self.transfers = transfers or files.Transfers(
             config.workspace, GUEST_WORKSPACE, config.owner(), staging=config.staging
         )
@@ -156,11 +159,11 @@ class Agent:
         t = self.transfers
         self.handlers: dict[Op, Callable[[dict[str, Any]], dict[str, Any]]] = {
             Op.PING: self._ping,
-            Op.REFRESH: lambda req: refresh_identity(config, req),
+            Op.REFRESH: self._refresh,
             Op.NET: lambda req: configure_network(config, req),
             Op.RESIZE_FS: _resize_fs,
             Op.EXEC: lambda req: run_exec(config, req, self.shells),
-            Op.RUN_TS: lambda req: run_script(config, req, "ts", config.deno, shells=self.shells),
+            Op.RUN_TS: lambda req: run_script(config, req, "ts", config.deno, shells=self.shells, deno=self.deno),
             Op.RUN_JS: lambda req: run_script(config, req, "js", config.node, shells=self.shells),
             Op.SYNC: _sync,
             Op.SSH_AUTHORIZE: self._ssh_authorize,
@@ -204,6 +207,12 @@ class Agent:
         data = base64.b64decode(str(req.get("data") or ""))
         self.streams.get(req.get("stream")).write(data, bool(req.get("eof")))
         return {}
+
+    def _refresh(self, req: dict[str, Any]) -> dict[str, Any]:
+        reply = refresh_identity(self.config, req)
+        if self.deno is not None:
+            self.deno.discard()  # a restored copy's Deno shares its random state with the original's
+        return reply
 
     def _ping(self, _: dict[str, Any]) -> dict[str, Any]:
         warm = self.shells.ready() if self.shells is not None else 0
@@ -292,10 +301,10 @@ def find_port(name: str = protocol.PORT_NAME) -> str | None:
     return None
 
 
-def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None) -> None:
+def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None, deno: WarmDeno | None = None) -> None:
     """Serve the virtio-serial port forever; EOF means no host is connected: poll and go on."""
     fd = os.open(path, os.O_RDWR)
-    agent = Agent(config, _write_all(fd), shells)
+    agent = Agent(config, _write_all(fd), shells, deno=deno)
     decoder = protocol.FrameDecoder()
     heard = False
     while True:
@@ -322,9 +331,10 @@ def serve_connection(
     conn: socket.socket,
     shells: WarmShells | None = None,
     transfers: files.Transfers | None = None,
+    deno: WarmDeno | None = None,
 ) -> None:
     """Serve one stream connection until the peer closes it."""
-    agent = Agent(config, conn.sendall, shells, transfers)
+    agent = Agent(config, conn.sendall, shells, transfers, deno)
     decoder = protocol.FrameDecoder()
     with conn:
         try:
@@ -335,7 +345,7 @@ def serve_connection(
             agent.host_gone()
 
 
-def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None) -> None:
+def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None, deno: WarmDeno | None = None) -> None:
     """Listen on a Unix socket, one connection at a time (like a QEMU chardev)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -345,7 +355,7 @@ def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None)
     transfers = files.Transfers(config.workspace, GUEST_WORKSPACE, config.owner())
     while True:
         conn, _ = srv.accept()
-        serve_connection(config, conn, shells, transfers)
+        serve_connection(config, conn, shells, transfers, deno)
 
 
 def watch_power_button(poweroff: Callable[[], None]) -> None:
@@ -398,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.same_user:
             config.uid, config.gid = 1000, 1000
-        serve_unix(config, args.listen, WarmShells(config))
+        serve_unix(config, args.listen, WarmShells(config), WarmDeno(config))
         return 0
 
     ssh = SshServer()
@@ -411,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         time.sleep(0.05)
     print(f"sheesh-agent: serving {path} (cgroups: {'on' if cgroups else 'off'})", file=sys.stderr, flush=True)
-    serve_port(config, path, WarmShells(config, cgroups=cgroups))
+    serve_port(config, path, WarmShells(config, cgroups=cgroups), WarmDeno(config, cgroups))
     return 0
 
 

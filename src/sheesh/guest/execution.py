@@ -153,11 +153,20 @@ REFILL_NICE = 19
 """Niceness of warm shells while they start and wait: a back-to-back job never waits behind a refill."""
 
 
-def _renice(shell: Shell, nice: int) -> None:
-    """Set the niceness of a waiting shell (only as root: raising it back needs the privilege)."""
-    if os.geteuid() == 0:
+def renice(shell: Shell, nice: int) -> None:
+    """Set the niceness of a waiting shell, each of its threads (only as root: raising it back needs the
+    privilege). Threads take their niceness from the thread that starts them: a program the shell ``exec``-s
+    after this starts all of its threads at ``nice``."""
+    if os.geteuid() != 0:
+        return
+    pid = shell.proc.pid
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.setpriority(os.PRIO_PROCESS, shell.proc.pid, nice)
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
 
 
 class WarmShells:
@@ -187,7 +196,7 @@ class WarmShells:
                 except OSError:
                     time.sleep(1)
                     continue
-                _renice(shell, REFILL_NICE)  # its start-up yields to a job running meanwhile
+                renice(shell, REFILL_NICE)  # its start-up yields to a job running meanwhile
                 with self._lock:
                     self._ready.append(shell)
 
@@ -198,7 +207,7 @@ class WarmShells:
             while self._ready:
                 candidate = self._ready.pop(0)
                 if candidate.proc.poll() is None:
-                    _renice(candidate, 0)
+                    renice(candidate, 0)
                     return candidate
         return None
 
@@ -296,8 +305,19 @@ def run_job(
     shell = shells.take() if shells is not None else None
     if shell is None:
         shell = spawn_shell(config, cgroups)
-    assert shell.out_fd is not None and shell.err_fd is not None  # pipes: no tty asked for
     send_job(shell, cwd, env, cmd)
+    try:
+        return wait_job(shell, cgroups, timeout_ms=timeout_ms, output_limit=output_limit)
+    finally:
+        if shells is not None:
+            shells.refill()
+
+
+def wait_job(
+    shell: Shell, cgroups: ExecCgroups | None, *, timeout_ms: int | None, output_limit: int | None
+) -> dict[str, Any]:
+    """Collect the output of the job ``shell`` runs (already sent), wait for it, clean up after it."""
+    assert shell.out_fd is not None and shell.err_fd is not None  # pipes: no tty asked for
     deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
     limit = int(output_limit or DEFAULT_OUTPUT_LIMIT)
     timed_out, truncated, out, err = collect(
@@ -306,8 +326,6 @@ def run_job(
     code = shell.proc.wait()
     if timed_out and shell.cgroup is not None:
         shell.cgroup.kill_and_wait()  # the answer says the job is over: so is everything it started
-    if shells is not None:
-        shells.refill()
     if shell.cgroup is not None and cgroups is not None:
         cgroups.release(shell.cgroup)
     return {

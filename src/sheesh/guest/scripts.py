@@ -23,8 +23,17 @@ import tempfile
 import uuid
 from typing import Any
 
-from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, WarmShells, env_list, run_job
+from sheesh.guest.execution import (
+    GUEST_WORKSPACE,
+    RequestError,
+    RunConfig,
+    WarmShells,
+    env_list,
+    run_job,
+    wait_job,
+)
 from sheesh.guest.protocol import ErrorKind
+from sheesh.guest.warmdeno import DenoCommand, Warm, WarmDeno
 
 DNS_TLS_READ = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/usr/share/ca-certificates")
 SCRATCH_DIRS = ("/tmp", "/var/tmp")
@@ -133,6 +142,23 @@ def deno_permissions(config: RunConfig, flags: list[str], env: dict[str, str], a
     return perms
 
 
+def _warm_eligible(flags: list[str]) -> bool:
+    """Whether a warm Deno can serve a run with these denoFlags: its runner imports the entry, which needs
+    read permission on the run folder (our default ``--allow-read`` has it)."""
+    return not _has_flag(flags, "-R", "--allow-read") or _has_flag(flags, "-A", "--allow-all")
+
+
+def _send_entry(warm: Warm, entry: str) -> bool:
+    """Hand the warm Deno its entry module and close its stdin; False when it died meanwhile."""
+    try:
+        os.write(warm.stdin_fd, ("file://" + entry + "\n").encode())
+    except BrokenPipeError:
+        return False
+    finally:
+        os.close(warm.stdin_fd)
+    return True
+
+
 def run_script(
     config: RunConfig,
     req: dict[str, Any],
@@ -140,9 +166,12 @@ def run_script(
     binary: str,
     *,
     shells: WarmShells | None = None,
+    deno: WarmDeno | None = None,
 ) -> dict[str, Any]:
     """Run ``req`` (``code`` or ``path``, ``args``, ``env`` ``["K=V"]``, ``timeout_ms``; run-ts also
-    ``deno_flags`` and ``allow_net``; ``error_stack``) as ``language`` "ts" (Deno) or "js" (Node.js)."""
+    ``deno_flags`` and ``allow_net``; ``error_stack``) as ``language`` "ts" (Deno) or "js" (Node.js).
+    run-ts uses ``deno``'s warm Deno when it was started for the same command line, and has the next one
+    started after the run."""
     flags = [str(f) for f in req.get("deno_flags") or []] if language == "ts" else []
     if any(not f.startswith("-") for f in flags):
         raise RequestError("denoFlags must be flags (starting with -)")
@@ -150,40 +179,43 @@ def run_script(
     if not os.path.exists(binary):
         what = "deno" if language == "ts" else "node"
         raise RequestError(f"{what} is not installed in this image", ErrorKind.INTERNAL)
-    run_dir = tempfile.mkdtemp(prefix=f"sheesh-{language}-")
+    args = [str(a) for a in req.get("args") or []]
+    env = {"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", **user_env}
     nonce = uuid.uuid4().hex
     stack = "true" if req.get("error_stack") else "false"
+    head: tuple[str, ...] = (binary,)
+    warmable: DenoCommand | None = None  # the command line a warm Deno can serve (and is started for)
+    if language == "ts":
+        head = (binary, "run", *deno_permissions(config, flags, user_env, req.get("allow_net")), *flags)
+        if deno is not None and _warm_eligible(flags):
+            warmable = DenoCommand(argv=head, args=tuple(args), env=tuple(env.items()))
+    warm = deno.take(warmable) if deno is not None and warmable is not None else None
+    run_dir = warm.run_dir if warm is not None else tempfile.mkdtemp(prefix=f"sheesh-{language}-")
     try:
         if language == "ts":
             module = _module(config, req, run_dir, "main.ts", (".ts",))
             entry = os.path.join(run_dir, "entry.ts")
             text = DENO_ENTRY % {"nonce": nonce, "module": json.dumps(module), "stack": stack}
-            perms = deno_permissions(config, flags, user_env, req.get("allow_net"))
-            argv = [binary, "run", *perms, *flags, entry]
         else:
             module = _module(config, req, run_dir, "main.mjs", (".js", ".mjs", ".cjs"))
             entry = os.path.join(run_dir, "entry.mjs")
             base = json.dumps(os.path.join(config.workspace, "index.js"))
             text = NODE_ENTRY % {"nonce": nonce, "module": json.dumps(module), "stack": stack, "require_base": base}
-            argv = [binary, entry]
         with open(entry, "w") as fh:
             fh.write(text)
         if (owner := config.owner()) is not None:
             for name in [run_dir, *(os.path.join(run_dir, n) for n in os.listdir(run_dir))]:
                 os.chown(name, *owner)
-        argv += [str(a) for a in req.get("args") or []]
-        env = {"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", **user_env}
-        reply = run_job(
-            config,
-            shells,
-            cwd=config.workspace,
-            env=env,
-            cmd="exec " + shlex.join(argv),
-            timeout_ms=req.get("timeout_ms"),
-            output_limit=req.get("output_limit"),
-        )
+        limits = {"timeout_ms": req.get("timeout_ms"), "output_limit": req.get("output_limit")}
+        if warm is not None and _send_entry(warm, entry):
+            reply = wait_job(warm.shell, deno.cgroups if deno is not None else None, **limits)
+        else:
+            cmd = "exec " + shlex.join([*head, entry, *args])
+            reply = run_job(config, shells, cwd=config.workspace, env=env, cmd=cmd, **limits)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        if deno is not None and warmable is not None:
+            deno.prepare(warmable)
     stderr, marker = split_result(reply.pop("stderr_bytes"), nonce)
     reply["stderr"] = stderr.decode(errors="replace")
     if marker is not None:
