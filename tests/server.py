@@ -87,6 +87,7 @@ class ServerProcess:
         self.env.setdefault("SHEESH_RAM_DIR", f"/dev/shm/sheesh/test-{os.getpid()}-{ServerProcess._instances}")
         self.env.setdefault("SHEESH_ACCEL", "tcg")
         self.env.setdefault("SHEESH_TEMPLATES", "false")
+        self.env.setdefault("SHEESH_TEMPLATE_SHAPES", "")  # a test that wants one asks for it
         self.env.setdefault("SHEESH_GLOBAL_RATE_LIMIT", "100000")  # suites run faster than 100 requests/min
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"

@@ -133,6 +133,16 @@ class Settings(BaseSettings):
     """Control plane: CA bundle (PEM) to check remote nodes' certificates with (default: the system's)."""
     templates: bool = True
     """Serve creates from per-shape template snapshots (first create of a shape boots and builds one)."""
+    template_shapes: str = Field(default="1:256", pattern=r"^(\s*\d+:\d+\s*(,\s*\d+:\d+\s*)*)?$")
+    """Shapes (``vCPUs:MiB``, comma-separated; empty: none) whose templates are built right after start, for
+    the default image, so the first create of such a shape is a restore too."""
+
+    def prebuilt_shapes(self) -> list[tuple[int, int]]:
+        """``template_shapes`` as (vCPUs, MiB) pairs (none when templates are off)."""
+        if not self.templates:
+            return []
+        pairs = (item.split(":") for item in self.template_shapes.split(",") if item.strip())
+        return [(int(cpu), int(mem)) for cpu, mem in pairs]
 
     def node_host(self) -> str:
         """The address clients reach the (local) node at: ``node_public_host``, else the listen address

@@ -174,3 +174,23 @@ async def test_restore_image_mismatch(settings: Settings) -> None:
         await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], image_id="img-other", snapshot_id=snap.id))
     with pytest.raises(ConflictError):
         await svc.vms.delete_snapshot((await svc.vms.fork(vm.id, 1))[0].id)
+
+
+async def test_templates_of_the_configured_shapes_are_built_at_start(settings: Settings) -> None:
+    settings.templates, settings.template_shapes = True, "1:256, 2:512"
+    svc, node = fake_services(settings)
+    await svc.start()
+    await svc.vms.templates.wait_idle()
+    image = svc.store.list_images()[0].image.id
+    assert svc.vms.templates.find(node.name, image, 1, 256) is not None
+    assert svc.vms.templates.find(node.name, image, 2, 512) is not None
+    first = await svc.vms.create(CreateVm(cpu=2, mem_mb=512, allow_ips=[]))
+    assert first.provision_mode == "snapshot", "the first create of a configured shape restores"
+    await svc.start()  # a restart builds nothing already there
+    await svc.vms.templates.wait_idle()
+    assert len([s for s in svc.store.list_snapshots() if s.kind == SnapshotKind.TEMPLATE]) == 2
+
+    settings.templates = False
+    assert settings.prebuilt_shapes() == []
+    with pytest.raises(ValueError):
+        Settings(template_shapes="1x256")

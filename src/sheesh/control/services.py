@@ -85,9 +85,10 @@ class Services:
         )
 
     async def start(self) -> None:
-        """After the VMs are recovered: the default workspace type, then instances and the reservation queue,
-        then CI jobs."""
+        """After the VMs are recovered: templates of the configured shapes (built in the background), the default
+        workspace type, then instances and the reservation queue, then CI jobs."""
         await self.nodes.sync()
+        await self.vms.prebuild_templates()
         self.workspaces.ensure_defaults()
         await self.instances.recover()
         await self.ci.recover()

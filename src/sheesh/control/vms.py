@@ -577,6 +577,18 @@ class VmService:
             with contextlib.suppress(ConflictError):
                 self._set_state(vm, VmState.STOPPED, reason)
 
+    async def prebuild_templates(self) -> None:
+        """Start building the templates of ``template_shapes`` (for the default image, on the node a create of
+        that shape would go to) where they are missing: the first create of such a shape restores too."""
+        for cpu, mem_mb in self.settings.prebuilt_shapes():
+            try:
+                node_name = await self.nodes.place(cpu, mem_mb)
+                image = resolve_image(self.store, None)
+            except SheeshError as exc:
+                log.warning("no template built at start for %d vCPU, %d MiB: %s", cpu, mem_mb, exc.message)
+                continue
+            self.templates.ensure(node_name, image.image.id, cpu, mem_mb)
+
     async def recover(self) -> None:
         """After a restart: roll back interrupted creates (the caller never got the VM: its machine may lack
         its network or identity refresh), stop interrupted starts, finish interrupted deletes, re-attach live
