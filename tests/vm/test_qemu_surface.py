@@ -74,13 +74,16 @@ def test_run_ts_path_timeout_and_uid(vm: tuple[httpx.Client, str]) -> None:
     flags = ["--allow-sys=uid", "--allow-read=/workspace"]
     r = c.post(f"/v1/vms/{vm_id}/run-ts", json={"path": "/workspace/app/main.ts", "denoFlags": flags})
     assert r.status_code == 200 and r.json()["stdout"] == "1000 /workspace\n", r.text
+    warm = _warm_deno_pid(c, vm_id)
     r = c.post(f"/v1/vms/{vm_id}/run-ts", json={"path": "/workspace/missing.ts"})
     assert r.status_code == 400 and "does not exist" in r.json()["message"]
+    warm = _warm_deno_pid(c, vm_id)  # the refused request's Deno is dropped and another started
     r = c.post(f"/v1/vms/{vm_id}/run-ts", json={"code": "while (true) {}", "timeoutMs": 2000})
     assert r.json()["timedOut"] is True and r.json()["exitCode"] == 124
-    # what is left is at most the warm Deno started after the run, waiting for the next one
-    left = _sh(c, vm_id, "ps -o stat=,args= -C deno || true").splitlines()
-    assert len(left) <= 1 and all("runner.ts" in line and line.startswith("S") for line in left), left
+    # the Deno that ran it is gone and reaped (no zombie); only a fresh warm one may be there
+    ps = _sh(c, vm_id, "ps -eo pid=,stat=,args=")
+    assert str(warm) not in [line.split()[0] for line in ps.splitlines()], ps
+    assert not [line for line in ps.splitlines() if line.split()[1].startswith("Z")], ps
 
 
 def _warm_deno_pid(c: httpx.Client, vm_id: str, timeout_s: float = 120) -> int:

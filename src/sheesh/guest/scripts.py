@@ -33,7 +33,7 @@ from sheesh.guest.execution import (
     wait_job,
 )
 from sheesh.guest.protocol import ErrorKind
-from sheesh.guest.warmdeno import DenoCommand, Warm, WarmDeno
+from sheesh.guest.warmdeno import DenoCommand, WarmDeno
 
 DNS_TLS_READ = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/usr/share/ca-certificates")
 SCRATCH_DIRS = ("/tmp", "/var/tmp")
@@ -148,15 +148,24 @@ def _warm_eligible(flags: list[str]) -> bool:
     return not _has_flag(flags, "-R", "--allow-read") or _has_flag(flags, "-A", "--allow-all")
 
 
-def _send_entry(warm: Warm, entry: str) -> bool:
-    """Hand the warm Deno its entry module and close its stdin; False when it died meanwhile."""
-    try:
-        os.write(warm.stdin_fd, ("file://" + entry + "\n").encode())
-    except BrokenPipeError:
-        return False
-    finally:
-        os.close(warm.stdin_fd)
-    return True
+def _write_entry(config: RunConfig, req: dict[str, Any], language: str, run_dir: str, nonce: str) -> str:
+    """Write the run's entry module (and ``code`` as its main module) into ``run_dir``; return its path."""
+    stack = "true" if req.get("error_stack") else "false"
+    if language == "ts":
+        module = _module(config, req, run_dir, "main.ts", (".ts",))
+        entry = os.path.join(run_dir, "entry.ts")
+        text = DENO_ENTRY % {"nonce": nonce, "module": json.dumps(module), "stack": stack}
+    else:
+        module = _module(config, req, run_dir, "main.mjs", (".js", ".mjs", ".cjs"))
+        entry = os.path.join(run_dir, "entry.mjs")
+        base = json.dumps(os.path.join(config.workspace, "index.js"))
+        text = NODE_ENTRY % {"nonce": nonce, "module": json.dumps(module), "stack": stack, "require_base": base}
+    with open(entry, "w") as fh:
+        fh.write(text)
+    if (owner := config.owner()) is not None:
+        for name in [run_dir, *(os.path.join(run_dir, n) for n in os.listdir(run_dir))]:
+            os.chown(name, *owner)
+    return entry
 
 
 def run_script(
@@ -182,7 +191,6 @@ def run_script(
     args = [str(a) for a in req.get("args") or []]
     env = {"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", **user_env}
     nonce = uuid.uuid4().hex
-    stack = "true" if req.get("error_stack") else "false"
     head: tuple[str, ...] = (binary,)
     warmable: DenoCommand | None = None  # the command line a warm Deno can serve (and is started for)
     if language == "ts":
@@ -191,29 +199,21 @@ def run_script(
             warmable = DenoCommand(argv=head, args=tuple(args), env=tuple(env.items()))
     warm = deno.take(warmable) if deno is not None and warmable is not None else None
     run_dir = warm.run_dir if warm is not None else tempfile.mkdtemp(prefix=f"sheesh-{language}-")
+    used = False
     try:
-        if language == "ts":
-            module = _module(config, req, run_dir, "main.ts", (".ts",))
-            entry = os.path.join(run_dir, "entry.ts")
-            text = DENO_ENTRY % {"nonce": nonce, "module": json.dumps(module), "stack": stack}
-        else:
-            module = _module(config, req, run_dir, "main.mjs", (".js", ".mjs", ".cjs"))
-            entry = os.path.join(run_dir, "entry.mjs")
-            base = json.dumps(os.path.join(config.workspace, "index.js"))
-            text = NODE_ENTRY % {"nonce": nonce, "module": json.dumps(module), "stack": stack, "require_base": base}
-        with open(entry, "w") as fh:
-            fh.write(text)
-        if (owner := config.owner()) is not None:
-            for name in [run_dir, *(os.path.join(run_dir, n) for n in os.listdir(run_dir))]:
-                os.chown(name, *owner)
+        entry = _write_entry(config, req, language, run_dir, nonce)
         limits = {"timeout_ms": req.get("timeout_ms"), "output_limit": req.get("output_limit")}
-        if warm is not None and _send_entry(warm, entry):
+        if warm is not None and warm.hand(entry):
+            used = True
             reply = wait_job(warm.shell, deno.cgroups if deno is not None else None, **limits)
         else:
             cmd = "exec " + shlex.join([*head, entry, *args])
             reply = run_job(config, shells, cwd=config.workspace, env=env, cmd=cmd, **limits)
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if deno is not None and warm is not None and not used:
+            deno.stop(warm)  # no run got it (a refused request, or it died): killed, reaped, folder removed
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
         if deno is not None and warmable is not None:
             deno.prepare(warmable)
     stderr, marker = split_result(reply.pop("stderr_bytes"), nonce)

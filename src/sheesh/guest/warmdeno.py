@@ -78,6 +78,17 @@ class Warm:
     def alive(self) -> bool:
         return self.shell.proc.poll() is None
 
+    def hand(self, entry: str) -> bool:
+        """Give Deno the entry module to import and close its stdin; False when it died meanwhile."""
+        fd, self.stdin_fd = self.stdin_fd, -1
+        try:
+            os.write(fd, ("file://" + entry + "\n").encode())
+        except BrokenPipeError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
 
 class WarmDeno:
     """At most one warm Deno per agent, for the command line of the last run-ts."""
@@ -115,7 +126,7 @@ class WarmDeno:
             self._generation += 1
             old, self._warm = self._warm, None
         if old is not None:
-            self._stop(old)
+            self.stop(old)
             self.prepare(old.command)
 
     def _start(self, command: DenoCommand, generation: int) -> None:
@@ -129,9 +140,9 @@ class WarmDeno:
             if not stale:
                 self._warm = warm
         if stale:
-            self._stop(warm)
+            self.stop(warm)
         if old is not None:
-            self._stop(old)
+            self.stop(old)
 
     def _spawn(self, command: DenoCommand) -> Warm:
         run_dir = tempfile.mkdtemp(prefix="sheesh-ts-")
@@ -156,7 +167,8 @@ class WarmDeno:
         send_job(shell, self.config.workspace, dict(command.env), "exec " + shlex.join(argv))
         return Warm(command, shell, stdin_w, run_dir)
 
-    def _stop(self, warm: Warm) -> None:
+    def stop(self, warm: Warm) -> None:
+        """Kill a warm Deno (and reap it), close its pipes, remove its folder: one no run will use."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(warm.shell.proc.pid, signal.SIGKILL)
         if warm.shell.cgroup is not None:
@@ -164,7 +176,7 @@ class WarmDeno:
         with contextlib.suppress(subprocess.TimeoutExpired):
             warm.shell.proc.wait(10)
         for fd in (warm.stdin_fd, warm.shell.out_fd, warm.shell.err_fd):  # (send_job closed the job pipe)
-            if fd is not None:
+            if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         if warm.shell.cgroup is not None and self.cgroups is not None:
