@@ -57,7 +57,7 @@ def _microvm(binary: str, machine_options: str, accel: str) -> list[str]:
         "-accel",
         accel,
         "-cpu",
-        __import__("os").environ.get("XCPU", "max"),
+        "max",
     ]
 
 
