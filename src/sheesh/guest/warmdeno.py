@@ -100,6 +100,8 @@ class WarmDeno:
         self._lock = threading.Lock()
         self._generation = 0
         """Counts discards: a start begun before one is thrown away when it completes."""
+        self._starting: DenoCommand | None = None
+        """The command line a Deno is being started for (a second ``prepare`` for it starts none)."""
 
     def take(self, command: DenoCommand) -> Warm | None:
         """The warm Deno for ``command`` (at normal priority), or None."""
@@ -114,28 +116,38 @@ class WarmDeno:
     def prepare(self, command: DenoCommand) -> None:
         """Start a warm Deno for ``command`` in the background (replacing one for another command line)."""
         with self._lock:
+            if self._starting == command:
+                return
             if self._warm is not None and self._warm.command == command and self._warm.alive():
                 return
+            self._starting = command
             generation = self._generation
         threading.Thread(target=self._start, args=(command, generation), daemon=True).start()
 
     def discard(self) -> None:
-        """Stop the warm Deno (after a restore: it must not serve a clone) and start it again for the same
-        command line."""
+        """Stop the warm Deno, or the one being started (after a restore: it must not serve a clone), and start
+        it again for the same command line."""
         with self._lock:
             self._generation += 1
             old, self._warm = self._warm, None
+            again = old.command if old is not None else self._starting  # (a start under way is stale too)
+            self._starting = None
         if old is not None:
             self.stop(old)
-            self.prepare(old.command)
+        if again is not None:
+            self.prepare(again)
 
     def _start(self, command: DenoCommand, generation: int) -> None:
         try:
-            warm = self._spawn(command)
+            warm: Warm | None = self._spawn(command)
         except OSError:
-            return
+            warm = None
         with self._lock:
             stale = generation != self._generation
+            if not stale and self._starting == command:
+                self._starting = None
+            if warm is None:
+                return
             old = None if stale else self._warm
             if not stale:
                 self._warm = warm
