@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from datetime import datetime
@@ -56,6 +57,13 @@ def from_wire(cls: type[T], raw: Any) -> T:
     return value
 
 
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """The type hint of each field of the record ``cls`` (resolving hints costs more than decoding a record)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def _decode(hint: Any, raw: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -83,11 +91,10 @@ def _decode(hint: Any, raw: Any) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(raw, dict):
             raise TypeError(f"expected an object for {hint.__name__}, got {type(raw).__name__}")
-        hints = typing.get_type_hints(hint)
-        fields = {f.name: f for f in dataclasses.fields(hint)}
-        if "version" in fields and raw.get("version", WIRE_VERSION) != WIRE_VERSION:
+        hints = _field_hints(hint)
+        if "version" in hints and raw.get("version", WIRE_VERSION) != WIRE_VERSION:
             raise ValueError(f"contract version {raw.get('version')!r} (this side speaks {WIRE_VERSION})")
-        unknown = set(raw) - set(fields)
+        unknown = raw.keys() - hints.keys()
         if unknown:
             raise KeyError(f"unknown fields {sorted(unknown)}")
         return hint(**{name: _decode(hints[name], v) for name, v in raw.items()})
