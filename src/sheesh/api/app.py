@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from sheesh import __version__
-from sheesh.api import errors, limits, ratelimit
+from sheesh.api import errors, limits, ratelimit, ui
 from sheesh.api.deps import authenticate
 from sheesh.api.routers import (
     accounts,
@@ -99,4 +99,5 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.include_router(nodes.router)
     docs.install(app)
     console.install(app, svc.settings.resolved_web_dir())
+    ui.install(app)
     return app

@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader
 from starlette.requests import HTTPConnection
 
 from sheesh.auth.apikeys import Principal
+from sheesh.auth.sessions import CsrfError
 from sheesh.control.services import Services
 from sheesh.errors import AuthenticationError, InvalidInputError, NotFoundError, RateLimitedError, SheeshError
 from sheesh.models import Vm
@@ -60,10 +61,28 @@ def resolve_principal(request: HTTPConnection, svc: Services) -> Principal | Non
             kind, token = ("signature", signature) if signature else ("cookie", cookie or "")
             try:
                 principal = svc.auth.principal_for_user(svc.sessions.verify(token, kind).user_id)
+                if kind == "cookie":
+                    check_cookie_request(request, svc, token)
             except SheeshError as exc:
+                principal = None
                 state["auth_error"] = exc
     state["principal"] = principal
     return principal
+
+
+def check_cookie_request(conn: HTTPConnection, svc: Services, cookie: str) -> None:
+    """A request authenticated by the ``rds_session`` cookie: a state-changing one must send the session's
+    CSRF token as ``X-CSRF-Token``, a WebSocket must come from a page of this origin. SameSite=Strict alone
+    does not stop another site on the same host (a VM's forwarded port) from using the cookie.
+
+    :raise CsrfError: the token is missing or wrong, or the WebSocket's Origin is another one
+    """
+    if conn.scope["type"] == "websocket":
+        origin, host = conn.headers.get("origin"), conn.headers.get("host")
+        if origin is None or host is None or origin.split("://", 1)[-1] != host:
+            raise CsrfError("a WebSocket authenticated by the rds_session cookie must come from this origin")
+    elif conn.scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
+        svc.sessions.check_csrf(cookie, conn.headers.get("x-csrf-token"))
 
 
 def _login_token(value: str | None) -> str | None:

@@ -2,7 +2,7 @@
 user (however the credential is spelled), or per client address without a valid credential. Every response
 carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` (always below the limit: the current request is
 counted) and ``X-RateLimit-Reset`` (epoch seconds by which the window is empty again); past the limit the
-answer is 429 with ``Retry-After``. Node heartbeats are exempt."""
+answer is 429 with ``Retry-After``. Node heartbeats and static files are exempt."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def _heartbeat(path: str) -> bool:
     return path.startswith("/v1/nodes/") and path.endswith("/heartbeat") and path.count("/") == 4
 
 
+def _static(path: str) -> bool:
+    """The UI's and the consoles' static files (one page load fetches several) are not limited."""
+    return path.startswith(("/ui/static/", "/console/assets/"))
+
+
 class GlobalRateLimit:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
@@ -31,7 +36,7 @@ class GlobalRateLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         svc = self.services
         limit = svc.settings.global_rate_limit
-        if scope["type"] != "http" or limit <= 0 or _heartbeat(scope["path"]):
+        if scope["type"] != "http" or limit <= 0 or _heartbeat(scope["path"]) or _static(scope["path"]):
             await self.app(scope, receive, send)
             return
         decision = svc.limiter.hit("global", limit_identity(Request(scope), svc), limit)

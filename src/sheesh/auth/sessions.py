@@ -24,6 +24,10 @@ class InvalidSessionError(ForbiddenError):
     """Tampered, malformed or expired session token (HTTP 403)."""
 
 
+class CsrfError(ForbiddenError):
+    """A state-changing request made with the session cookie without its CSRF token (HTTP 403)."""
+
+
 @dataclass(frozen=True)
 class SessionClaims:
     """``subject`` is a user id (signatures, cookies) or a VM id (one-time agent tokens)."""
@@ -88,3 +92,17 @@ class SessionSigner:
         if result.expires_at <= time.time():
             raise InvalidSessionError("session expired")
         return result
+
+    def csrf_token(self, session_token: str) -> str:
+        """The CSRF token bound to a session token (the ``rds_session`` cookie): a page served with the cookie
+        carries it, a state-changing request made with the cookie must send it back. A site that can make the
+        browser send the cookie cannot read the page, so it cannot know the token."""
+        return _b64(hmac.new(self._key, b"csrf:" + session_token.strip().encode(), hashlib.sha256).digest())
+
+    def check_csrf(self, session_token: str, presented: str | None) -> None:
+        """:raise CsrfError: ``presented`` is not the CSRF token of ``session_token``"""
+        if not presented or not hmac.compare_digest(presented.strip(), self.csrf_token(session_token)):
+            raise CsrfError(
+                "missing or wrong CSRF token: requests made with the rds_session cookie must send the"
+                " page's token (X-CSRF-Token header or csrf form field)"
+            )

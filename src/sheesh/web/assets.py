@@ -1,4 +1,5 @@
-"""The third-party JavaScript of the browser consoles, fetched from npm by ``sheesh web fetch`` (setup)."""
+"""The third-party JavaScript of the browser consoles and the web UI, fetched from npm by ``sheesh web fetch``
+(setup)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ from pathlib import Path
 
 from sheesh.errors import SheeshError
 
-PACKAGES = {"xterm": "@xterm/xterm@6.0.0", "novnc": "@novnc/novnc@1.7.0"}
+PACKAGES = {"xterm": "@xterm/xterm@6.0.0", "novnc": "@novnc/novnc@1.7.0", "htmx": "htmx.org@2.0.11"}
 """Folder under the assets dir -> pinned npm package."""
-KEEP = ("package/lib/", "package/css/", "package/core/", "package/vendor/", "package/LICENSE")
+KEEP = (
+    "package/lib/",
+    "package/css/",
+    "package/core/",
+    "package/vendor/",
+    "package/dist/htmx.min.js",
+    "package/LICENSE",
+)
 
 
 class AssetError(SheeshError):

@@ -36,7 +36,7 @@ MAX_EXEC_LOGS = 200
 FIRST_MESSAGE_TIMEOUT_S = 30.0
 
 
-def _check_timeout(svc: Services, timeout_ms: int | None) -> None:
+def check_timeout(svc: Services, timeout_ms: int | None) -> None:
     limit = svc.settings.exec_max_timeout_ms
     if timeout_ms is not None and timeout_ms > limit:
         raise InvalidInputError(f"timeoutMs must be <= {limit}")
@@ -48,7 +48,7 @@ def _check_timeout(svc: Services, timeout_ms: int | None) -> None:
     dependencies=[Depends(rate_limited("exec"))],
 )
 async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut:
-    _check_timeout(svc, body.timeout_ms)
+    check_timeout(svc, body.timeout_ms)
     result = await svc.execs.exec(vm_id, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
     return ExecOut(
         exitCode=result.exit_code,
@@ -62,7 +62,7 @@ async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut
 async def _run_script(
     svc: ServicesDep, vm_id: str, body: RunTsBody | RunJsBody, language: ScriptLanguage
 ) -> JSONResponse:
-    _check_timeout(svc, body.timeout_ms)
+    check_timeout(svc, body.timeout_ms)
     req = ScriptRequest(
         language=language,
         code=body.code,
@@ -142,7 +142,7 @@ async def _open_stream(ws: WebSocket, vm_id: str, svc: Services) -> ExecStream:
         body = ExecStreamBody.model_validate_json(first["text"])
     except ValidationError as exc:
         raise InvalidInputError(validation_message(exc.errors())) from None
-    _check_timeout(svc, body.timeout_ms)
+    check_timeout(svc, body.timeout_ms)
     req = StreamRequest(
         cmd=body.cmd,
         cwd=body.cwd,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from sheesh.api.deps import PrincipalDep, ServicesDep, firewall_source
@@ -61,9 +62,15 @@ class CommandsOut(BaseModel):
     version: int = 1
 
 
-@router.get("/", summary="Summary of the commands of this version of the rerobots API")
-async def commands() -> CommandsOut:
-    return CommandsOut(commands=COMMANDS)
+@router.get(
+    "/",
+    summary="Summary of the commands of this version of the rerobots API (a browser is sent to the web UI)",
+    response_model=CommandsOut,
+)
+async def commands(request: Request) -> Response:
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/ui", status_code=303)
+    return JSONResponse(CommandsOut(commands=COMMANDS).model_dump())
 
 
 class WorkspacesOut(BaseModel):

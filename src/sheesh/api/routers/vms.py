@@ -44,9 +44,14 @@ def vm_out(svc: ServicesDep, vm: Vm) -> VmOut:
     dependencies=[Depends(rate_limited("create"))],
 )
 async def create_vm(body: CreateVmBody, svc: ServicesDep, principal: PrincipalDep) -> VmOut:
+    return vm_out(svc, await create_vm_for(svc, principal, body))
+
+
+async def create_vm_for(svc: Services, principal: Principal, body: CreateVmBody) -> Vm:
+    """Create a VM for ``principal`` as ``POST /v1/vms`` does (the web UI's create form too)."""
     if body.snapshot_id is not None and not principal.can_see(svc.vms.snapshot(body.snapshot_id).owner_id):
         raise NotFoundError(f"snapshot {body.snapshot_id} not found")
-    vm = await svc.vms.create(
+    return await svc.vms.create(
         CreateVm(
             cpu=body.cpu,
             mem_mb=body.mem_mb,
@@ -61,7 +66,6 @@ async def create_vm(body: CreateVmBody, svc: ServicesDep, principal: PrincipalDe
             on_timeout=body.on_timeout,
         )
     )
-    return vm_out(svc, vm)
 
 
 @router.post("/{vm_id}/timeout", summary="Set (or clear) the VM's timeout, counted from now")
