@@ -135,3 +135,29 @@ def test_api_key_is_shown_once_and_2fa_enrolment_has_a_qr(app: tuple[TestClient,
     assert r.status_code == 200 and "2FA is on" in r.text
     assert svc.store.get_user_by_name("alice").totp_enabled  # type: ignore[union-attr]
     assert c.post("/ui/login", data={"username": "alice", "password": PASSWORD}).status_code in (401, 403)
+
+
+def test_images_and_nodes_pages(app: tuple[TestClient, Services]) -> None:
+    c, svc = app
+    csrf = login(c, "alice")
+    hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    assert c.post("/ui/images", data={"name": ""}, headers=hx).status_code == 400
+    assert c.post("/ui/images", data={"name": "mine"}, headers=hx).headers["hx-redirect"] == "/ui/images"
+    image = next(s.image for s in svc.images.list_images() if s.image.name == "mine")
+    page = c.get("/ui/images").text
+    assert f'id="kernel-{image.id}"' in page and "sheeshPut" in page
+    # the browser PUTs the file to the REST route with the cookie: the CSRF token is required there too
+    assert c.put(f"/v1/images/{image.id}/kernel", content=b"not a kernel").status_code == 403
+    r = c.put(f"/v1/images/{image.id}/kernel", content=b"not a kernel", headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 400, "checked by the REST route, as an upload by API key"
+    nodes = c.get("/ui/nodes")
+    assert nodes.status_code == 200 and "READY" in nodes.text
+    node = c.get("/v1/nodes", headers=ADMIN).json()[0]["name"]
+    assert c.post(f"/ui/nodes/{node}/drain", headers=hx).status_code == 204
+    assert "DRAINING" in c.get("/ui/nodes").text
+    c.post(f"/ui/nodes/{node}/undrain", headers=hx)
+    assert c.get("/v1/nodes", headers=ADMIN).json()[0]["state"] == "READY"
+    login(c, "bob")
+    assert c.get("/ui/nodes").status_code == 403
+    assert c.post("/ui/images", data={"name": "x"}, headers={"X-CSRF-Token": login(c, "bob")}).status_code == 403
+    assert "sheeshPut" not in c.get("/ui/images").text

@@ -175,3 +175,30 @@ def test_a_cross_site_form_post_is_refused(ui_server: ServerProcess, browser: Br
         assert c.get("/v1/vms").json() == [], "the forged post created nothing"
     assert httpx.get(ui_server.url + "/ui/static/ui.css").status_code == 200
     page.close()
+
+
+def test_admin_uploads_a_kernel_with_progress_and_sees_the_nodes(
+    ui_server: ServerProcess, browser: Browser, guest_image: BuiltImage, shots: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)
+    log_in(page, ui_server.url, "ops")
+    page.goto(ui_server.url + "/ui/images")
+    page.fill("input[name=name]", "from-the-browser")
+    page.click("#create-image")
+    row = page.locator("tr", has_text="from-the-browser")
+    expect(row).to_be_visible()
+    image_id = row.get_attribute("data-image")
+    kernel = guest_image.path / "vmlinux"
+    page.set_input_files(f"#kernel-{image_id}", str(kernel))
+    expect(page.locator(f"#kernel-{image_id}-status")).to_have_text("uploaded", timeout=120_000)
+    assert page.locator(f"#kernel-{image_id}-progress").evaluate("p => p.value") == 100
+    page.screenshot(path=str(shots / "images.png"))
+    with ui_server.client() as c:
+        images = {i["id"]: i for i in c.get("/v1/images").json()}
+        assert images[image_id]["ready"] is False, "a kernel without a rootfs is not ready"
+        assert c.delete(f"/v1/images/{image_id}").status_code == 204
+    page.goto(ui_server.url + "/ui/nodes")
+    expect(page.locator("#nodes")).to_contain_text("READY")
+    page.screenshot(path=str(shots / "nodes.png"))
+    page.close()

@@ -8,7 +8,7 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sheesh.api.ui import accountpages, vmpages
+from sheesh.api.ui import accountpages, imagepages, nodepages, vmpages
 
 STATIC = resources.files("sheesh.web") / "ui"
 
@@ -17,4 +17,6 @@ def install(app: FastAPI) -> None:
     app.state.ui_histories = {}  # the VM list's chart samples, per viewer (vmpages.history)
     app.include_router(accountpages.router)
     app.include_router(vmpages.router)
+    app.include_router(imagepages.router)
+    app.include_router(nodepages.router)
     app.mount("/ui/static", StaticFiles(directory=str(STATIC)), name="ui-static")

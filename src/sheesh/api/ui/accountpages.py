@@ -13,7 +13,7 @@ from sheesh.api.ui.forms import form_of, validated_form
 from sheesh.api.ui.render import redirect, render
 from sheesh.api.ui.routing import UiRoute
 from sheesh.api.ui.session import AdminSessionDep, SessionDep, session_of
-from sheesh.errors import NotFoundError, SheeshError
+from sheesh.errors import InvalidInputError, NotFoundError, SheeshError
 from sheesh.models import Role
 
 router = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
@@ -141,7 +141,7 @@ async def set_role(user_id: str, request: Request, session: AdminSessionDep, svc
     form = await form_of(request)
     role = str(form.get("role") or "")
     if role not in {r.value for r in Role}:
-        raise NotFoundError(f"no role {role!r}")
+        raise InvalidInputError(f"role must be one of {', '.join(r.value for r in Role)}")
     svc.accounts.set_role(user_id, Role(role))
     return redirect(request, "/ui/users")
 
