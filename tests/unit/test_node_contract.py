@@ -203,3 +203,11 @@ async def test_heartbeats_go_to_the_replica_that_answers() -> None:
         await beat.beat(http)
     assert seen == ["cp-a", "cp-b", "cp-b"], "the replica that answered keeps the reports"
     assert beat.beats == 2
+
+
+async def test_usage_of_a_running_vm_and_of_none(node: NodeClient) -> None:
+    first = await node.usage("vm-one")
+    assert first is not None and first.mem_mb > 0 and first.cpu_s >= 0 and first.at_s > 0
+    second = await node.usage("vm-one")
+    assert second is not None and second.cpu_s >= first.cpu_s and second.at_s >= first.at_s
+    assert await node.usage("vm-missing") is None

@@ -67,6 +67,9 @@ def test_create_exec_and_delete_through_the_forms(app: tuple[TestClient, Service
     assert vm_id in c.get("/ui/vms/rows").text
     page = c.get(f"/ui/vms/{vm_id}")
     assert page.status_code == 200 and f"/ui/vms/{vm_id}/exec" in page.text
+    c.get(f"/ui/vms/{vm_id}/usage")
+    usage = c.get(f"/ui/vms/{vm_id}/usage").text
+    assert 'id="usage-cpu"' in usage and "64.0 MiB" in usage, "the fake node's machine: a quarter of 256 MiB"
     out = c.post(f"/ui/vms/{vm_id}/exec", data={"cmd": "echo hi"}, headers=hx)
     assert out.status_code == 200 and 'id="exec-stdout"' in out.text
     bad = c.post("/ui/vms", data={"cpu": "99", "memMb": "256"}, headers=hx)

@@ -83,6 +83,10 @@ def test_admin_drives_a_vm_from_the_browser(ui_server: ServerProcess, browser: B
     vm_id = page.url.rsplit("/", 1)[1]
     expect(page.locator("#vm-state")).to_have_text("RUNNING", timeout=BOOT_MS)
 
+    expect(page.locator("#usage-mem")).to_contain_text("MiB", timeout=30_000)
+    mem_mb = float(page.locator("#usage-mem b").inner_text().split()[0])
+    assert 10 < mem_mb < 400, f"QEMU's PSS for a 256 MiB VM: {mem_mb} MiB"
+
     page.fill("#exec-cmd", "echo hi")
     page.click("#exec-run")
     expect(page.locator("#exec-stdout")).to_have_text("hi\n", timeout=BOOT_MS)

@@ -4,13 +4,23 @@ contract (``sheesh.node.contract``), which ``NodeAgent`` implements in-process."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from sheesh.execstream import STDOUT, StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
-from sheesh.node.contract import NodeCapacity, NodeClient, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
+from sheesh.node.contract import (
+    NodeCapacity,
+    NodeClient,
+    NodeStatus,
+    NodeVmSpec,
+    SnapshotInfo,
+    VmNet,
+    VmUsage,
+    VpnSpec,
+)
 
 __all__ = ["FakeExecStream", "FakeNodeClient", "NodeClient"]
 
@@ -205,6 +215,14 @@ class FakeNodeClient:
 
     async def ping(self, vm_id: str) -> dict[str, Any]:
         return {"warm": 2}
+
+    async def usage(self, vm_id: str) -> VmUsage | None:
+        """A quarter of the VM's memory, and a tenth of a CPU second per call (a fake machine's work)."""
+        self._record("usage", vm_id)
+        if vm_id not in self.running:
+            return None
+        spent = sum(1 for op, v in self.calls if op == "usage" and v == vm_id) * 0.1
+        return VmUsage(cpu_s=spent, mem_mb=self.specs[vm_id].mem_mb / 4, at_s=time.time())
 
     async def status(self) -> NodeStatus:
         capacity = NodeCapacity(vcpus=8, mem_mb=16384, disk_mb=100_000, disk_free_mb=90_000)

@@ -42,6 +42,7 @@ from sheesh.node.contract import (
     NodeVmSpec,
     SnapshotInfo,
     VmNet,
+    VmUsage,
     VpnSpec,
     error_class,
     from_wire,
@@ -321,6 +322,10 @@ class RemoteNode:
 
     async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         result: list[str] = await self.invoke("log_tail", vm_id=vm_id, kind=kind, lines=lines)
+        return result
+
+    async def usage(self, vm_id: str) -> VmUsage | None:
+        result: VmUsage | None = await self.invoke("usage", vm_id=vm_id)
         return result
 
     async def status(self) -> NodeStatus:

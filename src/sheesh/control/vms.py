@@ -34,7 +34,7 @@ from sheesh.models import (
     VmState,
     can_transition,
 )
-from sheesh.node.contract import NodeClient, NodeVmSpec, VmNet
+from sheesh.node.contract import NodeClient, NodeVmSpec, VmNet, VmUsage
 from sheesh.store.repo import Store
 
 log = logging.getLogger(__name__)
@@ -551,6 +551,10 @@ class VmService:
 
     async def logs(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return await self.node_of(vm_id).log_tail(vm_id, kind, lines)
+
+    async def usage(self, vm_id: str) -> VmUsage | None:
+        """CPU seconds and memory of the VM's machine as its node reads them (None: not running)."""
+        return await self.node_of(vm_id).usage(vm_id)
 
     def node_of(self, vm_id: str) -> NodeClient:
         """The client of the node VM ``vm_id`` is on; UnavailableError naming the node when it is unreachable."""

@@ -27,7 +27,7 @@ from typing import Any
 from sheesh.errors import ConflictError, NotFoundError, SheeshError, UnavailableError
 from sheesh.execstream import ExecStream, StreamRequest
 from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult, VmKind
-from sheesh.node.contract import NodeCapacity, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VpnSpec
+from sheesh.node.contract import NodeCapacity, NodeStatus, NodeVmSpec, SnapshotInfo, VmNet, VmUsage, VpnSpec
 from sheesh.node.errors import NodeError
 from sheesh.node.guests import Guests
 from sheesh.node.network import HostNetwork
@@ -424,6 +424,10 @@ class NodeAgent:
         return await self.guests.download(vm_id, path)
 
     # --- the node ---------------------------------------------------------------------------------------
+    async def usage(self, vm_id: str) -> VmUsage | None:
+        used = self.driver.usage(vm_id)
+        return VmUsage(cpu_s=used.cpu_s, mem_mb=used.mem_mb, at_s=time.time()) if used is not None else None
+
     async def status(self) -> NodeStatus:
         """This host's capacity (vCPUs, memory, the VM folder's disk) and its running VMs."""
         self.vms_dir.mkdir(parents=True, exist_ok=True)

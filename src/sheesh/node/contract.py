@@ -150,6 +150,16 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VmUsage:
+    """What a VM's machine has used on its node: CPU seconds since it started (user + system), its memory
+    (PSS, MiB), and when the node read them (epoch seconds: two readings give a CPU share)."""
+
+    cpu_s: float
+    mem_mb: float
+    at_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeCapacity:
     """What a node has to give: vCPUs, memory and disk (in MiB), and how much disk is free."""
 
@@ -175,6 +185,7 @@ CONTRACT_TYPES: tuple[type[Any], ...] = (
     NodeVmSpec,
     VpnSpec,
     SnapshotInfo,
+    VmUsage,
     NodeCapacity,
     NodeStatus,
     FirewallRule,
@@ -228,6 +239,7 @@ CONTRACT_OPS: dict[str, Op] = {
     "update_network": Op(args={**_VM, "net": VmNet}, idempotent=True),
     "eject_cdrom": Op(args=_VM, idempotent=True),
     "log_tail": Op(args={**_VM, "kind": str, "lines": int}, result=list[str], idempotent=True),
+    "usage": Op(args=_VM, result=VmUsage | None, idempotent=True),
     "status": Op(args={}, result=NodeStatus, idempotent=True),
 }
 """Every operation of ``NodeClient`` but the streams (``upload``: ``PUT /node/v1/upload``, ``download``:
@@ -372,6 +384,10 @@ class NodeClient(Protocol):
 
     async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         """Last lines of the VM's ``serial``, ``stdout`` or ``stderr`` log."""
+        ...
+
+    async def usage(self, vm_id: str) -> VmUsage | None:
+        """CPU and memory of the VM's machine; None if it does not run."""
         ...
 
     async def status(self) -> NodeStatus:

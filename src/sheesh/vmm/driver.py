@@ -86,6 +86,15 @@ SNAPSHOT_MEMORY = "memory"
 SNAPSHOT_DISK = "disk.qcow2"
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProcessUsage:
+    """What a VM's machine process has used: CPU seconds (user + system, since it started) and memory (its
+    proportional share, PSS, in MiB)."""
+
+    cpu_s: float
+    mem_mb: float
+
+
 class VmmDriver(Protocol):
     """Starts and stops VMs; each VM exposes a guest-agent stream socket at ``workdir/AGENT_SOCKET``.
 
@@ -109,6 +118,10 @@ class VmmDriver(Protocol):
 
     def is_running(self, vm_id: str) -> bool:
         """Whether the VM's process is alive (a process found dead gives back its resources, e.g. RAM)."""
+        ...
+
+    def usage(self, vm_id: str) -> ProcessUsage | None:
+        """CPU and memory of the VM's process; None if it does not run."""
         ...
 
     def exit_reason(self, vm_id: str) -> str | None:

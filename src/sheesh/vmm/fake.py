@@ -18,6 +18,7 @@ from sheesh.vmm.driver import (
     STDOUT_LOG,
     DiskInfo,
     MachineSpec,
+    ProcessUsage,
     ProgressFn,
     SnapshotFiles,
     VmmError,
@@ -79,6 +80,9 @@ class FakeDriver:
 
     def exit_reason(self, vm_id: str) -> str | None:
         return self._table.exit_reason(vm_id)
+
+    def usage(self, vm_id: str) -> ProcessUsage | None:
+        return self._table.usage(vm_id)
 
     def prune(self, keep: set[str]) -> list[str]:
         return []  # fake VMs hold nothing outside their folder

@@ -9,7 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from sheesh.vmm.driver import VmmError
+from sheesh.vmm.driver import ProcessUsage, VmmError
 
 
 def _cmdline(pid: int) -> bytes:
@@ -30,6 +30,15 @@ def describe_exit(status: int | None) -> str | None:
             name = f"signal {-status}"
         return f"the VM's process was killed by {name}"
     return f"the VM's process exited with status {status}" if status else None
+
+
+def _kib(path: Path, key: str) -> int:
+    """The kB figure of the ``key`` line of a /proc file (0 when there is none or it cannot be read)."""
+    try:
+        line = next((ln for ln in path.read_text().splitlines() if ln.startswith(key)), "")
+    except OSError:
+        return 0
+    return int(line.split()[1]) if line else 0
 
 
 def _is_zombie(pid: int) -> bool:
@@ -90,6 +99,20 @@ class ManagedProcess:
         if self._popen is not None:
             return self._popen.poll() is None
         return self.marker.encode() in _cmdline(self.pid) and not _is_zombie(self.pid)
+
+    def usage(self) -> ProcessUsage | None:
+        """From /proc: utime + stime of the process, and its PSS (its RSS where smaps_rollup is not readable)."""
+        if not self.alive():
+            return None
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            memory = _kib(Path(f"/proc/{self.pid}/smaps_rollup"), "Pss:") or _kib(
+                Path(f"/proc/{self.pid}/status"), "VmRSS:"
+            )
+        except (OSError, ValueError, IndexError):
+            return None
+        return ProcessUsage(cpu_s=cpu_s, mem_mb=memory / 1024)
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -155,6 +178,10 @@ class ProcessTable:
 
     def workdir(self, vm_id: str) -> Path | None:
         return self._workdirs.get(vm_id)
+
+    def usage(self, vm_id: str) -> ProcessUsage | None:
+        proc = self._procs.get(vm_id)
+        return proc.usage() if proc is not None else None
 
     def alive(self, vm_id: str) -> bool:
         proc = self._procs.get(vm_id)

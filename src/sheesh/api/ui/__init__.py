@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from sheesh.api.ui import accountpages, imagepages, nodepages, vmpages
+from sheesh.api.ui.history import UsageHistory
 
 STATIC = resources.files("sheesh.web") / "ui"
 
 
 def install(app: FastAPI) -> None:
     app.state.ui_histories = {}  # the VM list's chart samples, per viewer (vmpages.history)
+    app.state.ui_usage = UsageHistory()  # the VM pages' CPU and memory readings
     app.include_router(accountpages.router)
     app.include_router(vmpages.router)
     app.include_router(imagepages.router)

@@ -1,5 +1,6 @@
-"""VMs by state over time for the list page's chart: counts sampled (at most every ``interval_s``) when the
-list is refreshed, kept for ``window_s``, drawn as one SVG polyline per state."""
+"""The UI's small charts. VMs by state over time for the list page: counts sampled (at most every
+``interval_s``) when the list is refreshed, kept for ``window_s``, one SVG polyline per state. A VM's CPU and
+memory sparklines: its node's readings, taken when its page polls them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sheesh.models import Vm, VmState
+from sheesh.node.contract import VmUsage
 
 COLORS = {
     VmState.RUNNING: "#5ad17a",
@@ -66,3 +68,51 @@ class StateHistory:
             color = next((c for s, c in COLORS.items() if s.value == state), OTHER)
             series.append(Series(state, color, points, self.samples[-1][1][state]))
         return Chart(WIDTH, series)
+
+
+@dataclass(frozen=True)
+class Sparkline:
+    points: str
+    now: float
+    peak: float
+
+
+@dataclass(frozen=True)
+class UsageChart:
+    cpu_pct: Sparkline
+    """Share of one core, between readings."""
+    mem_mb: Sparkline
+
+
+SPARK_W, SPARK_H = 160, 28
+
+
+def _spark(values: list[float], floor: float) -> Sparkline:
+    peak = max([floor, *values])
+    step = SPARK_W / max(len(values) - 1, 1)
+    points = " ".join(f"{i * step:.1f},{SPARK_H - 2 - (SPARK_H - 4) * v / peak:.1f}" for i, v in enumerate(values))
+    return Sparkline(points, values[-1] if values else 0.0, peak)
+
+
+class UsageHistory:
+    """The last ``keep`` readings of each VM's usage (readings of a VM that stopped answering are dropped)."""
+
+    def __init__(self, keep: int = 60) -> None:
+        self.keep = keep
+        self.readings: dict[str, deque[VmUsage]] = {}
+
+    def add(self, vm_id: str, usage: VmUsage | None) -> UsageChart | None:
+        if usage is None:
+            self.readings.pop(vm_id, None)
+            return None
+        seen = self.readings.setdefault(vm_id, deque(maxlen=self.keep))
+        if seen and usage.cpu_s < seen[-1].cpu_s:  # a new process (restart): its counters start again
+            seen.clear()
+        seen.append(usage)
+        pairs = list(zip(seen, list(seen)[1:], strict=False))
+        cpu = [100 * (b.cpu_s - a.cpu_s) / (b.at_s - a.at_s) for a, b in pairs if b.at_s > a.at_s] or [0.0]
+        return UsageChart(cpu_pct=_spark(cpu, 5.0), mem_mb=_spark([u.mem_mb for u in seen], 1.0))
+
+    def forget(self, vm_ids: set[str]) -> None:
+        for vm_id in set(self.readings) - vm_ids:
+            del self.readings[vm_id]

@@ -18,7 +18,7 @@ from sheesh.api.routers.files import download as rest_download
 from sheesh.api.routers.vms import LOG_TYPES, create_vm_for, issue_agent_token
 from sheesh.api.schemas import CreateVmBody, ExecBody, FirewallRuleBody, PortBody, workspace_path
 from sheesh.api.ui.forms import checkbox, form_of, validated_form
-from sheesh.api.ui.history import StateHistory
+from sheesh.api.ui.history import StateHistory, UsageHistory
 from sheesh.api.ui.packing import list_archive, pack_files
 from sheesh.api.ui.render import redirect, render
 from sheesh.api.ui.routing import UiRoute
@@ -119,6 +119,15 @@ async def exec_box(vm_id: str, request: Request, session: SessionDep, svc: Servi
     response = render(request, "_exec.html", session, result=result)
     response.headers["HX-Trigger"] = "execDone"  # the recent-execs table reloads
     return response
+
+
+@router.get("/{vm_id}/usage", response_class=HTMLResponse)
+async def usage(vm_id: str, request: Request, session: SessionDep, svc: ServicesDep) -> HTMLResponse:
+    """CPU and memory sparklines from the node's readings of the VM's machine (polled by the VM page)."""
+    owned(svc, session, vm_id)
+    readings: UsageHistory = request.app.state.ui_usage
+    readings.forget({vm.id for vm in svc.vms.list_vms()})
+    return render(request, "_usage.html", session, chart=readings.add(vm_id, await svc.vms.usage(vm_id)))
 
 
 @router.get("/{vm_id}/history", response_class=HTMLResponse)

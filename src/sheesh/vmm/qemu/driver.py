@@ -29,6 +29,7 @@ from sheesh.vmm.driver import (
     STDOUT_LOG,
     DiskInfo,
     MachineSpec,
+    ProcessUsage,
     ProgressFn,
     SnapshotFiles,
     VmmError,
@@ -199,6 +200,9 @@ class QemuDriver:
 
     def exit_reason(self, vm_id: str) -> str | None:
         return self._table.exit_reason(vm_id)
+
+    def usage(self, vm_id: str) -> ProcessUsage | None:
+        return self._table.usage(vm_id)
 
     def prune(self, keep: set[str]) -> list[str]:
         gone = [f.stem for f in self.ram_dir.glob("*.ram") if f.stem not in keep and not self._table.alive(f.stem)]
