@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from sheesh.api.app import create_app
 from sheesh.config import Settings
@@ -164,3 +165,19 @@ def test_images_and_nodes_pages(app: tuple[TestClient, Services]) -> None:
     assert c.get("/ui/nodes").status_code == 403
     assert c.post("/ui/images", data={"name": "x"}, headers={"X-CSRF-Token": login(c, "bob")}).status_code == 403
     assert "sheeshPut" not in c.get("/ui/images").text
+
+
+def test_a_cookie_websocket_must_come_from_this_origin(app: tuple[TestClient, Services]) -> None:
+    c, _ = app
+    vm_id = c.post("/v1/vms", json={"cpu": 1, "memMb": 256, "allowIps": []}, headers=ADMIN).json()["id"]
+    login(c, "alice")
+    url = f"/v1/vms/{vm_id}/exec/stream"
+    with c.websocket_connect(url, headers={"Origin": "http://evil.test"}) as ws:
+        answer = ws.receive_json()
+        assert answer["status"] == 403 and "cross-site WebSocket refused" in answer["message"]
+        with pytest.raises(WebSocketDisconnect) as refused:
+            ws.receive_text()
+    assert refused.value.code == 4403
+    with c.websocket_connect(url, headers={"Origin": "http://testserver"}) as ws:
+        ws.send_text('{"cmd": "true"}')
+        assert ws.receive_json()["type"] == "started"
