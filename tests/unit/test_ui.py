@@ -4,6 +4,7 @@ cookie (UI and REST), what non-admins see, and the pages answering with HTML (er
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator
 
 import pyotp
@@ -181,3 +182,21 @@ def test_a_cookie_websocket_must_come_from_this_origin(app: tuple[TestClient, Se
     with c.websocket_connect(url, headers={"Origin": "http://testserver"}) as ws:
         ws.send_text('{"cmd": "true"}')
         assert ws.receive_json()["type"] == "started"
+
+
+def test_consoles_are_embedded_with_a_fresh_one_time_token(app: tuple[TestClient, Services]) -> None:
+    c, svc = app
+    body = {"cpu": 1, "memMb": 256, "allowIps": []}
+    sandbox = c.post("/v1/vms", json=body, headers=ADMIN).json()["id"]
+    full = c.post("/v1/vms", json={**body, "kind": "full"}, headers=ADMIN).json()["id"]
+    login(c, "alice")
+    assert 'id="open-vnc"' not in c.get(f"/ui/vms/{sandbox}").text
+    assert 'id="open-vnc"' in c.get(f"/ui/vms/{full}").text
+    refused = c.get(f"/ui/vms/{sandbox}/console?type=vnc", headers={"HX-Request": "true"})
+    assert refused.status_code == 400 and "VNC is for full VMs" in refused.text
+    frames = [c.get(f"/ui/vms/{full}/console?type={kind}").text for kind in ("serial", "vnc", "vnc")]
+    tokens = [re.search(r"token=([^&\"]+)", f).group(1) for f in frames]  # type: ignore[union-attr]
+    assert len(set(tokens)) == 3, "each opening gets its own one-time token"
+    assert 'src="/console/vnc?token=' in frames[1]
+    claims = svc.sessions.verify(urllib.parse.unquote(tokens[0]), "agent")
+    assert claims.subject == full
