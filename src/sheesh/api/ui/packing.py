@@ -92,23 +92,23 @@ async def list_archive(stream: AsyncIterator[bytes], limit: int) -> tuple[list[E
     more; read as it arrives, in a worker thread (file contents are skipped, not kept)."""
     pipe = _Pipe()
     reader = asyncio.create_task(asyncio.to_thread(_entries, pipe, limit))
+
+    async def put(item: bytes | None) -> None:
+        """Hand ``item`` to the reader, waiting while its queue is full; dropped once the reader is done."""
+        while not reader.done():
+            try:
+                pipe.chunks.put_nowait(item)
+                return
+            except queue.Full:
+                await asyncio.sleep(0.005)
+
     try:
         async for chunk in stream:
             if reader.done():
                 break
-            while not reader.done():
-                try:
-                    pipe.chunks.put_nowait(chunk)
-                    break
-                except queue.Full:
-                    await asyncio.sleep(0.005)
+            await put(chunk)
     finally:
-        while not reader.done():
-            try:
-                pipe.chunks.put_nowait(None)
-                break
-            except queue.Full:
-                await asyncio.sleep(0.005)
+        await put(None)
     try:
         return await reader
     except (tarfile.TarError, EOFError, OSError) as exc:
