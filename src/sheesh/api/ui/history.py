@@ -113,6 +113,7 @@ class UsageHistory:
         cpu = [100 * (b.cpu_s - a.cpu_s) / (b.at_s - a.at_s) for a, b in pairs if b.at_s > a.at_s] or [0.0]
         return UsageChart(cpu_pct=_spark(cpu, 5.0), mem_mb=_spark([u.mem_mb for u in seen], 1.0))
 
-    def forget(self, vm_ids: set[str]) -> None:
-        for vm_id in set(self.readings) - vm_ids:
+    def forget_stale(self, now_s: float, max_age_s: float = 300) -> None:
+        """Drop the readings of VMs no page has polled for ``max_age_s`` (deleted VMs, closed pages)."""
+        for vm_id in [v for v, seen in self.readings.items() if now_s - seen[-1].at_s > max_age_s]:
             del self.readings[vm_id]

@@ -4,6 +4,7 @@ schema and calls the same services (and rate-limit buckets) as the REST route it
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -126,8 +127,9 @@ async def usage(vm_id: str, request: Request, session: SessionDep, svc: Services
     """CPU and memory sparklines from the node's readings of the VM's machine (polled by the VM page)."""
     owned(svc, session, vm_id)
     readings: UsageHistory = request.app.state.ui_usage
-    readings.forget({vm.id for vm in svc.vms.list_vms()})
-    return render(request, "_usage.html", session, chart=readings.add(vm_id, await svc.vms.usage(vm_id)))
+    reading = await svc.vms.usage(vm_id)
+    readings.forget_stale(time.time())
+    return render(request, "_usage.html", session, chart=readings.add(vm_id, reading))
 
 
 @router.get("/{vm_id}/history", response_class=HTMLResponse)

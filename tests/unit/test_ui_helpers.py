@@ -1,4 +1,4 @@
-"""The UI's file packing: plain uploads packed into a tar.gz, and the listing read from a tar.gz stream."""
+"""The UI's helpers: plain uploads packed into a tar.gz, the listing read from a tar.gz stream, usage readings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.datastructures import UploadFile
 
+from sheesh.api.ui.history import UsageHistory
 from sheesh.api.ui.packing import list_archive, pack_files
 from sheesh.errors import InvalidInputError
+from sheesh.node.contract import VmUsage
 
 
 def _upload(name: str, data: bytes) -> UploadFile:
@@ -40,3 +42,16 @@ async def test_bad_names_and_bad_archives_are_refused() -> None:
             pass
     with pytest.raises(InvalidInputError, match="could not be read"):
         await list_archive(_chunks(b"not a gzip stream" * 100), 10)
+
+
+def test_usage_sparklines_and_stale_readings() -> None:
+    readings = UsageHistory()
+    assert readings.add("vm-1", VmUsage(cpu_s=1.0, mem_mb=100, at_s=1000.0)) is not None
+    chart = readings.add("vm-1", VmUsage(cpu_s=1.5, mem_mb=120, at_s=1001.0))
+    assert chart is not None and chart.cpu_pct.now == 50.0 and chart.mem_mb.now == 120
+    restarted = readings.add("vm-1", VmUsage(cpu_s=0.1, mem_mb=90, at_s=1002.0))
+    assert restarted is not None and restarted.cpu_pct.now == 0.0, "a new process starts its counters again"
+    readings.add("vm-2", VmUsage(cpu_s=0, mem_mb=1, at_s=1500.0))
+    readings.forget_stale(now_s=1400.0)
+    assert set(readings.readings) == {"vm-2"}
+    assert readings.add("vm-2", None) is None and readings.readings == {}
