@@ -120,8 +120,13 @@ def test_users_see_their_own_and_not_the_admin_pages(app: tuple[TestClient, Serv
     csrf = login(c, "bob")
     r = c.post("/ui/users", data={"username": "eve", "password": PASSWORD, "csrf": csrf})
     assert r.status_code == 403 and svc.store.get_user_by_name("eve") is None
-    login(c, "alice")
+    csrf = login(c, "alice")
     assert "bob" in c.get("/ui/users").text
+    bob = svc.store.get_user_by_name("bob")
+    assert bob is not None
+    assert c.post(f"/ui/users/{bob.id}/role", data={"role": "root", "csrf": csrf}).status_code == 400
+    assert c.post(f"/ui/users/{bob.id}/role", data={"role": "admin", "csrf": csrf}).status_code == 303
+    assert svc.store.get_user(bob.id).role.value == "admin"  # type: ignore[union-attr]
 
 
 def test_api_key_is_shown_once_and_2fa_enrolment_has_a_qr(app: tuple[TestClient, Services]) -> None:

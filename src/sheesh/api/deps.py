@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Response
 from fastapi.security import APIKeyHeader
 from starlette.requests import HTTPConnection
 
@@ -139,6 +139,17 @@ def bearer_token(request: HTTPConnection) -> str | None:
 SESSION_COOKIE = "rds_session"
 
 
+def set_session_cookie(response: Response, svc: Services, user_id: str) -> None:
+    """Log ``user_id`` in on ``response``: a fresh ``rds_session`` (HttpOnly, SameSite=Strict, path /)."""
+    ttl = svc.settings.cookie_ttl_s
+    token = svc.sessions.issue(user_id, "cookie", ttl)
+    response.set_cookie(SESSION_COOKIE, token, max_age=int(ttl), httponly=True, samesite="strict", path="/")
+
+
+def clear_session_cookie(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+
 async def authenticate(
     request: Request, svc: ServicesDep, _: Annotated[str | None, Depends(api_key_header)]
 ) -> Principal:
@@ -174,12 +185,17 @@ async def require_admin(principal: PrincipalDep) -> Principal:
     return principal
 
 
-async def owned_vm(vm_id: str, principal: PrincipalDep, svc: ServicesDep) -> Vm:
-    """The path's VM, if the caller may act on it (another user's VM is 404, like a missing one)."""
+def visible_vm(svc: Services, principal: Principal, vm_id: str) -> Vm:
+    """The VM, if ``principal`` may act on it (another user's VM is 404, like a missing one)."""
     vm = svc.vms.get(vm_id)
     if not principal.can_see(vm.owner_id):
         raise NotFoundError(f"VM {vm_id} not found")
     return vm
+
+
+async def owned_vm(vm_id: str, principal: PrincipalDep, svc: ServicesDep) -> Vm:
+    """The path's VM, if the caller may act on it."""
+    return visible_vm(svc, principal, vm_id)
 
 
 async def owned_vm_id(vm: Annotated[Vm, Depends(owned_vm)]) -> str:

@@ -11,7 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from sheesh.api.bodies import validated
-from sheesh.api.deps import SESSION_COOKIE, AdminDep, PrincipalDep, ServicesDep, client_ip, principal_of
+from sheesh.api.deps import (
+    AdminDep,
+    PrincipalDep,
+    ServicesDep,
+    clear_session_cookie,
+    client_ip,
+    principal_of,
+    set_session_cookie,
+)
 from sheesh.api.karma import Codec, karma_surface, read_body, respond
 from sheesh.api.rerobots import rerobots_surface
 from sheesh.api.routers.vms import ERRORS
@@ -260,21 +268,13 @@ async def karma_refresh(request: Request, svc: ServicesDep, codec: KarmaCodec) -
 @router.post("/auth/login", status_code=204, summary="Log in to the admin UI: sets the rds_session cookie")
 async def cookie_login(body: LoginBody, request: Request, svc: ServicesDep) -> Response:
     user = await _login(svc, request, body)
-    ttl = svc.settings.cookie_ttl_s
     response = Response(status_code=204)
-    response.set_cookie(
-        SESSION_COOKIE,
-        svc.sessions.issue(user.id, "cookie", ttl),
-        max_age=int(ttl),
-        httponly=True,
-        samesite="strict",
-        path="/",
-    )
+    set_session_cookie(response, svc, user.id)
     return response
 
 
 @router.post("/auth/logout", status_code=204, summary="Clear the rds_session cookie")
 async def cookie_logout() -> Response:
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    clear_session_cookie(response)
     return response

@@ -7,19 +7,19 @@ import segno
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from sheesh.api.deps import SESSION_COOKIE, ServicesDep, client_ip
-from sheesh.api.routers.accounts import CreateKeyBody, CreateUserBody, LoginBody, PasswordBody
+from sheesh.api.deps import ServicesDep, clear_session_cookie, client_ip, owned_snapshot_id, set_session_cookie
+from sheesh.api.routers.accounts import CreateKeyBody, CreateUserBody, LoginBody, PasswordBody, UserPatchBody
 from sheesh.api.ui.forms import form_of, validated_form
 from sheesh.api.ui.render import redirect, render
 from sheesh.api.ui.routing import UiRoute
 from sheesh.api.ui.session import AdminSessionDep, SessionDep, session_of
-from sheesh.errors import InvalidInputError, NotFoundError, SheeshError
+from sheesh.errors import SheeshError
 from sheesh.models import Role
 
 router = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
 
 
-@router.get("", include_in_schema=False)
+@router.get("")
 async def ui_root(request: Request, svc: ServicesDep) -> Response:
     return redirect(request, "/ui/vms" if session_of(request, svc) else "/ui/login")
 
@@ -41,16 +41,14 @@ async def login(request: Request, svc: ServicesDep) -> Response:
     except SheeshError as exc:
         return render(request, "login.html", None, exc.status_code, message=exc.message, username=username)
     response = redirect(request, "/ui/vms")
-    ttl = svc.settings.cookie_ttl_s
-    token = svc.sessions.issue(user.id, "cookie", ttl)
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(ttl), httponly=True, samesite="strict", path="/")
+    set_session_cookie(response, svc, user.id)
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request, _: SessionDep) -> Response:
     response = redirect(request, "/ui/login")
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    clear_session_cookie(response)
     return response
 
 
@@ -62,9 +60,7 @@ async def snapshots_page(request: Request, session: SessionDep, svc: ServicesDep
 
 @router.post("/snapshots/{snapshot_id}/delete")
 async def delete_snapshot(snapshot_id: str, request: Request, session: SessionDep, svc: ServicesDep) -> Response:
-    if not session.principal.can_see(svc.vms.snapshot(snapshot_id).owner_id):
-        raise NotFoundError(f"snapshot {snapshot_id} not found")
-    await svc.vms.delete_snapshot(snapshot_id)
+    await svc.vms.delete_snapshot(await owned_snapshot_id(snapshot_id, session.principal, svc))
     return redirect(request, "/ui/snapshots")
 
 
@@ -139,10 +135,7 @@ async def create_user(request: Request, session: AdminSessionDep, svc: ServicesD
 @router.post("/users/{user_id}/role")
 async def set_role(user_id: str, request: Request, session: AdminSessionDep, svc: ServicesDep) -> Response:
     form = await form_of(request)
-    role = str(form.get("role") or "")
-    if role not in {r.value for r in Role}:
-        raise InvalidInputError(f"role must be one of {', '.join(r.value for r in Role)}")
-    svc.accounts.set_role(user_id, Role(role))
+    svc.accounts.set_role(user_id, validated_form(UserPatchBody, {"role": form.get("role")}).role)
     return redirect(request, "/ui/users")
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
-from sheesh.api.deps import ServicesDep, enforce_rate_limit, firewall_source
+from sheesh.api.deps import ServicesDep, enforce_rate_limit, firewall_source, visible_vm
 from sheesh.api.routers.execution import check_timeout
 from sheesh.api.routers.files import GZIP_TYPES
 from sheesh.api.routers.files import download as rest_download
@@ -33,11 +33,8 @@ MAX_LISTED = 500
 
 
 def owned(svc: Services, session: UiSession, vm_id: str) -> Vm:
-    """The VM, if the session's user may see it (another user's VM is 404, as in the REST API)."""
-    vm = svc.vms.get(vm_id)
-    if not session.principal.can_see(vm.owner_id):
-        raise NotFoundError(f"VM {vm_id} not found")
-    return vm
+    """The VM, if the session's user may see it (the REST API's check)."""
+    return visible_vm(svc, session.principal, vm_id)
 
 
 def history(request: Request, session: UiSession) -> StateHistory:
