@@ -87,6 +87,7 @@ class QemuDriver:
         self._table = ProcessTable()
         self._host: HostFacts | None = None
         self._probe_lock = asyncio.Lock()
+        self._qmp_locks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
 
     def ram_file(self, vm_id: str) -> Path:
         return self.ram_dir / f"{vm_id}.ram"
@@ -195,6 +196,7 @@ class QemuDriver:
         if self._table.alive(vm_id):
             return True
         self._table.pop(vm_id)  # QEMU exited (guest power-off, crash): forget it and free its RAM, once
+        self._qmp_locks.pop(vm_id, None)
         self.ram_file(vm_id).unlink(missing_ok=True)
         return False
 
@@ -210,8 +212,22 @@ class QemuDriver:
             self.ram_file(vm_id).unlink(missing_ok=True)
         return gone
 
+    def _qmp_lock(self, vm_id: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        held = self._qmp_locks.get(vm_id)
+        if held is None or held[0] is not loop:
+            held = self._qmp_locks[vm_id] = (loop, asyncio.Lock())
+        return held[1]
+
     @contextlib.asynccontextmanager
     async def _qmp(self, vm_id: str) -> Any:
+        """A QMP session with the VM's QEMU, one at a time per VM: QEMU's QMP socket serves one client, and
+        a second connecting meanwhile fails its handshake (EINVAL), so concurrent callers take turns."""
+        async with self._qmp_lock(vm_id), self._qmp_session(vm_id) as qmp:
+            yield qmp
+
+    @contextlib.asynccontextmanager
+    async def _qmp_session(self, vm_id: str) -> Any:
         wd = self._table.workdir(vm_id)
         if wd is None or not self.is_running(vm_id):
             raise VmmError(f"VM {vm_id} is not running")
@@ -346,6 +362,7 @@ class QemuDriver:
         proc = self._table.pop(vm_id)
         if proc is not None:
             await proc.terminate(grace=1.0)
+        self._qmp_locks.pop(vm_id, None)
         self.ram_file(vm_id).unlink(missing_ok=True)
 
 

@@ -1,0 +1,45 @@
+"""QMP sessions with a real QEMU: its QMP socket serves one client at a time, and a second client connecting
+meanwhile fails its handshake (EINVAL). Concurrent driver calls on one VM (VNC logins, pause, resume) must
+all succeed, by taking turns."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sheesh.vmm.process import ManagedProcess
+from sheesh.vmm.qemu import QemuDriver
+from sheesh.vmm.qemu.cmdline import PIDFILE, QMP_SOCKET
+
+pytestmark = pytest.mark.vm
+
+
+async def test_concurrent_qmp_commands_on_one_vm_all_succeed(tmp_path: Path) -> None:
+    binary = shutil.which("qemu-system-x86_64")
+    assert binary is not None
+    wd = tmp_path / "vm-q"
+    wd.mkdir()
+    qmp = str(wd / QMP_SOCKET)
+    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
+    argv += ["-vnc", f"unix:{wd / 'vnc.sock'},password=on", "-qmp", f"unix:{qmp},server=on,wait=off"]
+    argv += ["-pidfile", str(wd / PIDFILE)]
+    proc = ManagedProcess.spawn(argv, qmp, wd / "out.log", wd / "err.log")
+    try:
+        for _ in range(200):
+            if (wd / PIDFILE).exists() and (wd / QMP_SOCKET).exists():
+                break
+            await asyncio.sleep(0.05)
+        drv = QemuDriver(tmp_path)
+        assert await drv.attach("vm-q", wd) is True
+        calls = []
+        for i in range(10):
+            calls += [drv.set_vnc_password("vm-q", f"pass{i:04d}"), drv.resume("vm-q"), drv.pause("vm-q")]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        await drv.kill("vm-q")
+        assert not proc.alive()
+    finally:
+        await proc.terminate(grace=0.5)
