@@ -148,7 +148,12 @@ def build_node(settings: Settings, driver: VmmDriver | None = None) -> NodeAgent
     drv = driver or (
         FakeDriver()
         if settings.vmm == "fake"
-        else QemuDriver(settings.data_dir, accel=settings.accel, ram_dir=settings.resolved_ram_dir())
+        else QemuDriver(
+            settings.data_dir,
+            accel=settings.accel,
+            ram_dir=settings.resolved_ram_dir(),
+            tcg_tb_mb=settings.tcg_tb_mb,
+        )
     )
     return NodeAgent(
         settings.vms_dir,

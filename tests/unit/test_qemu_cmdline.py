@@ -18,7 +18,7 @@ def test_microvm_tcg_command_line() -> None:
     argv = build_argv(SPEC, HostFacts("/usr/bin/qemu-system-x86_64", "tcg", 2_500_000), Path("/shm/vm-1.ram"))
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert _arg(argv, "-M")[0].startswith("microvm,")
-    assert _arg(argv, "-accel") == ["tcg,tb-size=32"]
+    assert _arg(argv, "-accel") == ["tcg,tb-size=128"]
     assert _arg(argv, "-smp") == ["2"] and _arg(argv, "-m") == ["256M"]
     append = _arg(argv, "-append")[0]
     assert "tsc_early_khz=2500000" in append and "root=/dev/vda" in append
@@ -27,6 +27,11 @@ def test_microvm_tcg_command_line() -> None:
     assert any("logfile=/w/serial.log" in c for c in _arg(argv, "-chardev"))
     assert _arg(argv, "-qmp") == ["unix:/w/qmp.sock,server=on,wait=off"]
     assert "-no-reboot" in argv and "-nodefaults" in argv
+
+
+def test_tcg_translation_cache_size_is_a_setting() -> None:
+    argv = build_argv(SPEC, HostFacts("qemu", "tcg", 1, tcg_tb_mb=64), Path("/shm/vm-1.ram"))
+    assert _arg(argv, "-accel") == ["tcg,tb-size=64"]
 
 
 def test_kvm_accel() -> None:

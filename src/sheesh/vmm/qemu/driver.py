@@ -78,12 +78,14 @@ class QemuDriver:
         binary: str = "qemu-system-x86_64",
         qemu_img: str = "qemu-img",
         ram_dir: Path = Path("/dev/shm/sheesh/default"),
+        tcg_tb_mb: int = 128,
     ) -> None:
         self.state_dir = state_dir
         self.accel_setting = accel
         self.binary = shutil.which(binary) or binary
         self.qemu_img = shutil.which(qemu_img) or qemu_img
         self.ram_dir = ram_dir
+        self.tcg_tb_mb = tcg_tb_mb
         self._table = ProcessTable()
         self._host: HostFacts | None = None
         self._probe_lock = asyncio.Lock()
@@ -98,7 +100,7 @@ class QemuDriver:
                 accel = self.accel_setting
                 if accel == "auto":
                     accel = "kvm" if await self._kvm_works(spec) else "tcg"
-                self._host = HostFacts(self.binary, accel, host_tsc_khz())
+                self._host = HostFacts(self.binary, accel, host_tsc_khz(), self.tcg_tb_mb)
             return self._host
 
     async def _kvm_works(self, spec: MachineSpec) -> bool:
