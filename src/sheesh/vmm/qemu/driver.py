@@ -75,6 +75,7 @@ class QemuDriver:
         self,
         state_dir: Path,
         accel: str = "auto",
+        *,
         binary: str = "qemu-system-x86_64",
         qemu_img: str = "qemu-img",
         ram_dir: Path = Path("/dev/shm/sheesh/default"),
