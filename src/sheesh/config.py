@@ -67,9 +67,10 @@ class Settings(BaseSettings):
     vmm: Literal["qemu", "fake"] = "qemu"
     """``fake`` runs "VMs" as host processes with the guest agent (development and API fuzzing only)."""
     accel: Literal["auto", "kvm", "tcg"] = "auto"
-    tcg_tb_mb: int = Field(default=128, ge=16, le=4096)
-    """Translated-code cache of each VM under TCG, in MiB (QEMU ``tb-size``): smaller saves host memory on busy
-    VMs, but a full cache is dropped and retranslated, which makes the guest several times slower meanwhile."""
+    tcg_tb_mb: int | None = Field(default=None, ge=16, le=4096)
+    """Translated-code cache of each VM under TCG, in MiB (QEMU ``tb-size``); default half the VM's memory,
+    64 to 512. Smaller saves host memory on busy VMs, but a full cache is dropped and retranslated, which
+    makes the guest several times slower meanwhile."""
     image_dir: Path | None = None
     web_dir: Path | None = None
     ram_dir: Path | None = None

@@ -4,7 +4,7 @@ from pathlib import Path
 from sheesh.guest.protocol import PORT_NAME
 from sheesh.vmm.driver import MachineSpec, RestoreSource
 from sheesh.vmm.process import ManagedProcess
-from sheesh.vmm.qemu.cmdline import CDROM_ID, HostFacts, build_argv, overlay_argv
+from sheesh.vmm.qemu.cmdline import CDROM_ID, HostFacts, build_argv, overlay_argv, tcg_tb_mb
 from sheesh.vmm.qemu.driver import QemuDriver
 
 SPEC = MachineSpec("vm-1", 2, 256, Path("/img/vmlinux"), Path("/img/initrd.cpio"), Path("/w/disk.qcow2"), Path("/w"))
@@ -18,7 +18,7 @@ def test_microvm_tcg_command_line() -> None:
     argv = build_argv(SPEC, HostFacts("/usr/bin/qemu-system-x86_64", "tcg", 2_500_000), Path("/shm/vm-1.ram"))
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert _arg(argv, "-M")[0].startswith("microvm,")
-    assert _arg(argv, "-accel") == ["tcg,tb-size=128"]
+    assert _arg(argv, "-accel") == ["tcg,tb-size=128"]  # half of the VM's 256 MiB
     assert _arg(argv, "-smp") == ["2"] and _arg(argv, "-m") == ["256M"]
     append = _arg(argv, "-append")[0]
     assert "tsc_early_khz=2500000" in append and "root=/dev/vda" in append
@@ -29,9 +29,10 @@ def test_microvm_tcg_command_line() -> None:
     assert "-no-reboot" in argv and "-nodefaults" in argv
 
 
-def test_tcg_translation_cache_size_is_a_setting() -> None:
-    argv = build_argv(SPEC, HostFacts("qemu", "tcg", 1, tcg_tb_mb=64), Path("/shm/vm-1.ram"))
-    assert _arg(argv, "-accel") == ["tcg,tb-size=64"]
+def test_tcg_translation_cache_follows_the_vm_size_unless_set() -> None:
+    assert [tcg_tb_mb(m) for m in (64, 256, 512, 1024, 8192)] == [64, 128, 256, 512, 512]
+    argv = build_argv(SPEC, HostFacts("qemu", "tcg", 1, tcg_tb_mb=48), Path("/shm/vm-1.ram"))
+    assert _arg(argv, "-accel") == ["tcg,tb-size=48"]
 
 
 def test_kvm_accel() -> None:

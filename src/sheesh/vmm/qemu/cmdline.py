@@ -20,10 +20,11 @@ class HostFacts:
     binary: str
     accel: str  # "kvm" or "tcg"
     tsc_khz: int
-    tcg_tb_mb: int = 128
-    """TCG's translated-code cache per VM. When it fills, QEMU drops all translated code and the guest runs
-    several times slower until it is translated again: with 32 MiB that happened every few execs (exec
-    ``true`` p90 147 ms against 40 ms with 128 MiB). It is touched as used, so idle VMs hold less."""
+    tcg_tb_mb: int | None = None
+    """TCG's translated-code cache per VM (None: ``tcg_tb_mb``). When it fills, QEMU drops all translated code
+    and the guest runs several times slower until it is translated again: with 32 MiB that happened every
+    few execs (exec ``true`` p90 147 ms against 40 ms with 128 MiB; run-ts 8 s apart 1549 -> 394 ms, 286 ms
+    with 256 MiB). QEMU touches it as used, so an idle VM holds little of it."""
 
 
 def kernel_cmdline(spec: MachineSpec, tsc_khz: int) -> str:
@@ -73,8 +74,20 @@ def memory_backend(spec: MachineSpec, ram_file: Path) -> tuple[Path, bool]:
     return ram_file, True
 
 
-def _accel(host: HostFacts) -> str:
-    return "kvm" if host.accel == "kvm" else f"tcg,tb-size={host.tcg_tb_mb}"
+TB_MIN_MB = 64
+TB_MAX_MB = 512
+
+
+def tcg_tb_mb(mem_mb: int) -> int:
+    """The default translated-code cache: half the VM's memory, 64 to 512 MiB (bigger VMs run bigger
+    programs; a 256 MiB sandbox gets 128, a 512 MiB one running Deno 256)."""
+    return max(TB_MIN_MB, min(TB_MAX_MB, mem_mb // 2))
+
+
+def _accel(spec: MachineSpec, host: HostFacts) -> str:
+    if host.accel == "kvm":
+        return "kvm"
+    return f"tcg,tb-size={host.tcg_tb_mb or tcg_tb_mb(spec.mem_mb)}"
 
 
 def _kernel(spec: MachineSpec, host: HostFacts) -> list[str]:
@@ -143,7 +156,7 @@ def build_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[str]:
     mem_path, shared = memory_backend(spec, ram_file)
     incoming = ["-incoming", "defer"] if spec.restore is not None else []
     return [
-        *_microvm(host.binary, "rtc=on,memory-backend=ram", _accel(host)),
+        *_microvm(host.binary, "rtc=on,memory-backend=ram", _accel(spec, host)),
         *_ram(spec, mem_path, shared),
         *_kernel(spec, host),
         "-drive",
@@ -187,7 +200,7 @@ def build_full_argv(spec: MachineSpec, host: HostFacts, ram_file: Path) -> list[
         "-nodefaults",
         "-no-user-config",
         "-accel",
-        _accel(host),
+        _accel(spec, host),
         "-cpu",
         "max",
         *_ram(spec, mem_path, shared),

@@ -79,7 +79,7 @@ class QemuDriver:
         binary: str = "qemu-system-x86_64",
         qemu_img: str = "qemu-img",
         ram_dir: Path = Path("/dev/shm/sheesh/default"),
-        tcg_tb_mb: int = 128,
+        tcg_tb_mb: int | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.accel_setting = accel
