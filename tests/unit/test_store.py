@@ -69,6 +69,39 @@ def test_vm_roundtrip_update_delete(store: Store) -> None:
     assert store.get_vm("vm-1") is None and store.list_vms() == []
 
 
+def test_every_vm_write_moves_the_vms_version(store: Store) -> None:
+    seen = [store.vms_version()]
+
+    def moved() -> bool:
+        seen.append(store.vms_version())
+        return seen[-1] > seen[-2]
+
+    vm = _vm("vm-1", "172.16.0.2")
+    store.add_vm(vm)
+    assert moved()
+    assert store.list_vms() and not moved()  # reads do not
+    vm.state = VmState.STOPPED
+    store.save_vm(vm)
+    assert moved()
+    store.delete_vm("vm-1")
+    assert moved()
+    store.add_vm(_vm("vm-2", "172.16.0.3"))
+    store.wipe()
+    assert store.vms_version() > seen[-1] + 1
+
+
+def test_another_replica_sees_the_vms_version_move(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db' / 'sheesh.db'}"
+    one, two = SqlStore(url), SqlStore(url)
+    try:
+        before = two.vms_version()
+        one.add_vm(_vm("vm-1", "172.16.0.2"))
+        assert two.vms_version() == before + 1
+    finally:
+        one.close()
+        two.close()
+
+
 def test_duplicate_address_is_refused(store: Store) -> None:
     store.add_vm(_vm("vm-1", "172.16.0.2"))
     with pytest.raises(Exception):  # noqa: B017 - IntegrityError or StoreError

@@ -30,6 +30,7 @@ from sheesh.api.routers import (
     vms,
     workspaces,
 )
+from sheesh.api.vmlists import VmListCache
 from sheesh.control.services import Services
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
         openapi_url=None,
     )
     app.state.services = svc
+    app.state.vm_lists = VmListCache()
     errors.install(app)
     ratelimit.install(app, svc)
     app.add_middleware(limits.BodyLimit, max_bytes=lambda: svc.settings.max_body_bytes)

@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, Response
 from fastapi.security import APIKeyHeader
 from starlette.requests import HTTPConnection
 
+from sheesh.api.vmlists import VmListCache
 from sheesh.auth.apikeys import Principal
 from sheesh.auth.sessions import CsrfError
 from sheesh.control.services import Services
@@ -26,6 +27,14 @@ async def services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(services)]
+
+
+async def vm_lists(request: Request) -> VmListCache:
+    lists: VmListCache = request.app.state.vm_lists
+    return lists
+
+
+VmListsDep = Annotated[VmListCache, Depends(vm_lists)]
 
 
 def client_ip(request: HTTPConnection) -> str:

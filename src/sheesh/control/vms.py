@@ -152,6 +152,10 @@ class VmService:
     def list_vms(self) -> list[Vm]:
         return self.store.list_vms()
 
+    def version(self) -> int:
+        """Moves on with every VM write in any replica (``Store.vms_version``)."""
+        return self.store.vms_version()
+
     def get(self, vm_id: str) -> Vm:
         vm = self.store.get_vm(vm_id)
         if vm is None:

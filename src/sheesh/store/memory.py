@@ -17,6 +17,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.vms: dict[str, Vm] = {}
+        self._vms_version = 0
         self.rate_hits: dict[str, list[float]] = {}
         self.images: dict[str, StoredImage] = {}
         self.keys: dict[str, ApiKey] = {}
@@ -29,10 +30,15 @@ class MemoryStore:
         if vm.id in self.vms or vm.guest_ip in self.used_ips():
             raise StoreError(f"duplicate VM {vm.id} or address {vm.guest_ip}")
         self.vms[vm.id] = copy.deepcopy(vm)
+        self._vms_version += 1
 
     def save_vm(self, vm: Vm) -> None:
         if vm.id in self.vms:
             self.vms[vm.id] = copy.deepcopy(vm)
+        self._vms_version += 1
+
+    def vms_version(self) -> int:
+        return self._vms_version
 
     def get_vm(self, vm_id: str) -> Vm | None:
         vm = self.vms.get(vm_id)
@@ -44,6 +50,7 @@ class MemoryStore:
     def delete_vm(self, vm_id: str) -> None:
         self.vms.pop(vm_id, None)
         self.exec_logs.pop(vm_id, None)
+        self._vms_version += 1
 
     def used_ips(self) -> set[str]:
         return {v.guest_ip for v in self.vms.values()}
@@ -176,6 +183,7 @@ class MemoryStore:
     def wipe(self) -> None:
         for table in (self.vms, self.keys, self.users, self.snapshots, self.exec_logs):
             table.clear()
+        self._vms_version += 1
         nodes = self.records.get(NodeRecord, {})
         self.records.clear()
         self.records[NodeRecord] = nodes

@@ -46,6 +46,7 @@ from sheesh.store.rows import (
 from sheesh.store.tables import (
     RECORD_TABLES,
     ApiKeyRow,
+    ChangeCounterRow,
     ExecLogRow,
     ImageRow,
     NodeRow,
@@ -65,6 +66,11 @@ class Store(Protocol):
     def list_vms(self) -> list[Vm]: ...
     def delete_vm(self, vm_id: str) -> None:
         """Remove the VM and its execution history."""
+        ...
+
+    def vms_version(self) -> int:
+        """A number that every write of a VM (add, save, delete, wipe) moves on, in the same transaction, in
+        whichever replica made it: a list read after reading it is at least that new."""
         ...
 
     def used_ips(self) -> set[str]: ...
@@ -163,6 +169,13 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+_VMS_VERSION = select(ChangeCounterRow.value).where(ChangeCounterRow.name == "vms")
+
+
+def _count_change(s: Session, table: str) -> None:
+    s.execute(update(ChangeCounterRow).where(ChangeCounterRow.name == table).values(value=ChangeCounterRow.value + 1))
+
+
 SQLITE_POOL_SIZE = 48
 """Pooled SQLite connections: more than the request threads, so none is opened and closed per request."""
 
@@ -210,10 +223,16 @@ class SqlStore:
     def add_vm(self, vm: Vm) -> None:
         with self._write() as s:
             s.add(VmRow(**vm_values(vm)))
+            _count_change(s, "vms")
 
     def save_vm(self, vm: Vm) -> None:
         with self._write() as s:
             s.execute(update(VmRow).where(VmRow.id == vm.id).values(**vm_values(vm)))
+            _count_change(s, "vms")
+
+    def vms_version(self) -> int:
+        with self._read() as s:
+            return int(s.execute(_VMS_VERSION).scalar_one())
 
     def get_vm(self, vm_id: str) -> Vm | None:
         # plain rows, not ORM objects: these are the reads behind most requests (a third of their cost)
@@ -230,6 +249,7 @@ class SqlStore:
         with self._write() as s:
             s.execute(delete(ExecLogRow).where(ExecLogRow.vm_id == vm_id))
             s.execute(delete(VmRow).where(VmRow.id == vm_id))
+            _count_change(s, "vms")
 
     def used_ips(self) -> set[str]:
         with self._read() as s:
@@ -425,6 +445,7 @@ class SqlStore:
             for table in (ExecLogRow, VmRow, SnapshotRow, ApiKeyRow, UserRow, *RECORD_TABLES):
                 if table is not NodeRow:
                     s.execute(delete(table))
+            _count_change(s, "vms")
 
     def rate_hit(self, key: str, limit: int, window_s: float, now: float) -> tuple[bool, int, float]:
         key = key[:255]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -150,6 +150,16 @@ class CiJobRow(RecordColumns, Base):
 
 class NodeRow(RecordColumns, Base):
     __tablename__ = "nodes"
+
+
+class ChangeCounterRow(Base):
+    """How many times a table was written (``name``: the table): caches of any replica compare it with the
+    value they were filled at. Moved in the same transaction as the write."""
+
+    __tablename__ = "change_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class RateHitRow(Base):

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
-from sheesh.api.deps import OwnedVm, OwnedVmId, PrincipalDep, ServicesDep, rate_limited
+from sheesh.api.deps import OwnedVm, OwnedVmId, PrincipalDep, ServicesDep, VmListsDep, rate_limited
 from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, TimeoutBody, VmOut, iso
+from sheesh.api.vmlists import CachedList
 from sheesh.auth.apikeys import Principal
 from sheesh.auth.totp import require_otp
 from sheesh.control.services import Services
@@ -28,6 +29,7 @@ LOG_TYPES = {
     "vmm.stderr.log": "stderr",
 }
 router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=ERRORS)
+VM_LIST = TypeAdapter(list[VmOut])
 
 
 def vm_out(svc: ServicesDep, vm: Vm) -> VmOut:
@@ -73,9 +75,19 @@ async def set_timeout(vm_id: OwnedVmId, body: TimeoutBody, svc: ServicesDep) -> 
     return vm_out(svc, await svc.vms.set_timeout(vm_id, body.timeout_s, body.on_timeout))
 
 
-@router.get("", summary="List VMs")
-async def list_vms(svc: ServicesDep, principal: PrincipalDep) -> list[VmOut]:
-    return [vm_out(svc, vm) for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
+@router.get("", summary="List VMs", response_model=list[VmOut])
+async def list_vms(svc: ServicesDep, principal: PrincipalDep, lists: VmListsDep) -> Response:
+    # served from the body built last for this viewer while no VM changed since (api.vmlists)
+    scope = "*" if principal.is_admin else "user:" + principal.user_id
+    version = svc.vms.version()  # before the rows: a body is never older than the version it is kept at
+    cached = lists.get(scope, version)
+    if cached is None or any(svc.nodes.endpoint(n) != e for n, e in cached.endpoints.items()):
+        vms = [vm for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
+        endpoints = {node: svc.nodes.endpoint(node) for node in {vm.node for vm in vms}}
+        outs = [VmOut.of(vm, *endpoints[vm.node][:2]) for vm in vms]
+        cached = CachedList(version=version, endpoints=endpoints, body=VM_LIST.dump_json(outs))
+        lists.put(scope, cached)
+    return Response(cached.body, media_type="application/json")
 
 
 @router.get("/{vm_id}", summary="Get a VM (with the node host/port of its console endpoints)")

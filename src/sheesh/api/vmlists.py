@@ -1,0 +1,44 @@
+"""The JSON body of ``GET /v1/vms``, kept per viewer until a VM changes.
+
+A list of 100 VMs costs about 4 ms of CPU to read, build and serialise; it is asked for far more often
+than VMs change (UIs and SDKs poll it). Each body is kept with the store's ``vms_version`` it was built at,
+which every VM write moves on in the same transaction, in whichever replica made it: a body is served
+again only while that number has not moved, so no replica serves a list older than the database. The
+console endpoints in it come from the node registry, not the VM rows: they are compared on every hit.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+Endpoint = tuple[str, int, bool]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CachedList:
+    version: int
+    endpoints: dict[str, Endpoint]
+    """The console endpoint of each node the listed VMs are on, as it was when the body was built."""
+    body: bytes
+
+
+class VmListCache:
+    """The newest body per viewer scope (an admin's "all", or one user's VMs), at most ``size`` of them."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._lists: OrderedDict[str, CachedList] = OrderedDict()
+
+    def get(self, scope: str, version: int) -> CachedList | None:
+        cached = self._lists.get(scope)
+        if cached is None or cached.version != version:
+            return None
+        self._lists.move_to_end(scope)
+        return cached
+
+    def put(self, scope: str, cached: CachedList) -> None:
+        self._lists[scope] = cached
+        self._lists.move_to_end(scope)
+        while len(self._lists) > self.size:
+            self._lists.popitem(last=False)
