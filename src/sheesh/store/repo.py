@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -170,6 +170,12 @@ def migrate(engine: Engine) -> None:
 
 
 _VMS_VERSION = select(ChangeCounterRow.value).where(ChangeCounterRow.name == "vms")
+# the hot reads, built once (building and keying a select costs more than running it on SQLite)
+_VM_BY_ID = select(*VmRow.__table__.c).where(VmRow.id == bindparam("id"))
+_VMS = select(*VmRow.__table__.c).order_by(VmRow.created_at, VmRow.id)
+_KEY_BY_HASH = select(*ApiKeyRow.__table__.c).where(ApiKeyRow.key_hash == bindparam("key_hash"))
+_USER_BY_ID = select(*UserRow.__table__.c).where(UserRow.id == bindparam("id"))
+_USER_BY_NAME = select(*UserRow.__table__.c).where(UserRow.username == bindparam("username"))
 
 
 def _count_change(s: Session, table: str) -> None:
@@ -220,6 +226,16 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"database error: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _rows(self) -> Iterator[Connection]:
+        """A Core connection for the reads behind most requests: a select through an ORM session costs about
+        four times as much (get_vm on SQLite 300 -> 70 µs)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
     def add_vm(self, vm: Vm) -> None:
         with self._write() as s:
             s.add(VmRow(**vm_values(vm)))
@@ -231,19 +247,18 @@ class SqlStore:
             _count_change(s, "vms")
 
     def vms_version(self) -> int:
-        with self._read() as s:
-            return int(s.execute(_VMS_VERSION).scalar_one())
+        with self._rows() as conn:
+            return int(conn.execute(_VMS_VERSION).scalar_one())
 
     def get_vm(self, vm_id: str) -> Vm | None:
         # plain rows, not ORM objects: these are the reads behind most requests (a third of their cost)
-        with self._read() as s:
-            row = s.execute(select(*VmRow.__table__.c).where(VmRow.id == vm_id)).first()
+        with self._rows() as conn:
+            row = conn.execute(_VM_BY_ID, {"id": vm_id}).first()
             return vm_from_row(row) if row else None
 
     def list_vms(self) -> list[Vm]:
-        with self._read() as s:
-            query = select(*VmRow.__table__.c).order_by(VmRow.created_at, VmRow.id)
-            return [vm_from_row(r) for r in s.execute(query)]
+        with self._rows() as conn:
+            return [vm_from_row(r) for r in conn.execute(_VMS)]
 
     def delete_vm(self, vm_id: str) -> None:
         with self._write() as s:
@@ -361,8 +376,8 @@ class SqlStore:
             )
 
     def find_api_key(self, key_hash: str) -> ApiKey | None:
-        with self._read() as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+        with self._rows() as conn:
+            row = conn.execute(_KEY_BY_HASH, {"key_hash": key_hash}).first()
             return key_from_row(row) if row else None
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
@@ -398,13 +413,13 @@ class SqlStore:
             s.execute(update(UserRow).where(UserRow.id == user.id).values(**user_values(user)))
 
     def get_user(self, user_id: str) -> User | None:
-        with self._read() as s:
-            row = s.get(UserRow, user_id)
+        with self._rows() as conn:
+            row = conn.execute(_USER_BY_ID, {"id": user_id}).first()
             return user_from_row(row) if row else None
 
     def get_user_by_name(self, username: str) -> User | None:
-        with self._read() as s:
-            row = s.execute(select(*UserRow.__table__.c).where(UserRow.username == username)).first()
+        with self._rows() as conn:
+            row = conn.execute(_USER_BY_NAME, {"username": username}).first()
             return user_from_row(row) if row else None
 
     def list_users(self) -> list[User]:

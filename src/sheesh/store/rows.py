@@ -191,7 +191,7 @@ def snapshot_from_row(row: SnapshotRow) -> Snapshot:
     )
 
 
-def key_from_row(row: ApiKeyRow) -> ApiKey:
+def key_from_row(row: ApiKeyRow | Row[Any]) -> ApiKey:
     expires = utc(row.expires_at) if row.expires_at else None
     return ApiKey(
         id=row.id,
