@@ -1,22 +1,99 @@
 """Benchmark: VM creation from template snapshots, snapshot save and restore times. Prints numbers.
 
 create -> first exec over n creates served from the shape's template (the first create boots and builds
-the template; it is excluded). Each VM is deleted after its exec so the host load stays constant.
+the template; it is excluded). Each VM is deleted after its exec so the host load stays constant. Each
+create is broken down from the node's log: API (HTTP, auth, DB, scheduling, the hop to the node), disk
+overlay, network plumbing, QEMU start + restore to running, the guest agent's first answer (the identity
+refresh), then the first exec. The floor, measured in the same run: the same template restored by the VMM
+layer alone (QemuDriver: QEMU start, incoming migration, cont; its own tap; no API, node or plumbing), to
+running and to its guest agent's first answer.
 Usage: .venv/bin/python bench/snapshots.py [--creates 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from _common import percentile, running_server
+
+from sheesh.config import Settings
+from sheesh.guest.protocol import Op
+from sheesh.image.builder import ImageBuilder
+from sheesh.node.guest_client import GuestClient
+from sheesh.vmm.driver import AGENT_SOCKET, SNAPSHOT_DISK, SNAPSHOT_MEMORY, SNAPSHOT_STATE, MachineSpec, RestoreSource
+from sheesh.vmm.qemu import QemuDriver
 
 BODY = {"cpu": 1, "memMb": 256, "allowIps": []}
 
 
 def ms(values: list[float]) -> str:
     return f"p50 {percentile(values, 0.5) * 1000:.0f} ms, p99 {percentile(values, 0.99) * 1000:.0f} ms"
+
+
+RESTORED = re.compile(r"restored (\S+) from \S+: disk (\d+) ms, machine\+agent\+identity (\d+) ms")
+BOOTED = re.compile(r"(\S+): network plugged in (\d+) ms, VMM up after (\d+) ms, agent after (\d+) ms")
+
+
+def breakdown(log: str, vm_id: str) -> dict[str, float] | None:
+    """The node's timings of one restore (ms), from its log lines."""
+    restored = next((m for m in RESTORED.finditer(log) if m.group(1) == vm_id), None)
+    booted = next((m for m in BOOTED.finditer(log) if m.group(1) == vm_id), None)
+    if restored is None or booted is None:
+        return None
+    disk, machine = float(restored.group(2)), float(restored.group(3))
+    return {
+        "node": disk + machine,
+        "disk": disk,
+        "network": float(booted.group(2)),
+        "qemu": float(booted.group(3)),
+        "agent": float(booted.group(4)),
+    }
+
+
+async def bare_restores(snap: Path, runs: int) -> tuple[list[float], list[float]]:
+    """The floor: ``runs`` restores of the template ``snap`` by the VMM layer alone; seconds to running and
+    to the first answered ping of the guest agent."""
+    image = ImageBuilder(Settings().resolved_image_dir()).build()
+    nic = json.loads((snap / "machine.json").read_text()).get("nic", False)
+    to_running, to_agent = [], []
+    with (
+        tempfile.TemporaryDirectory(prefix="sheesh-floor-") as tmp,
+        tempfile.TemporaryDirectory(prefix="sheesh-floor-", dir="/dev/shm") as ram,
+    ):
+        drv = QemuDriver(Path(tmp), accel=Settings().accel, ram_dir=Path(ram))
+        tap = "sbfloor0"
+        if nic:
+            subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+            subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+        try:
+            for i in range(runs):
+                wd = Path(tmp) / f"floor-{i}"
+                wd.mkdir()
+                disk = wd / "disk.qcow2"
+                await drv.create_disk_from(snap / SNAPSHOT_DISK, disk)
+                memory = snap / SNAPSHOT_MEMORY
+                restore = RestoreSource(snap / SNAPSHOT_STATE, memory if memory.exists() else None)
+                net = {"tap": tap, "mac": "52:54:00:00:00:fe"} if nic else {}
+                spec = MachineSpec(f"floor-{i}", 1, 256, image.kernel, image.initrd, disk, wd, restore=restore, **net)
+                t0 = time.perf_counter()
+                await drv.start(spec)
+                to_running.append(time.perf_counter() - t0)
+                client = GuestClient(wd / AGENT_SOCKET)
+                await client.wait_ready(30, op=Op.PING)
+                to_agent.append(time.perf_counter() - t0)
+                await client.close()
+                await drv.kill(spec.vm_id)
+        finally:
+            if nic:
+                subprocess.run(["ip", "link", "del", tap], check=False)
+    return to_running, to_agent
 
 
 def main() -> None:
@@ -32,7 +109,7 @@ def main() -> None:
             if probe["provisionMode"] == "snapshot" or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        creates, firsts, modes = [], [], set()
+        creates, firsts, execs, modes, ids = [], [], [], set(), []
         for _ in range(args.creates):
             t0 = time.perf_counter()
             vm = c.post("/v1/vms", json=BODY).raise_for_status().json()
@@ -40,8 +117,18 @@ def main() -> None:
             c.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "true"}).raise_for_status()
             firsts.append(time.perf_counter() - t0)
             creates.append(t1 - t0)
+            execs.append(time.perf_counter() - t1)
             modes.add(vm["provisionMode"])
+            ids.append(vm["id"])
             c.delete(f"/v1/vms/{vm['id']}").raise_for_status()
+        template = next((server.data_dir / "snapshots").glob("snap-tpl-*"))
+        floor_running, floor_agent = asyncio.run(bare_restores(template, 10))
+        log = server.log.read_text()
+        parts = [
+            {**b, "api": create * 1000 - b["node"]}
+            for create, vm_id in zip(creates, ids, strict=True)
+            if (b := breakdown(log, vm_id)) is not None
+        ]
         saves, restores, save_api = [], [], []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -55,7 +142,24 @@ def main() -> None:
             c.delete(f"/v1/snapshots/{snap['id']}").raise_for_status()
         c.delete(f"/v1/vms/{first['id']}").raise_for_status()
     print(f"create from template (n={len(creates)}, modes {sorted(modes)}): create {ms(creates)}")
-    print(f"create -> first exec from template (n={len(firsts)}): {ms(firsts)}")
+    p50 = percentile(firsts, 0.5)
+    tail = percentile(firsts, 0.99) / p50
+    print(f"create -> first exec from template (n={len(firsts)}): {ms(firsts)} (p99/p50 {tail:.2f})")
+
+    def median(key: str) -> float:
+        return percentile([b[key] for b in parts], 0.5)
+
+    print(
+        f"  breakdown, p50 of each (n={len(parts)}): API + auth + DB + node hop {median('api'):.0f} ms, "
+        f"disk overlay {median('disk'):.0f} ms, network {median('network'):.0f} ms, "
+        f"QEMU restore to running {median('qemu'):.0f} ms, agent's first answer (identity refresh) "
+        f"{median('agent'):.0f} ms, first exec {percentile(execs, 0.5) * 1000:.0f} ms"
+    )
+    floor = percentile(floor_agent, 0.5)
+    print(
+        f"  floor (the template restored by the VMM layer alone, n={len(floor_agent)}): to running "
+        f"{ms(floor_running)}; to the agent's first answer {ms(floor_agent)}; ratio {p50 / floor:.2f}"
+    )
     print(f"snapshot save, in node (n={len(saves)}): {ms(saves)}; through the API: {ms(save_api)}")
     print(f"restore from snapshot through the API, create -> RUNNING (n={len(restores)}): {ms(restores)}")
 
