@@ -38,6 +38,20 @@ def test_a_restore_forgets_the_key_and_the_hosts_key_is_taken(tmp_path: Path) ->
     assert ssh.authorize([KEY], other, other_pub)["hostkeys"] == [public], "the VM keeps the key it has"
 
 
+def test_a_key_on_disk_when_the_agent_started_is_forgotten_too(tmp_path: Path) -> None:
+    key = tmp_path / HOST_KEY
+    key.parent.mkdir(parents=True)
+    key.write_text("old private key\n")
+    key.with_name(key.name + ".pub").write_text("ssh-ed25519 OLD root@sheesh\n")
+    ssh = SshServer(str(tmp_path), run_daemon=False)  # an agent restarted in a VM that used SSH
+    ssh.forget()
+    assert not key.exists() and not key.with_name(key.name + ".pub").exists()
+    made = ssh.authorize([KEY])["hostkeys"]
+    ssh.forget()  # and every later restore forgets the key made since
+    assert not key.exists()
+    assert ssh.authorize([KEY])["hostkeys"] != made
+
+
 @pytest.mark.parametrize("keys", ["ssh-ed25519 AAAA", ["a\nb"], ["x\0"], [1], ["k"] * 65])
 def test_malformed_keys_are_refused(tmp_path: Path, keys: object) -> None:
     ssh = SshServer(str(tmp_path), run_daemon=False)

@@ -41,6 +41,8 @@ class SshServer:
         self.run_daemon = run_daemon
         self._lock = threading.Lock()
         self._daemon: subprocess.Popen[bytes] | None = None
+        self._keyed = self._key.exists()
+        """Whether a host key may be on disk (made since the agent started, or found then)."""
 
     @property
     def _key(self) -> Path:
@@ -48,8 +50,12 @@ class SshServer:
 
     def forget(self) -> None:
         """The machine was restored (maybe cloned): its host key is not its own any more. Remove it and stop the
-        listener (sessions already open go on); the next ``authorize`` makes a new one."""
+        listener (sessions already open go on); the next ``authorize`` makes a new one. A VM that never used
+        SSH has nothing to forget: that costs no syscall (every clone of a template calls this)."""
         with self._lock:
+            if not self._keyed and self._daemon is None:
+                return
+            self._keyed = False
             for old in (self._key, self._key.with_name(self._key.name + ".pub")):
                 old.unlink(missing_ok=True)
             if self._daemon is not None and self._daemon.poll() is None:
@@ -58,6 +64,7 @@ class SshServer:
             self._daemon = None
 
     def _ensure_key(self, host_key: object, host_key_pub: object) -> None:
+        self._keyed = True
         if self._key.exists():
             return
         self._key.parent.mkdir(parents=True, exist_ok=True)
