@@ -113,6 +113,20 @@ def test_warm_shell_is_used_once_and_refilled(config: AgentConfig) -> None:
     assert int(pid) != first_pid and leak == "none"
 
 
+def test_a_refill_asked_for_while_answering_starts_after_the_answer(config: AgentConfig) -> None:
+    shells = WarmShells(config, size=1)
+    deadline = time.monotonic() + 5
+    while not shells.ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with shells.refills_after():
+        assert _run_exec(config, {"cmd": "true"}, shells)["exit_code"] == 0
+        time.sleep(0.5)  # a refill started by the job would have made a shell by now
+        assert shells.ready() == 0
+    while not shells.ready() and time.monotonic() < deadline + 5:
+        time.sleep(0.01)
+    assert shells.ready() == 1
+
+
 def test_env_values_are_not_interpreted(run_exec: Run, config: AgentConfig) -> None:
     tricky = "$(echo pwned) `id` ' \" ; x"
     out = run_exec(config, {"cmd": 'printf %s "$V"', "env": {"V": tricky}})

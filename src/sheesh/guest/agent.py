@@ -259,6 +259,10 @@ class Agent:
             raise RequestError(str(exc), exc.kind) from exc
 
     def _handle(self, req: dict[str, Any]) -> None:
+        with self.shells.refills_after() if self.shells is not None else contextlib.nullcontext():
+            self._answer(req)
+
+    def _answer(self, req: dict[str, Any]) -> None:
         rid = req.get("id")
         try:
             reply = {"id": rid, "ok": True, **self.dispatch(req)}

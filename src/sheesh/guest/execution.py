@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +180,7 @@ class WarmShells:
         self._ready: list[Shell] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._held = threading.local()
         threading.Thread(target=self._refill, daemon=True).start()
         self._wake.set()
 
@@ -212,7 +214,23 @@ class WarmShells:
         return None
 
     def refill(self) -> None:
+        if getattr(self._held, "depth", 0):
+            self._held.asked = True
+            return
         self._wake.set()
+
+    @contextlib.contextmanager
+    def refills_after(self) -> Iterator[None]:
+        """Refills asked for in this block (on this thread) start when it ends: the agent answers first, then
+        forks the next shell (a fork holds the interpreter lock, so the answer would wait for it)."""
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._held.depth -= 1
+            if not self._held.depth and getattr(self._held, "asked", False):
+                self._held.asked = False
+                self._wake.set()
 
     def ready(self) -> int:
         with self._lock:
