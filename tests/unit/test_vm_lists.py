@@ -10,10 +10,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sheesh.api.vmlists import CachedList, VmListCache
+from sheesh.config import Settings
 from sheesh.models import Vm, VmState
 from tests.fakes import ADMIN, FakeStack, user_headers
 
 GOOD = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"]}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    settings.reconcile_interval_s = 3600.0  # no background VM write between two lists of a test
+    return settings
 
 
 def _ids(c: TestClient, headers: dict[str, str]) -> list[str]:
