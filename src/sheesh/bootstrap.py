@@ -153,6 +153,7 @@ def build_node(settings: Settings, driver: VmmDriver | None = None) -> NodeAgent
             accel=settings.accel,
             ram_dir=settings.resolved_ram_dir(),
             tcg_tb_mb=settings.tcg_tb_mb,
+            tcg_guest_aslr=settings.tcg_guest_aslr,
         )
     )
     return NodeAgent(

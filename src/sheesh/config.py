@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     """Translated-code cache of each VM under TCG, in MiB (QEMU ``tb-size``); default half the VM's memory,
     64 to 512. Smaller saves host memory on busy VMs, but a full cache is dropped and retranslated, which
     makes the guest several times slower meanwhile."""
+    tcg_guest_aslr: bool = False
+    """Under TCG, let the guest kernel randomize process address spaces. Off by default: QEMU finds translated
+    code by virtual address, so randomized processes translate their libraries again at every start (exec
+    ``true`` back to back 3x slower). The VM is the isolation boundary either way; KVM guests always
+    randomize."""
     image_dir: Path | None = None
     web_dir: Path | None = None
     ram_dir: Path | None = None

@@ -1,6 +1,7 @@
 """The guest agent's exec, run on the host with /workspace mapped to a temp folder."""
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,26 @@ def test_a_refill_asked_for_while_answering_starts_after_the_answer(config: Agen
     while not shells.ready() and time.monotonic() < deadline + 5:
         time.sleep(0.01)
     assert shells.ready() == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the exec user needs root")
+def test_jobs_run_as_the_exec_user_with_no_other_group() -> None:
+    with tempfile.TemporaryDirectory(prefix="sheesh-user-ws-") as tmp:  # pytest's tmp_path is root's only
+        ws = Path(tmp)
+        ws.chmod(0o777)
+        _check_exec_user(AgentConfig(workspace=str(ws), uid=1000, gid=1000, home=str(ws)))
+
+
+def _check_exec_user(config: AgentConfig) -> None:
+    shells = WarmShells(config, size=1)
+    deadline = time.monotonic() + 5
+    while not shells.ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for pool in (None, shells):  # a shell started on the spot, and a warm one (both through setpriv)
+        out = _run_exec(config, {"cmd": "id -u; id -g; grep ^Groups: /proc/self/status; echo $$ $PPID"}, pool)
+        uid, gid, groups, pids = out["stdout"].splitlines()
+        assert (uid, gid, groups.split(":", 1)[1].strip()) == ("1000", "1000", "")
+        assert int(pids.split()[1]) == os.getpid(), "the agent is the shell's parent: setpriv became the shell"
 
 
 def test_env_values_are_not_interpreted(run_exec: Run, config: AgentConfig) -> None:

@@ -35,6 +35,15 @@ def test_tcg_translation_cache_follows_the_vm_size_unless_set() -> None:
     assert _arg(argv, "-accel") == ["tcg,tb-size=48"]
 
 
+def test_tcg_guests_do_not_randomize_address_spaces_unless_asked() -> None:
+    def append(host: HostFacts) -> list[str]:
+        return _arg(build_argv(SPEC, host, Path("/shm/vm-1.ram")), "-append")[0].split()
+
+    assert "norandmaps" in append(HostFacts("qemu", "tcg", 1))
+    assert "norandmaps" not in append(HostFacts("qemu", "tcg", 1, tcg_guest_aslr=True))
+    assert "norandmaps" not in append(HostFacts("qemu", "kvm", 1))
+
+
 def test_kvm_accel() -> None:
     argv = build_argv(SPEC, HostFacts("qemu", "kvm", 1), Path("/shm/vm-1.ram"))
     assert _arg(argv, "-accel") == ["kvm"]

@@ -17,6 +17,7 @@ import os
 import re
 import selectors
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -83,6 +84,20 @@ def _user_kwargs(config: RunConfig) -> dict[str, Any]:
     return {}
 
 
+SETPRIV = shutil.which("setpriv")
+"""util-linux's ``setpriv``: the exec user is taken on by the program the child runs, not by the child itself."""
+
+
+def _as_user(config: RunConfig, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """``argv`` run as the exec user: through ``setpriv`` where there is one, so ``Popen`` may use vfork.
+    Switching users in the child itself makes Popen fork the whole agent instead, and every page the agent
+    writes afterwards faults once (exec ``true`` back to back p50 42 -> 33 ms, p90 65 -> 41 ms under TCG)."""
+    switch = _user_kwargs(config)
+    if not switch or SETPRIV is None:
+        return argv, switch
+    return [SETPRIV, f"--reuid={config.uid}", f"--regid={config.gid}", "--clear-groups", *argv], {}
+
+
 @dataclass
 class Shell:
     """A login shell waiting for one job, already in its own cgroup (when the guest has cgroups). Its output
@@ -117,8 +132,9 @@ def spawn_shell(
     try:
         if cgroups is not None:
             cgroup = cgroups.new()
+        argv, switch = _as_user(config, ["bash", "-l", "-c", boot])
         proc = subprocess.Popen(
-            ["bash", "-l", "-c", boot],
+            argv,
             cwd=config.workspace,
             env=base_env(config),
             stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
@@ -126,7 +142,7 @@ def spawn_shell(
             stderr=subprocess.DEVNULL,
             pass_fds=tuple(passed),
             start_new_session=True,
-            **_user_kwargs(config),
+            **switch,
         )
     except BaseException:
         for fd in (job_r, job_w, *pipes):

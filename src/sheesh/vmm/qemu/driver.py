@@ -80,6 +80,7 @@ class QemuDriver:
         qemu_img: str = "qemu-img",
         ram_dir: Path = Path("/dev/shm/sheesh/default"),
         tcg_tb_mb: int | None = None,
+        tcg_guest_aslr: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.accel_setting = accel
@@ -87,6 +88,7 @@ class QemuDriver:
         self.qemu_img = shutil.which(qemu_img) or qemu_img
         self.ram_dir = ram_dir
         self.tcg_tb_mb = tcg_tb_mb
+        self.tcg_guest_aslr = tcg_guest_aslr
         self._table = ProcessTable()
         self._host: HostFacts | None = None
         self._probe_lock = asyncio.Lock()
@@ -101,7 +103,7 @@ class QemuDriver:
                 accel = self.accel_setting
                 if accel == "auto":
                     accel = "kvm" if await self._kvm_works(spec) else "tcg"
-                self._host = HostFacts(self.binary, accel, host_tsc_khz(), self.tcg_tb_mb)
+                self._host = HostFacts(self.binary, accel, host_tsc_khz(), self.tcg_tb_mb, self.tcg_guest_aslr)
             return self._host
 
     async def _kvm_works(self, spec: MachineSpec) -> bool:
