@@ -192,8 +192,14 @@ def test_fork_bomb_is_contained(shared_server: ServerProcess) -> None:
             start = time.monotonic()
             assert _exec(c, vm_id, "echo alive")["stdout"] == "alive\n"
             assert time.monotonic() - start < 20
-            left = _exec(c, vm_id, "ps -e --no-headers -o comm | grep -c bash || true")
+            # killed: none of the bomb's processes runs; the dead ones' zombies go once init reaps them
+            count = "ps -e --no-headers -o stat=,comm= | awk '$2 == \"bash\" && $1 !~ /^Z/' | wc -l"
+            left = _exec(c, vm_id, count)
             assert int(str(left["stdout"]).strip()) < 10, left
+            deadline = time.monotonic() + 30
+            while (n := int(_exec(c, vm_id, "ps -e --no-headers -o comm= | grep -c bash || true")["stdout"])) >= 10:
+                assert time.monotonic() < deadline, f"{n} bash processes (zombies included) 30 s after the kill"
+                time.sleep(1)
             cg = "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)"
             limits = _exec(c, vm_id, f"cat /proc/self/cgroup {cg}/pids.max {cg}/../pids.max")
             lines = str(limits["stdout"]).split()
