@@ -56,6 +56,9 @@ class NodeService:
     _clients: dict[str, tuple[str, NodeClient]] = field(default_factory=dict)
     _retired: list[NodeClient] = field(default_factory=list)
     """Clients of a node's earlier address (closed with the service)."""
+    judging_since: datetime | None = None
+    """When this process first checked heartbeats: none is held against a node for ``node_timeout_s`` after
+    it (heartbeats sent while this control plane was down or starting had nowhere to go)."""
 
     # records
 
@@ -173,8 +176,14 @@ class NodeService:
 
     def check(self) -> list[str]:
         """Mark nodes whose last heartbeat is older than ``node_timeout_s`` (and their running VMs)
-        UNREACHABLE; returns their names."""
-        limit = datetime.now(UTC) - timedelta(seconds=self.settings.node_timeout_s)
+        UNREACHABLE; returns their names. Not in the first ``node_timeout_s`` after this process's first
+        check: a restarted control plane gives the nodes that long to find it again."""
+        now = datetime.now(UTC)
+        limit = now - timedelta(seconds=self.settings.node_timeout_s)
+        if self.judging_since is None:
+            self.judging_since = now
+        if self.judging_since > limit:
+            return []
         lost = []
         for rec in self.store.list_records(NodeRecord):
             if not rec.token or not rec.reachable or rec.last_heartbeat is None:
