@@ -72,10 +72,10 @@ class Settings(BaseSettings):
     64 to 512. Smaller saves host memory on busy VMs, but a full cache is dropped and retranslated, which
     makes the guest several times slower meanwhile."""
     tcg_guest_aslr: bool = False
-    """Under TCG, let the guest kernel randomize process address spaces. Off by default: QEMU finds translated
+    """Under TCG, let sandbox guests randomize process address spaces. Off by default: QEMU finds translated
     code by virtual address, so randomized processes translate their libraries again at every start (exec
-    ``true`` back to back 3x slower). The VM is the isolation boundary either way; KVM guests always
-    randomize."""
+    ``true`` back to back 3x slower). The VM is the isolation boundary either way; KVM guests and full VMs
+    always randomize."""
     image_dir: Path | None = None
     web_dir: Path | None = None
     ram_dir: Path | None = None

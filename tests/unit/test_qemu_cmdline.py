@@ -42,6 +42,8 @@ def test_tcg_guests_do_not_randomize_address_spaces_unless_asked() -> None:
     assert "norandmaps" in append(HostFacts("qemu", "tcg", 1))
     assert "norandmaps" not in append(HostFacts("qemu", "tcg", 1, tcg_guest_aslr=True))
     assert "norandmaps" not in append(HostFacts("qemu", "kvm", 1))
+    full = MachineSpec(**{**SPEC.__dict__, "full": True})
+    assert "norandmaps" not in _arg(build_argv(full, HostFacts("qemu", "tcg", 1), Path("/r")), "-append")[0]
 
 
 def test_kvm_accel() -> None:

@@ -26,10 +26,10 @@ class HostFacts:
     few execs (exec ``true`` p90 147 ms against 40 ms with 128 MiB; run-ts 8 s apart 1549 -> 394 ms, 286 ms
     with 256 MiB). QEMU touches it as used, so an idle VM holds little of it."""
     tcg_guest_aslr: bool = False
-    """Whether the guest randomizes its processes' address spaces under TCG. QEMU finds translated code by
+    """Whether sandbox guests randomize their processes' address spaces under TCG. QEMU finds translated code by
     virtual address, so with randomization every new process translates its libraries again: exec ``true``
     back to back p50 110-128 ms against 33-42 ms without, and the translated-code cache filled every 15
-    execs. Under KVM there is nothing to translate and the guest randomizes as usual."""
+    execs. Under KVM there is nothing to translate, and full (VPS-style) VMs always randomize."""
 
 
 def kernel_cmdline(spec: MachineSpec, tsc_khz: int, *, aslr: bool = True) -> str:
@@ -98,7 +98,7 @@ def _accel(spec: MachineSpec, host: HostFacts) -> str:
 
 
 def _kernel(spec: MachineSpec, host: HostFacts) -> list[str]:
-    aslr = host.accel == "kvm" or host.tcg_guest_aslr
+    aslr = host.accel == "kvm" or host.tcg_guest_aslr or spec.full  # full VMs: a VPS keeps what Linux does
     append = kernel_cmdline(spec, host.tsc_khz, aslr=aslr)
     return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", append]
 
