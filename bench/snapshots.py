@@ -26,6 +26,7 @@ from _common import percentile, running_server
 from sheesh.config import Settings
 from sheesh.guest.protocol import Op
 from sheesh.image.builder import ImageBuilder
+from sheesh.node.agent import SNAPSHOT_MACHINE
 from sheesh.node.guest_client import GuestClient
 from sheesh.vmm.driver import AGENT_SOCKET, SNAPSHOT_DISK, SNAPSHOT_MEMORY, SNAPSHOT_STATE, MachineSpec, RestoreSource
 from sheesh.vmm.qemu import QemuDriver
@@ -61,7 +62,7 @@ async def bare_restores(snap: Path, runs: int) -> tuple[list[float], list[float]
     """The floor: ``runs`` restores of the template ``snap`` by the VMM layer alone; seconds to running and
     to the first answered ping of the guest agent."""
     image = ImageBuilder(Settings().resolved_image_dir()).build()
-    nic = json.loads((snap / "machine.json").read_text()).get("nic", False)
+    nic = json.loads((snap / SNAPSHOT_MACHINE).read_text()).get("nic", False)
     to_running, to_agent = [], []
     with (
         tempfile.TemporaryDirectory(prefix="sheesh-floor-") as tmp,

@@ -169,7 +169,9 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-_VMS_VERSION = select(ChangeCounterRow.value).where(ChangeCounterRow.name == "vms")
+VMS_COUNTER = "vms"
+"""The ``change_counters`` row moved by every VM write (``Store.vms_version``)."""
+_VMS_VERSION = select(ChangeCounterRow.value).where(ChangeCounterRow.name == VMS_COUNTER)
 # the hot reads, built once (building and keying a select costs more than running it on SQLite)
 _VM_BY_ID = select(*VmRow.__table__.c).where(VmRow.id == bindparam("id"))
 _VMS = select(*VmRow.__table__.c).order_by(VmRow.created_at, VmRow.id)
@@ -239,12 +241,12 @@ class SqlStore:
     def add_vm(self, vm: Vm) -> None:
         with self._write() as s:
             s.add(VmRow(**vm_values(vm)))
-            _count_change(s, "vms")
+            _count_change(s, VMS_COUNTER)
 
     def save_vm(self, vm: Vm) -> None:
         with self._write() as s:
             s.execute(update(VmRow).where(VmRow.id == vm.id).values(**vm_values(vm)))
-            _count_change(s, "vms")
+            _count_change(s, VMS_COUNTER)
 
     def vms_version(self) -> int:
         with self._rows() as conn:
@@ -264,7 +266,7 @@ class SqlStore:
         with self._write() as s:
             s.execute(delete(ExecLogRow).where(ExecLogRow.vm_id == vm_id))
             s.execute(delete(VmRow).where(VmRow.id == vm_id))
-            _count_change(s, "vms")
+            _count_change(s, VMS_COUNTER)
 
     def used_ips(self) -> set[str]:
         with self._read() as s:
@@ -460,7 +462,7 @@ class SqlStore:
             for table in (ExecLogRow, VmRow, SnapshotRow, ApiKeyRow, UserRow, *RECORD_TABLES):
                 if table is not NodeRow:
                     s.execute(delete(table))
-            _count_change(s, "vms")
+            _count_change(s, VMS_COUNTER)
 
     def rate_hit(self, key: str, limit: int, window_s: float, now: float) -> tuple[bool, int, float]:
         key = key[:255]
