@@ -64,7 +64,7 @@ def serve(
         settings.host = host
     if port:
         settings.port = port
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     with _exit_on_error():
         apps = build_apps(settings)
     services = apps.services
@@ -81,6 +81,13 @@ def serve(
             ]
         )
     )
+
+
+def _configure_logging() -> None:
+    """INFO and up, with times. qemu.qmp logs each failed QMP handshake at ERROR, also those the QEMU driver
+    tries again; what fails for good reaches our log as the driver's error, so its own lines stay quiet."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
@@ -116,7 +123,7 @@ def node(ctx: typer.Context) -> None:
     from sheesh.cli.serving import serve_all
 
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     with _exit_on_error():
         process = build_node_process(settings)
     options = _server_options(settings)

@@ -163,6 +163,7 @@ class _Endpoints:
             reader, writer = await asyncio.open_unix_connection(str(self.node.workdir(vm_id) / VNC_SOCKET))
         except (SheeshError, OSError) as exc:
             login.release()
+            log.warning("%s: VNC login refused: %s", vm_id, exc)  # whole here; a close reason is cut at 123 bytes
             await ws.close(INTERNAL_ERROR, f"the VM's display is not available: {exc}"[:120])
             return
         authenticated = asyncio.Event()

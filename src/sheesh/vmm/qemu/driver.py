@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qemu.qmp import ConnectError, QMPClient
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from sheesh.vmm.driver import (
     SNAPSHOT_DISK,
@@ -372,11 +373,18 @@ class QemuDriver:
 
 
 QMP_CONNECT_TIMEOUT_S = 5.0
+_QMP_MOMENTS = (ConnectionRefusedError, GreetingError, NegotiationError)
+"""Why a QMP connection may fail in a passing moment of QEMU's (see ``_connect_qmp``)."""
 
 
 async def _connect_qmp(vm_id: str, socket: Path, timeout_s: float) -> QMPClient:
-    """A QMP client connected to ``socket``. QEMU creates the socket file when it binds it, a moment before it
-    listens: a refused connection in that moment (seen under load) is tried again until ``timeout_s``."""
+    """A QMP client connected to ``socket``; two moments of QEMU's are tried again until ``timeout_s``:
+
+    - QEMU creates the socket file when it binds it, a moment before it listens: the connection is refused
+      (seen under load);
+    - an event QEMU emits while it takes a new client (a VNC viewer connecting, say) can reach that client
+      ahead of its greeting or of the reply to its capabilities negotiation, which then fails (seen with
+      concurrent VNC logins). No command was sent on that connection, so a new one is safe."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -385,6 +393,6 @@ async def _connect_qmp(vm_id: str, socket: Path, timeout_s: float) -> QMPClient:
             await asyncio.wait_for(client.connect(str(socket)), max(0.05, deadline - loop.time()))
             return client
         except ConnectError as exc:
-            if not isinstance(exc.exc, ConnectionRefusedError) or loop.time() >= deadline:
+            if not isinstance(exc.exc, _QMP_MOMENTS) or loop.time() >= deadline:
                 raise
         await asyncio.sleep(0.01)
