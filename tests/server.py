@@ -88,6 +88,7 @@ class ServerProcess:
         self.env.setdefault("SHEESH_ACCEL", "tcg")
         self.env.setdefault("SHEESH_TEMPLATES", "false")
         self.env.setdefault("SHEESH_TEMPLATE_SHAPES", "")  # a test that wants one asks for it
+        self.env.setdefault("SHEESH_WARM_SPARES", "0")  # as templates: a test that wants spares asks for them
         self.env.setdefault("SHEESH_GLOBAL_RATE_LIMIT", "100000")  # suites run faster than 100 requests/min
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
@@ -198,6 +199,7 @@ class NodeProcess:
             "SHEESH_HEARTBEAT_INTERVAL_S": "0.5",
             "SHEESH_RAM_DIR": f"/dev/shm/sheesh/test-{os.getpid()}-{name}",
             "SHEESH_ACCEL": "tcg",
+            "SHEESH_WARM_SPARES": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

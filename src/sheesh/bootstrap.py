@@ -164,6 +164,7 @@ def build_node(settings: Settings, driver: VmmDriver | None = None) -> NodeAgent
         name=settings.node_name,
         snapshots_dir=settings.data_dir / "snapshots",
         network=host_network(settings),
+        warm_spares=settings.warm_spares,
     )
 
 

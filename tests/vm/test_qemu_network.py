@@ -4,6 +4,7 @@ leaves this machine: the namespace is the only outside the VMs can reach."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ import httpx
 import pytest
 
 from sheesh.image.builder import BuiltImage
-from tests.server import ServerProcess, running_server
+from sheesh.node.contract import VmNet
+from tests.server import ServerProcess, running_server, stop_process, wait_for
 from tests.vm.conftest import CONNECT, SERVE, Lan
 
 pytestmark = pytest.mark.vm
@@ -28,6 +30,7 @@ def net_server(tmp_path_factory: pytest.TempPathFactory, guest_image: BuiltImage
         "SHEESH_NET_UPLINKS": f'["{lan.host_if}"]',
         "SHEESH_PORT_FORWARD_RANGE": "[23400, 23499]",
         "SHEESH_GUEST_DNS": f'["{lan.peer_ip}"]',
+        "SHEESH_WARM_SPARES": "1",
     }
     with running_server(data, guest_image.path.parent.parent, **env) as srv:
         yield srv
@@ -161,3 +164,74 @@ def test_inbound_firewall_and_port_forwarding(net_server: ServerProcess, lan: La
             if Path(f"/sys/class/net/{ln.split()[0]}/master").exists()
             and Path(f"/sys/class/net/{ln.split()[0]}/master").resolve().name == net_server.env["SHEESH_BRIDGE"]
         ]
+
+
+def _spares(srv: ServerProcess) -> list[str]:
+    return sorted(p.name for p in (srv.data_dir / "vms").glob(".spare-*"))
+
+
+def _tap_exists(vm_id: str) -> bool:
+    return Path(f"/sys/class/net/{VmNet(vm_id=vm_id, ip='0.0.0.0').tap}").exists()
+
+
+def test_a_create_from_a_warm_spare_gets_its_own_identity_network_and_clock(
+    net_server: ServerProcess, lan: Lan
+) -> None:
+    shape = {"cpu": 1, "memMb": 256, "allowIps": [f"{lan.peer_ip}/32"]}
+    with net_server.client() as c:
+        src = c.post("/v1/vms", json=shape).json()["id"]
+        assert c.post(f"/v1/vms/{src}/exec", json={"cmd": "echo kept > /workspace/f"}).json()["exitCode"] == 0
+        snap = c.post(f"/v1/vms/{src}/snapshots").json()["id"]
+        first = c.post("/v1/vms", json={**shape, "snapshotId": snap})
+        assert first.status_code == 201, first.text
+        # the first create from the snapshot restores it, then a spare of it is made in the background
+        wait_for("a spare", lambda: "ready in" in net_server.log.read_text(), 60)
+        [spare] = _spares(net_server)
+        assert _tap_exists(spare)
+        time.sleep(4)  # the spare waits paused: its guest clock stands still meanwhile
+
+        vm = c.post("/v1/vms", json={**shape, "snapshotId": snap}).json()
+        vm_id, guest = vm["id"], vm["guestIp"]
+        assert f"{vm_id}: spare {spare} claimed" in net_server.log.read_text()
+        assert not (net_server.data_dir / "vms" / spare).exists() and not _tap_exists(spare)
+        assert _tap_exists(vm_id) and guest in _ruleset(net_server)
+
+        def sh(cmd: str, vm: str = vm_id) -> str:
+            r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": cmd}).json()
+            assert r["exitCode"] == 0, r
+            return str(r["stdout"])
+
+        assert sh("cat /workspace/f") == "kept\n"
+        assert abs(int(sh("date +%s")) - time.time()) < 2, "the guest clock was not set when it was claimed"
+        assert f"inet {guest}/16" in sh("busybox ip addr show")
+        assert sh("cat /sys/class/net/eth0/address").strip() == VmNet(vm_id=vm_id, ip=guest).mac
+        # its own network: reached from its own address, under its own rules
+        assert _vm_connect(c, vm_id, lan.peer_ip, 8080) == f"lan-hello peer={guest}"
+        assert _vm_connect(c, vm_id, lan.other_ip, 8080) == "timeout"
+        rng = "head -c 16 /dev/urandom | od -An -tx1; cat /proc/sys/kernel/random/boot_id"
+        assert len({sh(rng, v) for v in (src, first.json()["id"], vm_id)}) == 3
+        # the VM is the node's like any other: it survives the service's end, even a SIGKILL; the spare made
+        # after the claim does not (a new service process destroys what the old one left)
+        wait_for("the next spare", lambda: len(_spares(net_server)) == 1, 60)
+        [stray] = _spares(net_server)
+        stop_process(net_server.proc, signal.SIGKILL)
+        net_server.start()
+        assert _spares(net_server) == [] and not _tap_exists(stray)
+        assert str(net_server.data_dir / "vms" / stray) not in _processes()
+        assert sh("cat /workspace/f") == "kept\n"
+        assert _vm_connect(c, vm_id, lan.peer_ip, 8080) == f"lan-hello peer={guest}"
+
+        # spares go with their snapshot
+        assert c.post("/v1/vms", json={**shape, "snapshotId": snap}).status_code == 201
+        wait_for("a spare again", lambda: len(_spares(net_server)) == 1, 60)
+        [spare] = _spares(net_server)
+        for v in c.get("/v1/vms").json():
+            assert c.delete(f"/v1/vms/{v['id']}").status_code == 204
+        assert not _tap_exists(vm_id)
+        assert c.delete(f"/v1/snapshots/{snap}").status_code == 204
+        assert _spares(net_server) == [] and not _tap_exists(spare)
+        assert str(net_server.data_dir / "vms" / spare) not in _processes()
+
+
+def _processes() -> str:
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout

@@ -13,6 +13,7 @@ import pytest
 from sheesh.vmm.process import ManagedProcess
 from sheesh.vmm.qemu import QemuDriver
 from sheesh.vmm.qemu.cmdline import PIDFILE, QMP_SOCKET
+from tests.vmm_contract import check_rename
 
 pytestmark = pytest.mark.vm
 
@@ -40,6 +41,34 @@ async def test_concurrent_qmp_commands_on_one_vm_all_succeed(tmp_path: Path) -> 
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []
         await drv.kill("vm-q")  # QEMU is not the driver's child here: it ends a moment after kill returns
+        for _ in range(100):
+            if not proc.alive():
+                break
+            await asyncio.sleep(0.05)
+        assert not proc.alive()
+    finally:
+        await proc.terminate(grace=0.5)
+
+
+async def test_a_renamed_vm_keeps_running_under_its_new_id(tmp_path: Path) -> None:
+    """The driver seam's ``rename`` on QEMU (the same check as on the fake, ``tests/vmm_contract.py``): QEMU's
+    sockets and pid file move with the folder; a new driver adopts it by the command line it started with."""
+    binary = shutil.which("qemu-system-x86_64")
+    assert binary is not None
+    wd = tmp_path / "vm-r"
+    wd.mkdir()
+    qmp = str(wd / QMP_SOCKET)
+    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
+    argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-pidfile", str(wd / PIDFILE)]
+    proc = ManagedProcess.spawn(argv, qmp, tmp_path / "out.log", tmp_path / "err.log")
+    try:
+        for _ in range(200):
+            if (wd / PIDFILE).exists() and (wd / QMP_SOCKET).exists():
+                break
+            await asyncio.sleep(0.05)
+        drv = QemuDriver(tmp_path)
+        assert await drv.attach("vm-r", wd) is True
+        await check_rename(drv, "vm-r", wd, lambda: QemuDriver(tmp_path))
         for _ in range(100):
             if not proc.alive():
                 break

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from sheesh.node.network import HostNetwork
 from sheesh.node.plumbing import GuestNet, Plumbing
 from sheesh.node.vmfiles import CDROM_FILE, DISK_FILE, INSTALLED_MARK, NIC_MARK, SEED_FILE, VmFiles
 from sheesh.node.vpn import VpnServers
+from sheesh.node.warmpool import SPARE_PREFIX, WarmPool
 from sheesh.vmm.driver import (
     AGENT_SOCKET,
     SNAPSHOT_DISK,
@@ -48,6 +50,8 @@ from sheesh.vmm.driver import (
 )
 
 log = logging.getLogger(__name__)
+SPARE_WARM_S = 5.0
+"""How long a spare being made waits for its guest's warm shells to be back after its first command."""
 SNAPSHOT_MACHINE = "machine.json"
 """Beside a snapshot's files: what devices the saved machine had (``{"nic": bool}``)."""
 
@@ -74,6 +78,7 @@ class NodeAgent:
         name: str = "local",
         snapshots_dir: Path | None = None,
         network: HostNetwork | None = None,
+        warm_spares: int = 0,
     ) -> None:
         self.vms_dir = vms_dir
         self.snapshots_dir = snapshots_dir or vms_dir.parent / "snapshots"
@@ -86,6 +91,10 @@ class NodeAgent:
         self.guests = Guests(lambda vm_id: self.files.path(vm_id, AGENT_SOCKET))
         self.vpns = VpnServers(self.workdir, enabled=network is not None)
         self._restarting: set[str] = set()
+        self._strays_checked = False
+        self.spares = WarmPool(warm_spares, self._make_spare, self.destroy)
+        """Creates from a snapshot claim a ready spare of it when there is one (``warm_spares`` per snapshot
+        and shape in use, each a paused VM: its RAM, no CPU)."""
 
     @property
     def network(self) -> HostNetwork | None:
@@ -103,7 +112,7 @@ class NodeAgent:
         return self.files.has(vm_id, NIC_MARK)
 
     async def local_vms(self) -> list[str]:
-        return self.files.local_vms()
+        return [v for v in self.files.local_vms() if not v.startswith(SPARE_PREFIX)]
 
     async def log_tail(self, vm_id: str, kind: str, lines: int) -> list[str]:
         return self.files.log_tail(vm_id, kind, lines)
@@ -169,16 +178,18 @@ class NodeAgent:
         await self.plumbing.update(net)
 
     # --- lifecycle --------------------------------------------------------------------------------------
-    async def _boot(self, spec: NodeVmSpec, restore: RestoreSource | None = None) -> None:
+    async def _boot(self, spec: NodeVmSpec, restore: RestoreSource | None = None, *, spare: bool = False) -> None:
         """Start the machine and wait for its agent (see ``Guests.wait_ready``). A full VM booting its
-        firmware (an ISO or an installed OS) has no agent: it is up once the process runs."""
+        firmware (an ISO or an installed OS) has no agent: it is up once the process runs. A ``spare`` runs
+        in the background with its tap off the bridge (its guest's address is set all the same: the code that
+        sets it is then translated before a claim needs it)."""
         started = time.monotonic()
         vm_id = spec.vm_id
         if restore is None:  # a fresh boot gets a NIC whenever the node has networking
             self.files.mark(vm_id, NIC_MARK, self.network is not None and spec.net is not None)
-        machine = self.machine_spec(spec, restore)
+        machine = dataclasses.replace(self.machine_spec(spec, restore), background=spare)
         if (net := self._wired(spec)) is not None:
-            await self.plumbing.plug(net)
+            await (self.plumbing.plug_spare(net) if spare else self.plumbing.plug(net))
         plugged = time.monotonic()
         with _vmm(f"VM {vm_id} failed to start"):
             await self.driver.start(machine)
@@ -214,16 +225,22 @@ class NodeAgent:
         VM of that id runs here already."""
         if self.runs(spec.vm_id):
             raise ConflictError(f"VM {spec.vm_id} already runs on node {self.name}")
+        if spec.snapshot_id is not None and await self._claim_spare(spec):
+            await self._grow(spec)
+            self.spares.want(spec)
+            return
         self.workdir(spec.vm_id).mkdir(parents=True, exist_ok=True)
         self.files.remember(spec)
         if spec.snapshot_id is not None:
             await self._restore(spec, spec.snapshot_id)
+            await self._grow(spec)
+            self.spares.want(spec)
             return
         with _vmm(f"cannot create disk for {spec.vm_id}"):
             await self.driver.create_disk(spec.rootfs, self.files.path(spec.vm_id, DISK_FILE), spec.disk_size_mb)
         await self._boot(spec)
 
-    async def _restore(self, spec: NodeVmSpec, snapshot_id: str) -> None:
+    async def _restore(self, spec: NodeVmSpec, snapshot_id: str, *, spare: bool = False) -> None:
         snap = self.snapshots_dir / snapshot_id
         if not (snap / SNAPSHOT_STATE).exists():
             raise NotFoundError(f"snapshot {snapshot_id} has no files on node {self.name}")
@@ -239,7 +256,7 @@ class NodeAgent:
         self.files.mark(spec.vm_id, NIC_MARK, bool(saved.get("nic")))
         if not saved.get("nic") and self.network is not None:
             log.warning("%s: snapshot %s has no network device; the VM has no network", spec.vm_id, snapshot_id)
-        await self._boot(spec, RestoreSource(snap / SNAPSHOT_STATE, memory if memory.exists() else None))
+        await self._boot(spec, RestoreSource(snap / SNAPSHOT_STATE, memory if memory.exists() else None), spare=spare)
         marks.append(time.monotonic())
         log.info(
             "restored %s from %s: disk %.0f ms, machine+agent+identity %.0f ms",
@@ -247,10 +264,100 @@ class NodeAgent:
             snapshot_id,
             *((b - a) * 1000 for a, b in itertools.pairwise(marks)),
         )
+
+    async def _grow(self, spec: NodeVmSpec) -> None:
+        """A VM made from a snapshot with a larger disk than the snapshot's: grow the disk and its file system."""
         if spec.snapshot_disk_mb is not None and spec.disk_size_mb > spec.snapshot_disk_mb:
             with _vmm(f"cannot grow the disk of {spec.vm_id}"):
                 await self.driver.resize_disk(spec.vm_id, spec.disk_size_mb)
             await self.guests.resize_fs(spec.vm_id)
+
+    async def _make_spare(self, like: NodeVmSpec) -> str:
+        """A spare for VMs like ``like`` (see ``WarmPool``): restored from its snapshot in the background, its
+        identity refreshed and one command run (so the code paths of a create are translated), then paused."""
+        assert like.snapshot_id is not None
+        spare_id = f"{SPARE_PREFIX}{uuid.uuid4().hex[:12]}"
+        net = VmNet(vm_id=spare_id, ip=like.net.ip) if like.net is not None else None
+        disk_mb = like.snapshot_disk_mb or like.disk_size_mb
+        spec = dataclasses.replace(like, vm_id=spare_id, net=net, disk_size_mb=disk_mb, snapshot_disk_mb=None)
+        self.workdir(spare_id).mkdir(parents=True)
+        self.files.remember(spec)
+        try:
+            await self._restore(spec, like.snapshot_id, spare=True)
+            await self._warm(spare_id)
+        except BaseException:
+            await self.destroy(spare_id)
+            raise
+        return spare_id
+
+    async def _warm(self, spare_id: str) -> None:
+        """One command through a warm shell, then the guest's shells made again (up to ``SPARE_WARM_S``), so a
+        claim's first command finds a ready shell and nothing being started beside it; then pause."""
+        shells = int((await self.guests.ping(spare_id)).get("warm", 0))
+        answer = await self.guests.exec(spare_id, ExecRequest(cmd="true"), 1024)
+        if answer.exit_code != 0:
+            raise NodeError(f"spare {spare_id} cannot run a command: {answer.stderr[-500:]}")
+        deadline = time.monotonic() + SPARE_WARM_S
+        while int((await self.guests.ping(spare_id)).get("warm", 0)) < shells and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        with _vmm(f"cannot pause spare {spare_id}"):
+            await self.driver.pause(spare_id)
+
+    async def _claim_spare(self, spec: NodeVmSpec) -> bool:
+        """Make a ready spare the VM of ``spec``: its folder, process, tap and guest connection take the VM's
+        id, its tap joins the bridge with the VM's rules, it resumes and its guest takes the VM's identity (new
+        entropy, the time, boot id, address and MAC). False if no spare was ready or the spare failed (then
+        it is destroyed and the caller restores as without one)."""
+        spare_id = self.spares.take(spec)
+        if spare_id is None:
+            return False
+        vm_id, started = spec.vm_id, time.monotonic()
+        try:
+            spare = self.spec_of(spare_id)
+            with _vmm(f"cannot claim spare {spare_id}"):
+                await self.driver.rename(spare_id, vm_id, self.workdir(vm_id))
+        except SheeshError as exc:
+            log.warning("%s: spare %s unusable, restoring instead: %s", vm_id, spare_id, exc.message)
+            await self.destroy(spare_id)
+            return False
+        self.files.forget(spare_id)
+        self.guests.rename(spare_id, vm_id, self.files.path(vm_id, AGENT_SOCKET))
+        self.files.remember(spec)
+        moved = time.monotonic()
+        plugged = resumed = moved
+
+        async def plug() -> None:
+            nonlocal plugged
+            if (net := self._wired(spec)) is not None and spare.net is not None:
+                await self.plumbing.claim(spare.net, net)
+            plugged = time.monotonic()
+
+        async def resume() -> None:  # meanwhile: the guest's NIC changes with its identity, sends nothing before
+            nonlocal resumed
+            with _vmm(f"cannot resume spare {spare_id}"):
+                await self.driver.resume(vm_id)
+            guest_net = self._wired_guest_net(spec)
+            alive = lambda: self.driver.is_running(vm_id)  # noqa: E731
+            if not await self.guests.wait_ready(vm_id, self.boot_timeout_s, alive, True, guest_net) and guest_net:
+                await self.guests.configure_net(vm_id, guest_net)
+            resumed = time.monotonic()
+
+        try:
+            await asyncio.gather(plug(), resume())
+        except SheeshError as exc:
+            log.warning("%s: spare %s failed, restoring instead: %s", vm_id, spare_id, exc.message)
+            await self.destroy(vm_id)
+            await self.plumbing.unplug(spare_id, spare.net)  # its tap, if it was not renamed
+            return False
+        log.info(
+            "%s: spare %s claimed: moved in %.0f ms, then network in %.0f ms and resumed with its identity in %.0f ms",
+            vm_id,
+            spare_id,
+            (moved - started) * 1000,
+            (plugged - moved) * 1000,
+            (resumed - moved) * 1000,
+        )
+        return True
 
     async def start(self, spec: NodeVmSpec) -> None:
         """Boot an existing (stopped) VM from its disk."""
@@ -305,6 +412,7 @@ class NodeAgent:
     async def reattach(self, vm_ids: Sequence[str]) -> set[str]:
         """Adopt VMs left running by an earlier manager process; returns the live ones, with their taps and
         one ruleset for all of them (see ``Plumbing.adopt``)."""
+        await self._discard_stray_spares()
         alive: set[str] = set()
         nets: list[VmNet] = []
         for vm_id in vm_ids:
@@ -319,6 +427,16 @@ class NodeAgent:
         if pruned := self.driver.prune(alive):
             log.info("freed the RAM of %d VMs that stopped while no manager ran: %s", len(pruned), ", ".join(pruned))
         return alive
+
+    async def _discard_stray_spares(self) -> None:
+        """Spares an earlier node process left (it ended without ``close``): destroyed, taps included. Once,
+        before this process makes spares of its own."""
+        if self._strays_checked:
+            return
+        self._strays_checked = True
+        for name in self.files.local_vms():
+            if name.startswith(SPARE_PREFIX) and name not in self.spares.ready():
+                await self.destroy(name)
 
     async def pause(self, vm_id: str) -> None:
         self._require_running(vm_id)
@@ -347,6 +465,7 @@ class NodeAgent:
         return SnapshotInfo(snapshot_id=snapshot_id, save_ms=files.save_ms)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self.spares.drop(snapshot_id)
         await asyncio.to_thread(shutil.rmtree, self.snapshots_dir / snapshot_id, True)
 
     # --- full VMs: machine changes for media and consoles -----------------------------------------------
@@ -443,5 +562,7 @@ class NodeAgent:
         return NodeStatus(name=self.name, capacity=capacity, running=running)
 
     async def close(self) -> None:
-        """Disconnect from guests; VM processes keep running (they are re-attached on next start)."""
+        """Discard the spares; disconnect from guests; VM processes keep running (they are re-attached on next
+        start)."""
+        await self.spares.drop()
         await self.guests.close()

@@ -145,6 +145,13 @@ class Guests:
             self._clients[vm_id] = client
         return client
 
+    def rename(self, vm_id: str, new_id: str, socket: Path) -> None:
+        """The VM is ``new_id`` now and its agent socket at ``socket``: its connection (if open) stays."""
+        client = self._clients.pop(vm_id, None)
+        if client is not None:
+            client.socket_path = socket
+            self._clients[new_id] = client
+
     async def drop(self, vm_id: str) -> None:
         client = self._clients.pop(vm_id, None)
         if client is not None:

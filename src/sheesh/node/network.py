@@ -185,8 +185,14 @@ class HostNetwork(Protocol):
 
     config: NetConfig
 
-    async def add_tap(self, vm: VmNet) -> None:
-        """Create the VM's tap on the bridge (creating the bridge first if needed). Idempotent."""
+    async def add_tap(self, vm: VmNet, *, bridged: bool = True) -> None:
+        """Create the VM's tap on the bridge (creating the bridge first if needed). Idempotent. ``bridged``
+        False: off the bridge, for a warm spare (what its guest sends goes nowhere) until ``claim_tap``."""
+        ...
+
+    async def claim_tap(self, spare: VmNet, vm: VmNet) -> None:
+        """Rename the spare's tap (made with ``bridged=False``, open in a running machine) to ``vm``'s and put
+        it on the bridge."""
         ...
 
     async def remove_tap(self, vm: VmNet) -> None:
@@ -214,11 +220,18 @@ class FakeNetwork:
     removed: bool = False
     """Set by a test: the tables were removed behind sheesh's back (until the next ``apply``)."""
 
-    async def add_tap(self, vm: VmNet) -> None:
+    spares: set[str] = field(default_factory=set)
+
+    async def add_tap(self, vm: VmNet, *, bridged: bool = True) -> None:
+        (self.taps if bridged else self.spares).add(vm.tap)
+
+    async def claim_tap(self, spare: VmNet, vm: VmNet) -> None:
+        self.spares.remove(spare.tap)
         self.taps.add(vm.tap)
 
     async def remove_tap(self, vm: VmNet) -> None:
         self.taps.discard(vm.tap)
+        self.spares.discard(vm.tap)
 
     async def apply(self, vms: list[VmNet]) -> None:
         render_ruleset(self.config, vms)  # must render
@@ -288,14 +301,22 @@ class LinuxNetwork:
                 raise NetworkError(f"cannot enable {key} on {dev}: {exc}") from exc
         self._bridge_ready = True
 
-    async def add_tap(self, vm: VmNet) -> None:
+    def _bridged(self, tap: str) -> list[str]:
+        return [
+            f"link set dev {tap} master {self.config.bridge}",
+            f"link set dev {tap} type bridge_slave isolated on",
+            f"link set dev {tap} up",
+        ]
+
+    async def add_tap(self, vm: VmNet, *, bridged: bool = True) -> None:
         await self._ensure_bridge()
         batch = [] if Path(f"/sys/class/net/{vm.tap}").exists() else [f"tuntap add dev {vm.tap} mode tap"]
-        batch += [
-            f"link set dev {vm.tap} master {self.config.bridge}",
-            f"link set dev {vm.tap} type bridge_slave isolated on",
-            f"link set dev {vm.tap} up",
-        ]
+        batch += self._bridged(vm.tap) if bridged else [f"link set dev {vm.tap} up"]
+        await _run("ip", "-batch", "-", stdin="\n".join(batch) + "\n")
+
+    async def claim_tap(self, spare: VmNet, vm: VmNet) -> None:
+        await self._ensure_bridge()
+        batch = [f"link set dev {spare.tap} down", f"link set dev {spare.tap} name {vm.tap}", *self._bridged(vm.tap)]
         await _run("ip", "-batch", "-", stdin="\n".join(batch) + "\n")
 
     async def remove_tap(self, vm: VmNet) -> None:

@@ -71,6 +71,21 @@ class Plumbing:
             self._nets.pop(net.vm_id, None)
             raise
 
+    async def plug_spare(self, net: VmNet) -> None:
+        """A warm spare's tap, off the bridge and without rules (see ``claim``)."""
+        assert self.network is not None
+        await self.network.add_tap(net, bridged=False)
+
+    async def claim(self, spare: VmNet, net: VmNet) -> None:
+        """The spare's tap becomes the VM's, on the bridge with the VM's rules."""
+        assert self.network is not None
+        try:
+            self._nets[net.vm_id] = net
+            await asyncio.gather(self.network.claim_tap(spare, net), self.apply())
+        except NodeError:
+            self._nets.pop(net.vm_id, None)
+            raise
+
     async def unplug(self, vm_id: str, net: VmNet | None) -> None:
         if self.network is None or net is None:
             return

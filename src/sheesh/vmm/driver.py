@@ -47,6 +47,8 @@ class MachineSpec:
     """Full machines only: ISO in the CD-ROM drive at start."""
     seed: Path | None = None
     """Full machines only: a cloud-init NoCloud seed ISO attached as a second read-only drive."""
+    background: bool = False
+    """A machine made ahead of need (a warm spare): it runs at low CPU priority until ``rename`` claims it."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,12 @@ class VmmDriver(Protocol):
     def prune(self, keep: set[str]) -> list[str]:
         """Free what VMs not in ``keep`` and not running left behind on the host (RAM files of processes
         that died while no manager watched them); returns their ids."""
+        ...
+
+    async def rename(self, vm_id: str, new_id: str, workdir: Path) -> None:
+        """Give a running VM a new id: its workdir moves to ``workdir`` (a path on the same file system that does
+        not exist) with everything in it, its process runs on (at normal priority from now on) and ``attach``
+        finds it there under ``new_id`` after a restart. VmmError if it does not run or the move fails."""
         ...
 
     async def powerdown(self, vm_id: str) -> None:

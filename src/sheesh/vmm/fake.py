@@ -25,6 +25,9 @@ from sheesh.vmm.driver import (
 )
 from sheesh.vmm.process import ManagedProcess, ProcessTable, wait_for_paths
 
+MARKER_FILE = "vmm.marker"
+"""In a renamed VM's folder: the text its agent's command line carries (the socket path it started with)."""
+
 
 class FakeDriver:
     """Implements ``VmmDriver``. ``fail_start`` makes the next start fail, to test error paths."""
@@ -39,6 +42,8 @@ class FakeDriver:
         self.cdroms: dict[str, Path | None] = {}
         self.vnc_passwords: dict[str, str] = {}
         self.specs: dict[str, MachineSpec] = {}
+        self._links: dict[str, Path] = {}
+        """Renamed VMs: the link left at the folder their agent was started in (see ``rename``)."""
 
     async def create_disk(self, base: Path, disk: Path, size_mb: int) -> None:
         disk.write_text(json.dumps({"base": str(base), "size_mb": size_mb}))
@@ -73,7 +78,30 @@ class FakeDriver:
         return proc.pid
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
-        return self._table.adopt(vm_id, workdir, workdir / "vmm.pid", str(workdir / AGENT_SOCKET))
+        marker = workdir / MARKER_FILE
+        started_in = marker.read_text() if marker.exists() else str(workdir / AGENT_SOCKET)
+        return self._table.adopt(vm_id, workdir, workdir / "vmm.pid", started_in)
+
+    async def rename(self, vm_id: str, new_id: str, workdir: Path) -> None:
+        """As QEMU's: the folder moves with the agent's socket in it. The fake agent was given its workspace
+        by path, so a link at the old folder keeps that path valid until the VM is killed."""
+        proc, old = self._table.get(vm_id), self._table.workdir(vm_id)
+        if proc is None or old is None or not self.is_running(vm_id):
+            raise VmmError(f"VM {vm_id} is not running")
+        try:
+            if workdir.exists():
+                raise FileExistsError(f"{workdir} exists")
+            old.rename(workdir)
+            old.symlink_to(workdir)
+        except OSError as exc:
+            raise VmmError(f"cannot move the folder of {vm_id}: {exc}") from exc
+        (workdir / MARKER_FILE).write_text(proc.marker)
+        self._links[new_id] = self._links.pop(vm_id, old)
+        self._table.rename(vm_id, new_id, workdir)
+        if vm_id in self.specs:
+            self.specs[new_id] = self.specs.pop(vm_id)
+        if vm_id in self.cdroms:
+            self.cdroms[new_id] = self.cdroms.pop(vm_id)
 
     def is_running(self, vm_id: str) -> bool:
         return self._table.alive(vm_id)
@@ -100,6 +128,8 @@ class FakeDriver:
         if proc is not None:
             proc.signal(signal.SIGCONT)
             await proc.terminate(grace=0.5)
+        if (link := self._links.pop(vm_id, None)) is not None:
+            link.unlink(missing_ok=True)
 
     async def create_disk_from(self, snapshot_disk: Path, disk: Path) -> None:
         disk.write_text(json.dumps({"base": str(snapshot_disk)}))

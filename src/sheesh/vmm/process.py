@@ -68,13 +68,21 @@ class ManagedProcess:
         *,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        nice: int = 0,
     ) -> ManagedProcess:
+        """Start ``argv`` in its own session; ``nice`` > 0 starts it at that lower CPU priority (all its threads)."""
         if marker not in " ".join(argv):
             raise VmmError("process marker must be part of its command line")
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
             try:
                 popen = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True
+                    ["nice", "-n", str(nice), *argv] if nice else argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise VmmError(f"cannot start {argv[0]}: {exc}") from exc
@@ -113,6 +121,13 @@ class ManagedProcess:
         except (OSError, ValueError, IndexError):
             return None
         return ProcessUsage(cpu_s=cpu_s, mem_mb=memory / 1024)
+
+    def set_nice(self, nice: int) -> None:
+        """Run every thread of the process at CPU priority ``nice`` (a lower value than now needs root)."""
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -175,6 +190,12 @@ class ProcessTable:
 
     def get(self, vm_id: str) -> ManagedProcess | None:
         return self._procs.get(vm_id)
+
+    def rename(self, vm_id: str, new_id: str, workdir: Path) -> None:
+        """Track ``vm_id``'s process as ``new_id`` from now on, with its folder at ``workdir``."""
+        proc = self._procs.pop(vm_id)
+        self._workdirs.pop(vm_id, None)
+        self.add(new_id, proc, workdir)
 
     def workdir(self, vm_id: str) -> Path | None:
         return self._workdirs.get(vm_id)
