@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sheesh.guest.agent import AgentConfig
+from sheesh.guest.agent import AgentConfig, set_clock
 from sheesh.guest.execution import EXIT_TIMEOUT, RequestError, WarmShells
 from sheesh.guest.execution import run_exec as _run_exec
 
@@ -192,3 +192,11 @@ def test_requests_are_checked_against_their_op_types(config: AgentConfig) -> Non
     with pytest.raises(RequestError, match="unknown op 'shutdown'"):
         agent.dispatch({"op": "shutdown"})
     assert agent.dispatch({"op": "ping"})["version"] == 1
+
+
+def test_clock_op_sets_only_a_vms_clock(config: AgentConfig) -> None:
+    """``clock`` after a pause: on a host (not in a VM) the agent must not touch the machine's clock."""
+    config.in_vm = False
+    assert set_clock(config, {"time_ns": time.time_ns()}) == {"done": False}
+    with pytest.raises(RequestError):
+        set_clock(config, {"time_ns": "soon"})

@@ -46,8 +46,10 @@ def test_unused_vm_pauses_and_the_next_exec_resumes_it(pausing_server: ServerPro
             before = _qemu_cpu_s(pausing_server.data_dir, vm)
             time.sleep(3)
             assert _qemu_cpu_s(pausing_server.data_dir, vm) - before < 0.3  # vCPUs stopped: a few ticks at most
-            out = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "cat /tmp/k; pgrep -c -x sleep"})
-            assert out.status_code == 200 and out.json()["stdout"] == "kept\n1\n", out.text
+            out = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "cat /tmp/k; pgrep -c -x sleep; date +%s"})
+            assert out.status_code == 200 and out.json()["stdout"].startswith("kept\n1\n"), out.text
+            guest_now = int(out.json()["stdout"].split()[-1])
+            assert abs(guest_now - time.time()) < 2, "the guest's clock was not set when it was resumed"
             assert _state(c, vm) == "RUNNING"
             wait_for("the VM to be auto-paused again", lambda: _state(c, vm) == "PAUSED", timeout_s=60)
             assert c.post(f"/v1/vms/{vm}/pause").status_code == 409  # already paused

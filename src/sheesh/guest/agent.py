@@ -97,6 +97,17 @@ def refresh_identity(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]
     return reply
 
 
+def set_clock(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
+    """The host's time, after the VM was paused (its clock stood still meanwhile)."""
+    now_ns = req.get("time_ns")
+    if not isinstance(now_ns, int):
+        raise RequestError("time_ns must be an integer")
+    if not config.in_vm or os.geteuid() != 0:
+        return {"done": False}
+    time.clock_settime_ns(time.CLOCK_REALTIME, now_ns)
+    return {"done": True}
+
+
 def configure_network(config: AgentConfig, req: dict[str, Any]) -> dict[str, Any]:
     """Set up the VM's network interface (the first one besides ``lo``) as the host assigned it: after a
     boot and after every restore (clones must not keep the template's MAC and address)."""
@@ -160,6 +171,7 @@ class Agent:
         self.handlers: dict[Op, Callable[[dict[str, Any]], dict[str, Any]]] = {
             Op.PING: self._ping,
             Op.REFRESH: self._refresh,
+            Op.CLOCK: lambda req: set_clock(config, req),
             Op.NET: lambda req: configure_network(config, req),
             Op.RESIZE_FS: _resize_fs,
             Op.EXEC: lambda req: run_exec(config, req, self.shells),

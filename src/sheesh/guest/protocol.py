@@ -33,6 +33,7 @@ class Op(StrEnum):
 
     PING = "ping"
     REFRESH = "refresh"
+    CLOCK = "clock"
     NET = "net"
     RESIZE_FS = "resize_fs"
     EXEC = "exec"
@@ -185,6 +186,17 @@ class RefreshRequest(TypedDict):
     net: NotRequired[NetRequest]
 
 
+class ClockRequest(TypedDict):
+    """Set the guest's clock to the host's (after a pause: the guest's clock stood still meanwhile)."""
+
+    time_ns: int
+
+
+class ClockReply(TypedDict):
+    done: bool
+    """False when the agent may not set the machine's clock (not root, or not in a VM)."""
+
+
 class PingReply(TypedDict):
     version: int
     boot_id: str
@@ -244,6 +256,7 @@ class Empty(TypedDict):
 REQUESTS: dict[Op, type[Any]] = {
     Op.PING: Empty,
     Op.REFRESH: RefreshRequest,
+    Op.CLOCK: ClockRequest,
     Op.NET: NetRequest,
     Op.RESIZE_FS: Empty,
     Op.EXEC: ExecRequest,

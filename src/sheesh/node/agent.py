@@ -444,9 +444,11 @@ class NodeAgent:
             await self.driver.pause(vm_id)
 
     async def resume(self, vm_id: str) -> None:
+        """Run a paused VM again and set its guest's clock (it stood still while the VM was paused)."""
         self._require_running(vm_id)
         with _vmm(""):
             await self.driver.resume(vm_id)
+        await self.guests.set_clock(vm_id)  # a machine without an agent (firmware boot) fails this at once
 
     # --- snapshots --------------------------------------------------------------------------------------
     async def snapshot(self, vm_id: str, snapshot_id: str, sync_guest: bool = True) -> SnapshotInfo:
