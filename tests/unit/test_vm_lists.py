@@ -78,3 +78,31 @@ def test_the_cache_keeps_the_newest_bodies_only() -> None:
     hit = lists.get("b", 1)
     assert hit is not None and hit.body == b"b"
     assert lists.get("b", 2) is None  # another version: not served
+
+
+def test_one_vms_body_follows_its_writes_and_its_owner(stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/vms/:id is kept the same way: built once per VM change, checked against the viewer on every hit
+    (an admin's read does not open the VM to another user)."""
+    c, svc = stack.client, stack.svc
+    alice, bob = user_headers(c, "alice"), user_headers(c, "bob")
+    vm_id = c.post("/v1/vms", json=GOOD, headers=alice).json()["id"]
+    first = c.get(f"/v1/vms/{vm_id}", headers=ADMIN)
+    assert first.status_code == 200 and first.json()["id"] == vm_id and first.json()["state"] == "RUNNING"
+    assert first.headers["content-type"] == "application/json"
+    reads: list[str] = []
+    get_vm = svc.store.get_vm
+
+    def counted(wanted: str) -> Vm | None:
+        reads.append(wanted)
+        return get_vm(wanted)
+
+    monkeypatch.setattr(svc.store, "get_vm", counted)
+    assert c.get(f"/v1/vms/{vm_id}", headers=alice).json() == first.json() and reads == []
+    missing = c.get(f"/v1/vms/{vm_id}", headers=bob)
+    assert missing.status_code == 404 and missing.json()["message"] == f"VM {vm_id} not found"
+    assert c.get("/v1/vms/vm-nope", headers=ADMIN).status_code == 404
+    vm = get_vm(vm_id)
+    assert vm is not None
+    svc.store.save_vm(dataclasses.replace(vm, state=VmState.STOPPED))  # as another replica would
+    assert c.get(f"/v1/vms/{vm_id}", headers=alice).json()["state"] == "STOPPED"
+    assert c.get(f"/v1/vms/{vm_id}", headers=bob).status_code == 404

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from sheesh.api.deps import OwnedVm, OwnedVmId, PrincipalDep, ServicesDep, VmListsDep, rate_limited
+from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, VmListsDep, rate_limited, visible_vm
 from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, TimeoutBody, VmOut, iso
 from sheesh.api.vmlists import CachedList
 from sheesh.auth.apikeys import Principal
@@ -90,9 +90,20 @@ async def list_vms(svc: ServicesDep, principal: PrincipalDep, lists: VmListsDep)
     return Response(cached.body, media_type="application/json")
 
 
-@router.get("/{vm_id}", summary="Get a VM (with the node host/port of its console endpoints)")
-async def get_vm(vm: OwnedVm, svc: ServicesDep) -> VmOut:
-    return vm_out(svc, vm)
+@router.get("/{vm_id}", summary="Get a VM (with the node host/port of its console endpoints)", response_model=VmOut)
+async def get_vm(vm_id: str, svc: ServicesDep, principal: PrincipalDep, lists: VmListsDep) -> Response:
+    # as the list: served from the body built last for this VM while no VM changed since (api.vmlists)
+    version = svc.vms.version()
+    cached = lists.get("vm:" + vm_id, version)
+    if cached is None or any(svc.nodes.endpoint(n) != e for n, e in cached.endpoints.items()):
+        vm = visible_vm(svc, principal, vm_id)
+        endpoints = {vm.node: svc.nodes.endpoint(vm.node)}
+        body = VmOut.of(vm, *endpoints[vm.node][:2]).model_dump_json().encode()
+        cached = CachedList(version=version, endpoints=endpoints, body=body, owner_id=vm.owner_id)
+        lists.put("vm:" + vm_id, cached)
+    elif not principal.can_see(cached.owner_id):
+        raise NotFoundError(f"VM {vm_id} not found")
+    return Response(cached.body, media_type="application/json")
 
 
 class AgentTokenOut(BaseModel):
