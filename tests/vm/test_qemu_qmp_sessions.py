@@ -5,7 +5,9 @@ all succeed, by taking turns."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,61 +20,47 @@ from tests.vmm_contract import check_rename
 pytestmark = pytest.mark.vm
 
 
-async def test_concurrent_qmp_commands_on_one_vm_all_succeed(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def bare_qemu(wd: Path, *extra: str) -> AsyncIterator[QemuDriver]:
+    """A QEMU with no machine (``-S``), QMP and a pid file in ``wd``, adopted by a driver; it must have ended when
+    the block does (the driver's kill ends it a moment after returning: QEMU is not the driver's child)."""
     binary = shutil.which("qemu-system-x86_64")
     assert binary is not None
-    wd = tmp_path / "vm-q"
     wd.mkdir()
     qmp = str(wd / QMP_SOCKET)
-    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
-    argv += ["-vnc", f"unix:{wd / 'vnc.sock'},password=on", "-qmp", f"unix:{qmp},server=on,wait=off"]
-    argv += ["-pidfile", str(wd / PIDFILE)]
-    proc = ManagedProcess.spawn(argv, qmp, wd / "out.log", wd / "err.log")
+    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S", *extra]
+    argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-pidfile", str(wd / PIDFILE)]
+    proc = ManagedProcess.spawn(argv, qmp, wd.parent / f"{wd.name}.out.log", wd.parent / f"{wd.name}.err.log")
     try:
         for _ in range(200):
             if (wd / PIDFILE).exists() and (wd / QMP_SOCKET).exists():
                 break
             await asyncio.sleep(0.05)
-        drv = QemuDriver(tmp_path)
-        assert await drv.attach("vm-q", wd) is True
+        drv = QemuDriver(wd.parent)
+        assert await drv.attach(wd.name, wd) is True
+        yield drv
+        for _ in range(100):
+            if not proc.alive():
+                break
+            await asyncio.sleep(0.05)
+        assert not proc.alive()
+    finally:
+        await proc.terminate(grace=0.5)
+
+
+async def test_concurrent_qmp_commands_on_one_vm_all_succeed(tmp_path: Path) -> None:
+    wd = tmp_path / "vm-q"
+    async with bare_qemu(wd, "-vnc", f"unix:{wd / 'vnc.sock'},password=on") as drv:
         calls = []
         for i in range(10):
             calls += [drv.set_vnc_password("vm-q", f"pass{i:04d}"), drv.resume("vm-q"), drv.pause("vm-q")]
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []
-        await drv.kill("vm-q")  # QEMU is not the driver's child here: it ends a moment after kill returns
-        for _ in range(100):
-            if not proc.alive():
-                break
-            await asyncio.sleep(0.05)
-        assert not proc.alive()
-    finally:
-        await proc.terminate(grace=0.5)
+        await drv.kill("vm-q")
 
 
 async def test_a_renamed_vm_keeps_running_under_its_new_id(tmp_path: Path) -> None:
     """The driver seam's ``rename`` on QEMU (the same check as on the fake, ``tests/vmm_contract.py``): QEMU's
     sockets and pid file move with the folder; a new driver adopts it by the command line it started with."""
-    binary = shutil.which("qemu-system-x86_64")
-    assert binary is not None
-    wd = tmp_path / "vm-r"
-    wd.mkdir()
-    qmp = str(wd / QMP_SOCKET)
-    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S"]
-    argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-pidfile", str(wd / PIDFILE)]
-    proc = ManagedProcess.spawn(argv, qmp, tmp_path / "out.log", tmp_path / "err.log")
-    try:
-        for _ in range(200):
-            if (wd / PIDFILE).exists() and (wd / QMP_SOCKET).exists():
-                break
-            await asyncio.sleep(0.05)
-        drv = QemuDriver(tmp_path)
-        assert await drv.attach("vm-r", wd) is True
-        await check_rename(drv, "vm-r", wd, lambda: QemuDriver(tmp_path))
-        for _ in range(100):
-            if not proc.alive():
-                break
-            await asyncio.sleep(0.05)
-        assert not proc.alive()
-    finally:
-        await proc.terminate(grace=0.5)
+    async with bare_qemu(tmp_path / "vm-r") as drv:
+        await check_rename(drv, "vm-r", tmp_path / "vm-r", lambda: QemuDriver(tmp_path))
