@@ -198,9 +198,10 @@ def main() -> None:
 
     print(
         f"  breakdown, p50 of each (n={len(parts)}): API + auth + DB + node hop {median('api'):.0f} ms, "
-        f"disk overlay (a claim: the spare's folder moved) {median('disk'):.0f} ms, network {median('network'):.0f} ms, "
-        f"QEMU restore to running (a claim: done ahead) {median('qemu'):.0f} ms, agent's first answer (identity refresh) "
-        f"{median('agent'):.0f} ms, first exec {percentile(execs, 0.5) * 1000:.0f} ms"
+        f"disk overlay (a claim: the spare's folder moved) {median('disk'):.0f} ms, "
+        f"network {median('network'):.0f} ms, QEMU restore to running (a claim: done ahead) {median('qemu'):.0f} ms, "
+        f"agent's first answer (identity refresh) {median('agent'):.0f} ms, "
+        f"first exec {percentile(execs, 0.5) * 1000:.0f} ms"
     )
     floor = percentile(floor_agent, 0.5)
     print(
