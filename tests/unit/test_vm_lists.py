@@ -72,12 +72,14 @@ def test_a_body_is_built_again_when_a_nodes_endpoint_moved(stack: FakeStack, mon
 
 def test_the_cache_keeps_the_newest_bodies_only() -> None:
     lists = VmListCache(size=2)
+    here = ("node.example", 1337, False)
     for scope in ("a", "b", "c"):
-        lists.put(scope, CachedList(version=1, endpoints={}, body=scope.encode()))
-    assert lists.get("a", 1) is None  # the oldest went
-    hit = lists.get("b", 1)
+        lists.put(scope, CachedList(version=1, endpoints={"n1": here}, body=scope.encode()))
+    assert lists.get("a", 1, lambda _: here) is None  # the oldest went
+    hit = lists.get("b", 1, lambda _: here)
     assert hit is not None and hit.body == b"b"
-    assert lists.get("b", 2) is None  # another version: not served
+    assert lists.get("b", 2, lambda _: here) is None  # another version: not served
+    assert lists.get("b", 1, lambda _: ("elsewhere", 1337, False)) is None  # the node moved: not served
 
 
 def test_one_vms_body_follows_its_writes_and_its_owner(stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> None:

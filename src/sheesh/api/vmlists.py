@@ -11,6 +11,7 @@ VM's body is kept with its owner, whom the viewer is checked against on every hi
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 Endpoint = tuple[str, int, bool]
@@ -33,9 +34,13 @@ class VmListCache:
         self.size = size
         self._lists: OrderedDict[str, CachedList] = OrderedDict()
 
-    def get(self, scope: str, version: int) -> CachedList | None:
+    def get(self, scope: str, version: int, endpoint: Callable[[str], Endpoint]) -> CachedList | None:
+        """The body of ``scope`` if it was built at ``version`` and every node's console endpoint in it is still
+        what ``endpoint`` (the node registry) says."""
         cached = self._lists.get(scope)
         if cached is None or cached.version != version:
+            return None
+        if any(endpoint(node) != e for node, e in cached.endpoints.items()):
             return None
         self._lists.move_to_end(scope)
         return cached

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
 from sheesh.node.contract import NodeVmSpec, VmNet
@@ -64,12 +64,7 @@ class Plumbing:
     async def plug(self, net: VmNet) -> None:
         """The VM's tap and its rules, before its machine starts."""
         assert self.network is not None
-        try:
-            self._nets[net.vm_id] = net
-            await asyncio.gather(self.network.add_tap(net), self.apply())
-        except NodeError:
-            self._nets.pop(net.vm_id, None)
-            raise
+        await self._wire(net, self.network.add_tap(net))
 
     async def plug_spare(self, net: VmNet) -> None:
         """A warm spare's tap, off the bridge and without rules (see ``claim``)."""
@@ -79,9 +74,13 @@ class Plumbing:
     async def claim(self, spare: VmNet, net: VmNet) -> None:
         """The spare's tap becomes the VM's, on the bridge with the VM's rules."""
         assert self.network is not None
+        await self._wire(net, self.network.claim_tap(spare, net))
+
+    async def _wire(self, net: VmNet, tap: Awaitable[None]) -> None:
+        """Make the VM's tap (``tap``) while the ruleset with its rules is applied; on failure its rules go."""
         try:
             self._nets[net.vm_id] = net
-            await asyncio.gather(self.network.claim_tap(spare, net), self.apply())
+            await asyncio.gather(tap, self.apply())
         except NodeError:
             self._nets.pop(net.vm_id, None)
             raise

@@ -25,9 +25,6 @@ from sheesh.vmm.driver import (
 )
 from sheesh.vmm.process import ManagedProcess, ProcessTable, wait_for_paths
 
-MARKER_FILE = "vmm.marker"
-"""In a renamed VM's folder: the text its agent's command line carries (the socket path it started with)."""
-
 
 class FakeDriver:
     """Implements ``VmmDriver``. ``fail_start`` makes the next start fail, to test error paths."""
@@ -78,26 +75,16 @@ class FakeDriver:
         return proc.pid
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
-        marker = workdir / MARKER_FILE
-        started_in = marker.read_text() if marker.exists() else str(workdir / AGENT_SOCKET)
-        return self._table.adopt(vm_id, workdir, workdir / "vmm.pid", started_in)
+        return self._table.adopt(vm_id, workdir, workdir / "vmm.pid", str(workdir / AGENT_SOCKET))
 
     async def rename(self, vm_id: str, new_id: str, workdir: Path) -> None:
         """As QEMU's: the folder moves with the agent's socket in it. The fake agent was given its workspace
         by path, so a link at the old folder keeps that path valid until the VM is killed."""
-        proc, old = self._table.get(vm_id), self._table.workdir(vm_id)
-        if proc is None or old is None or not self.is_running(vm_id):
-            raise VmmError(f"VM {vm_id} is not running")
-        try:
-            if workdir.exists():
-                raise FileExistsError(f"{workdir} exists")
-            old.rename(workdir)
-            old.symlink_to(workdir)
-        except OSError as exc:
-            raise VmmError(f"cannot move the folder of {vm_id}: {exc}") from exc
-        (workdir / MARKER_FILE).write_text(proc.marker)
+        old = self._table.workdir(vm_id)
+        self._table.move(vm_id, new_id, workdir)
+        assert old is not None  # move checked it
+        old.symlink_to(workdir)
         self._links[new_id] = self._links.pop(vm_id, old)
-        self._table.rename(vm_id, new_id, workdir)
         if vm_id in self.specs:
             self.specs[new_id] = self.specs.pop(vm_id)
         if vm_id in self.cdroms:

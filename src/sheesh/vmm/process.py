@@ -11,6 +11,10 @@ from pathlib import Path
 
 from sheesh.vmm.driver import ProcessUsage, VmmError
 
+MARKER_FILE = "vmm.marker"
+"""In a renamed VM's folder (``ProcessTable.move``): the text its process's command line carries, which names
+the folder it started in."""
+
 
 def _cmdline(pid: int) -> bytes:
     try:
@@ -181,7 +185,10 @@ class ProcessTable:
         self._workdirs[vm_id] = workdir
 
     def adopt(self, vm_id: str, workdir: Path, pidfile: Path, marker: str) -> bool:
-        """Track the process named by ``pidfile`` if it is alive and carries ``marker``."""
+        """Track the process named by ``pidfile`` if it is alive and carries ``marker`` (or, for a VM that
+        ``move`` renamed, the marker it started with, kept in its folder)."""
+        with contextlib.suppress(OSError):
+            marker = (workdir / MARKER_FILE).read_text()
         proc = ManagedProcess.adopt(pidfile, marker)
         if proc is None:
             return False
@@ -191,11 +198,23 @@ class ProcessTable:
     def get(self, vm_id: str) -> ManagedProcess | None:
         return self._procs.get(vm_id)
 
-    def rename(self, vm_id: str, new_id: str, workdir: Path) -> None:
-        """Track ``vm_id``'s process as ``new_id`` from now on, with its folder at ``workdir``."""
-        proc = self._procs.pop(vm_id)
-        self._workdirs.pop(vm_id, None)
+    def move(self, vm_id: str, new_id: str, workdir: Path) -> ManagedProcess:
+        """Give a live VM a new id: its folder moves to ``workdir`` (which must not exist; the process's open
+        files and sockets move along) and keeps the process's marker for ``adopt``. VmmError if it does not run
+        or the move fails."""
+        proc, old = self._procs.get(vm_id), self._workdirs.get(vm_id)
+        if proc is None or old is None or not self.alive(vm_id):
+            raise VmmError(f"VM {vm_id} is not running")
+        try:
+            if workdir.exists():
+                raise FileExistsError(f"{workdir} exists")
+            old.rename(workdir)
+        except OSError as exc:
+            raise VmmError(f"cannot move the folder of {vm_id}: {exc}") from exc
+        (workdir / MARKER_FILE).write_text(proc.marker)
+        self.pop(vm_id)
         self.add(new_id, proc, workdir)
+        return proc
 
     def workdir(self, vm_id: str) -> Path | None:
         return self._workdirs.get(vm_id)

@@ -80,8 +80,8 @@ async def list_vms(svc: ServicesDep, principal: PrincipalDep, lists: VmListsDep)
     # served from the body built last for this viewer while no VM changed since (api.vmlists)
     scope = "*" if principal.is_admin else "user:" + principal.user_id
     version = svc.vms.version()  # before the rows: a body is never older than the version it is kept at
-    cached = lists.get(scope, version)
-    if cached is None or any(svc.nodes.endpoint(n) != e for n, e in cached.endpoints.items()):
+    cached = lists.get(scope, version, svc.nodes.endpoint)
+    if cached is None:
         vms = [vm for vm in svc.vms.list_vms() if principal.can_see(vm.owner_id)]
         endpoints = {node: svc.nodes.endpoint(node) for node in {vm.node for vm in vms}}
         outs = [VmOut.of(vm, *endpoints[vm.node][:2]) for vm in vms]
@@ -94,8 +94,8 @@ async def list_vms(svc: ServicesDep, principal: PrincipalDep, lists: VmListsDep)
 async def get_vm(vm_id: str, svc: ServicesDep, principal: PrincipalDep, lists: VmListsDep) -> Response:
     # as the list: served from the body built last for this VM while no VM changed since (api.vmlists)
     version = svc.vms.version()
-    cached = lists.get("vm:" + vm_id, version)
-    if cached is None or any(svc.nodes.endpoint(n) != e for n, e in cached.endpoints.items()):
+    cached = lists.get("vm:" + vm_id, version, svc.nodes.endpoint)
+    if cached is None:
         vm = visible_vm(svc, principal, vm_id)
         endpoints = {vm.node: svc.nodes.endpoint(vm.node)}
         body = VmOut.of(vm, *endpoints[vm.node][:2]).model_dump_json().encode()

@@ -64,8 +64,6 @@ async def _run(argv: list[str], what: str) -> None:
 BACKGROUND_NICE = 10
 """CPU priority of machines started in the background (``MachineSpec.background``): a warm spare made while
 a user's VM runs its first commands takes the CPU the user's VM leaves."""
-MARKER_FILE = "qemu.marker"
-"""In a renamed VM's folder: the text its QEMU command line carries (the QMP socket path it started with)."""
 KVM_PROBE_TIMEOUT_S = 8.0
 """Bound of the KVM probe boot: under a working KVM the kernel reaches its panic in about a second; a KVM that
 cannot run the guest hangs until the bound, and the first VM waits for it (once: the answer is cached)."""
@@ -200,11 +198,7 @@ class QemuDriver:
             await asyncio.sleep(0.002)
 
     async def attach(self, vm_id: str, workdir: Path) -> bool:
-        try:  # a renamed VM's command line still names the folder it started in
-            marker = (workdir / MARKER_FILE).read_text()
-        except OSError:
-            marker = str(workdir / QMP_SOCKET)
-        if self._table.adopt(vm_id, workdir, workdir / PIDFILE, marker):
+        if self._table.adopt(vm_id, workdir, workdir / PIDFILE, str(workdir / QMP_SOCKET)):
             return True
         self.ram_file(vm_id).unlink(missing_ok=True)
         return False
@@ -268,18 +262,8 @@ class QemuDriver:
             return await asyncio.wait_for(qmp.execute(command, args) if args else qmp.execute(command), 10)
 
     async def rename(self, vm_id: str, new_id: str, workdir: Path) -> None:
-        proc, old = self._table.get(vm_id), self._table.workdir(vm_id)
-        if proc is None or old is None or not self.is_running(vm_id):
-            raise VmmError(f"VM {vm_id} is not running")
         async with self._qmp_lock(vm_id):  # no QMP session may be open on the folder as it moves
-            try:
-                if workdir.exists():
-                    raise FileExistsError(f"{workdir} exists")
-                old.rename(workdir)  # QEMU's open files, sockets included, move along
-            except OSError as exc:
-                raise VmmError(f"cannot move the folder of {vm_id}: {exc}") from exc
-            (workdir / MARKER_FILE).write_text(proc.marker)
-            self._table.rename(vm_id, new_id, workdir)
+            proc = self._table.move(vm_id, new_id, workdir)
             self._qmp_locks.pop(vm_id, None)
             if self.ram_file(vm_id).exists():
                 self.ram_file(vm_id).rename(self.ram_file(new_id))
