@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 from collections.abc import Iterator
 
@@ -43,6 +44,8 @@ def _raw(server: ServerProcess, payload: bytes) -> tuple[int, dict[str, str], by
     [
         (b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
         (b"GET /v1/vms?q=" + b"b" * 600_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Fill-%d: %s\r\n" % (i, b"c" * 100) for i in range(200)), 431),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"d" * 20_000 + b"\r\n\r\n", 431),
         (b"THIS IS NOT HTTP\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", 400),
     ],
@@ -74,6 +77,20 @@ def test_oversized_json_body_is_413_not_a_reset(server: ServerProcess) -> None:
     )
     assert r.status_code == 413 and r.json()["message"]
     assert httpx.get(server.url + "/openapi.json").status_code == 200
+
+
+def test_heads_under_the_limit_and_pipelined_requests_are_served(server: ServerProcess) -> None:
+    big = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nX-Big: " + b"e" * 12_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(big[:5000])  # a head that arrives in pieces
+        s.sendall(big[5000:])
+        pipelined = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+        s.sendall(pipelined + b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) [A-Za-z ]+\r\n", data)]
+    assert statuses == [200, 200, 200, 404]
 
 
 def test_ordinary_requests_still_work_after(server: ServerProcess) -> None:

@@ -1,11 +1,15 @@
-"""The HTTP/1.1 protocol sheesh serves with: uvicorn's h11 protocol, with JSON answers to requests it cannot
-parse and a lingering close, so clients read the answer instead of a connection reset.
+"""The HTTP/1.1 protocol sheesh serves with: uvicorn's httptools protocol (llhttp, the fast parser), with a limit
+on the request head, JSON answers to requests it cannot parse, and a lingering close, so clients read the answer
+instead of a connection reset.
 
-uvicorn answers a request line or header block larger than ``MAX_HEAD_BYTES`` (or malformed) with a plain-text
-400 and closes at once; a client still sending a 1 MB URL then gets a TCP reset. Here: 414 (URI too long) when
-the request line alone is too long, 431 when the headers are, 400 for anything malformed, each as
+uvicorn answers a malformed request with a plain-text 400 and closes at once (a client still sending gets a TCP
+reset), and llhttp itself puts no bound on a request line or header block. Here: 414 (URI too long) when the
+request line alone passes ``MAX_HEAD_BYTES``, 431 when the head does, 400 for anything malformed, each as
 ``{"message": ...}``; then the write side is shut and what the client still sends is read and dropped for up
 to ``LINGER_S`` seconds before the connection closes.
+
+The head is counted in the bytes received while it is incomplete; for a pipelined request whose head starts in
+the middle of what was received, counting starts with the next read (at most one read's worth over the limit).
 """
 
 from __future__ import annotations
@@ -14,44 +18,73 @@ import asyncio
 import json
 from http import HTTPStatus
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 16 * 1024
-"""Largest request line plus headers (h11's limit in uvicorn)."""
+"""Largest request line plus headers."""
 LINGER_S = 2.0
 
 
-class JsonErrorsH11Protocol(H11Protocol):
-    """``H11Protocol`` with JSON errors for unparsable requests and a lingering close after them."""
+class JsonErrorsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with a bounded request head, JSON errors for unparsable requests and a lingering
+    close after them."""
 
+    _between = True
+    """No request in progress: the next read starts one."""
+    _in_head = False
+    """Between the start of a request and the end of its headers."""
+    _counted = False
+    """The read being parsed was counted from its first byte (the request starts there)."""
     _head = b""
+    """The current request's head as received (at least its first ``MAX_HEAD_BYTES`` bytes)."""
+    _head_bytes = 0
     _discarding = False
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        if len(self._head) <= MAX_HEAD_BYTES:
-            self._head += data[: MAX_HEAD_BYTES + 2]
+        if self._between or self._in_head:
+            if self._between:
+                self._head, self._head_bytes, self._counted = b"", 0, True
+            scan = self._head[-3:] + data  # the head ends with an empty line, maybe split across reads
+            end = scan.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4 - (len(scan) - len(data))
+            if len(self._head) <= MAX_HEAD_BYTES:
+                self._head += data[: MAX_HEAD_BYTES + 2]
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._too_large()
+                return
         super().data_received(data)
+        self._counted = False
 
-    def on_response_complete(self) -> None:
-        self._head = b""
-        super().on_response_complete()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._counted:  # pipelined: it starts inside this read, counting starts with the next one
+            self._head, self._head_bytes = b"", 0
+        self._between, self._in_head, self._counted = False, True, False
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._between = True
+        super().on_message_complete()
 
     def eof_received(self) -> None:
         if self._discarding:
             self.transport.close()
-            return
-        super().eof_received()
+
+    def _too_large(self) -> None:
+        if b"\r\n" in self._head:
+            self._json_error(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+        else:
+            self._json_error(414, f"the request line is longer than {MAX_HEAD_BYTES} bytes")
 
     def send_400_response(self, msg: str) -> None:
-        line_done = b"\r\n" in self._head
-        if not line_done and len(self._head) > MAX_HEAD_BYTES:
-            status, message = 414, f"the request line is longer than {MAX_HEAD_BYTES} bytes"
-        elif line_done and len(self._head) >= MAX_HEAD_BYTES:
-            status, message = 431, f"the request head is larger than {MAX_HEAD_BYTES} bytes"
-        else:
-            status, message = 400, "malformed HTTP request"
+        self._json_error(400, "malformed HTTP request")
+
+    def _json_error(self, status: int, message: str) -> None:
         body = json.dumps({"message": message}).encode()
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"

@@ -50,6 +50,7 @@ _WHY = {
     403: "Expired or tampered signature/cookie, or not allowed",
     404: "Not found",
     413: "Request body too large",
+    414: "Request line (path and query) longer than 16 KiB",
     429: "Rate limited (see Retry-After)",
     503: "The VM's node or guest agent is unavailable",
 }
@@ -58,9 +59,9 @@ _WHY = {
 def complete_responses(doc: dict[str, Any]) -> dict[str, Any]:
     """Make every operation list the error statuses it can really answer, and none it cannot: FastAPI's
     422 is never sent (validation errors are 400); every operation can be rate limited (429); one with a body
-    can be too large (413) or invalid (400), as can one with parameters; all take credentials (a header, the
-    cookie, or a login body) and can answer 401 and 403; one with a path parameter can answer 404, one on a VM
-    also 409 (its state) and 503 (its node or guest)."""
+    can be too large (413) or invalid (400), as can one with parameters (and its URL too long, 414); all take
+    credentials (a header, the cookie, or a login body) and can answer 401 and 403; one with a path parameter
+    can answer 404, one on a VM also 409 (its state) and 503 (its node or guest)."""
     for path, item in doc.get("paths", {}).items():
         for op in item.values():
             if not isinstance(op, dict) or "responses" not in op:
@@ -72,7 +73,7 @@ def complete_responses(doc: dict[str, Any]) -> dict[str, Any]:
             if "requestBody" in op:
                 codes |= {400, 413}
             if params:
-                codes.add(400)
+                codes |= {400, 414}
             codes |= {401, 403}  # every operation in the document takes credentials (header, cookie or body)
             if any(p.get("in") == "path" for p in params):
                 codes.add(404)

@@ -12,13 +12,12 @@ from typing import Any
 
 import uvicorn
 
-from sheesh.api.http import MAX_HEAD_BYTES, JsonErrorsH11Protocol
+from sheesh.api.http import JsonErrorsProtocol
 from sheesh.config import Settings
 from sheesh.tls import server_tls
 
 HTTP_OPTIONS: dict[str, Any] = {
-    "http": JsonErrorsH11Protocol,
-    "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+    "http": JsonErrorsProtocol,
     "log_level": "info",
 }
 """JSON answers (414/431/400) to requests uvicorn cannot parse, with a lingering close."""
