@@ -204,6 +204,8 @@ def test_fork_bomb_is_contained(shared_server: ServerProcess) -> None:
             limits = _exec(c, vm_id, f"cat /proc/self/cgroup {cg}/pids.max {cg}/../pids.max")
             lines = str(limits["stdout"]).split()
             assert "/sheesh-exec/" in lines[0] and lines[1:] == ["512", "2048"], limits
+            mount = _exec(c, vm_id, "grep ' /sys/fs/cgroup ' /proc/mounts")["stdout"]
+            assert "favordynmods" in mount.split()[3].split(","), mount  # moving each shell in is cheap
             hog = _exec(c, vm_id, "python3 -c 'x = bytearray(400 * 1024 * 1024)'", timeoutMs=60000)
             assert hog["exitCode"] != 0, hog  # killed by the cgroup's memory limit, not the agent
             assert _exec(c, vm_id, "echo still-alive")["stdout"] == "still-alive\n"

@@ -8,6 +8,9 @@ Layout under ``/sys/fs/cgroup`` (mounted by ``rc.sysinit``)::
                        room for other jobs); on timeout the whole cgroup is killed (``cgroup.kill``), escaped
                        children included
 
+The hierarchy is mounted with ``favordynmods`` where the kernel has it (``rc.sysinit``): moving a process
+between cgroups then takes no RCU grace period, which under emulation was most of a shell spawn.
+
 A fork bomb or a memory hog in a job hits the limits of ``sheesh-exec`` and nothing else: the agent keeps
 answering. Where cgroup v2 is not available (the agent on a host, for tests) ``ExecCgroups.setup`` returns
 None and jobs are limited by process-group kills only.

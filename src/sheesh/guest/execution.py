@@ -201,6 +201,8 @@ class WarmShells:
         self._wake.set()
 
     def _refill(self) -> None:
+        if os.geteuid() == 0:  # this thread's forks and what they run start at REFILL_NICE, not only after renice
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFILL_NICE)
         while True:
             self._wake.wait()
             self._wake.clear()
