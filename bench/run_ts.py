@@ -3,7 +3,11 @@ to its floor measured in the same VM and run: the same program started inside th
 interpreter's own start-up costs there), and the ratio. Runs are timed first in a fresh VM, then with gaps
 (run-ts: the warm Deno started after a run is ready), then back to back. Prints numbers.
 
-Usage: .venv/bin/python bench/run_ts.py [--runs 10] [--mem 512] [--gap 8]
+Then the first run-ts in VMs made from a snapshot of that VM (which holds a warm Deno): right after a create
+that restores it (the copy's Deno is started again at its refresh: its random state must be its own) and right
+after a create that claims a warm spare of it (the spare started its own Deno and waited for it).
+
+Usage: .venv/bin/python bench/run_ts.py [--runs 10] [--mem 512] [--gap 8] [--clones 3]
 """
 
 from __future__ import annotations
@@ -43,16 +47,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--mem", type=int, default=512)
     parser.add_argument("--gap", type=float, default=8.0, help="seconds between runs (a warm Deno starts meanwhile)")
+    parser.add_argument("--clones", type=int, default=3, help="VMs made from a snapshot, each way")
     args = parser.parse_args()
     results = {}
-    with running_server() as server, server.client() as c:
-        vm = c.post("/v1/vms", json={"cpu": 1, "memMb": args.mem, "allowIps": []}).raise_for_status().json()["id"]
+    shape = {"cpu": 1, "memMb": args.mem, "allowIps": []}
+    with running_server(SHEESH_WARM_SPARES="1") as server, server.client() as c:
+        vm = c.post("/v1/vms", json=shape).raise_for_status().json()["id"]
         for endpoint, floor_cmd in FLOOR.items():
             floors = [in_guest_ms(c, vm, floor_cmd) for _ in range(args.runs)]
             first = _runs(c, vm, endpoint, 1, 0)[0]
             gapped = _runs(c, vm, endpoint, args.runs, args.gap)
             b2b = _runs(c, vm, endpoint, args.runs, 0)
             results[endpoint] = (first, gapped, b2b, floors)
+        _runs(c, vm, "run-ts", 1, 0)
+        time.sleep(args.gap)  # the warm Deno is ready
+        snap = c.post(f"/v1/vms/{vm}/snapshots").raise_for_status().json()["id"]
+        made: dict[str, list[float]] = {"restored": [], "spare": []}
+        while min(len(v) for v in made.values()) < args.clones:
+            ready = server.log.read_text().count("ready in")
+            t0 = time.perf_counter()
+            clone = c.post("/v1/vms", json={**shape, "snapshotId": snap}).raise_for_status().json()["id"]
+            created = time.perf_counter() - t0
+            claimed = f"{clone}: spare" in server.log.read_text()
+            made["spare" if claimed else "restored"].append(created + _runs(c, clone, "run-ts", 1, 0)[0])
+            if not claimed:  # next: a create that claims the spare this one made
+                deadline = time.monotonic() + 120
+                while server.log.read_text().count("ready in") <= ready and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            c.delete(f"/v1/vms/{clone}").raise_for_status()
         c.delete(f"/v1/vms/{vm}").raise_for_status()
     for endpoint, (first, gapped, b2b, floors) in results.items():
         floor = percentile(floors, 0.5)
@@ -66,6 +88,16 @@ def main() -> None:
                 f"  {label} (n={len(times)}): p50 {p50 * 1000:.0f} ms, p99 {percentile(times, 0.99) * 1000:.0f} ms; "
                 f"ratio to floor {p50 / floor:.2f}"
             )
+    floor = percentile(results["run-ts"][3], 0.5)
+    warm = percentile(results["run-ts"][1], 0.5)
+    for how, label in (("restored", "restores the snapshot"), ("spare", "claims a warm spare of it")):
+        times = made[how]
+        p50 = percentile(times, 0.5)
+        print(
+            f"create from a snapshot holding a warm Deno -> first run-ts, when the create {label} (n={len(times)}): "
+            f"p50 {p50 * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; ratio to the cold floor {p50 / floor:.2f}, "
+            f"to a warm run ({warm * 1000:.0f} ms) {p50 / warm:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -200,3 +200,42 @@ def test_clock_op_sets_only_a_vms_clock(config: AgentConfig) -> None:
     assert set_clock(config, {"time_ns": time.time_ns()}) == {"done": False}
     with pytest.raises(RequestError):
         set_clock(config, {"time_ns": "soon"})
+
+
+def test_a_refresh_restarts_the_warm_deno_unless_the_machine_is_no_copy(config: AgentConfig) -> None:
+    """A restored copy's warm Deno shares its random state with the original's: the refresh starts another.
+    A claimed spare refreshed once already since its restore (``copy`` false): it keeps the one it started.
+    Ping says whether that Deno is still starting (busy) or ready (idle, waiting for its entry)."""
+    from sheesh.guest.agent import Agent
+    from sheesh.guest.warmdeno import DenoCommand, WarmDeno
+
+    config.in_vm = False
+    deno = WarmDeno(config)
+    agent = Agent(config, lambda _: None, deno=deno)
+    assert agent.dispatch({"op": "ping"})["deno"] == "none"
+    # stands in for Deno: busy for a moment as it starts, then waits on its stdin for the entry
+    busy = "i=0; while [ $i -lt 300000 ]; do i=$((i + 1)); done; exec cat >/dev/null"
+    deno.prepare(DenoCommand(argv=("sh", "-c", busy), args=(), env=()))
+
+    def pid_when(state: str) -> int:
+        deadline = time.monotonic() + 10
+        while agent.dispatch({"op": "ping"})["deno"] != state or deno._warm is None:
+            assert time.monotonic() < deadline, f"the warm Deno never became {state}"
+            time.sleep(0.05)
+        return deno._warm.shell.proc.pid
+
+    first = pid_when("starting")
+    assert pid_when("ready") == first
+    agent.dispatch({"op": "refresh", "seed": "", "copy": False})
+    assert agent.dispatch({"op": "ping"})["deno"] == "ready" and pid_when("ready") == first
+    agent.dispatch({"op": "refresh", "seed": ""})
+    second = pid_when("ready")
+    assert second != first
+    assert not os.path.exists(f"/proc/{first}"), "the copy's warm Deno was not stopped (and reaped)"
+    # a rehearsal runs a no-op through the ready Deno (it reads its entry and ends) and starts the next
+    assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": True}
+    third = pid_when("ready")
+    assert third != second and not os.path.exists(f"/proc/{second}")
+    assert deno._warm is not None
+    deno.stop(deno._warm)
+    assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": False}  # none ready

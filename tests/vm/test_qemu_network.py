@@ -181,6 +181,8 @@ def test_a_create_from_a_warm_spare_gets_its_own_identity_network_and_clock(
     with net_server.client() as c:
         src = c.post("/v1/vms", json=shape).json()["id"]
         assert c.post(f"/v1/vms/{src}/exec", json={"cmd": "echo kept > /workspace/f"}).json()["exitCode"] == 0
+        assert c.post(f"/v1/vms/{src}/run-ts", json={"code": "console.log(1)"}).json()["stdout"] == "1\n"
+        wait_for("a warm Deno", lambda: c.post(f"/v1/vms/{src}/exec", json={"cmd": WARM_DENO}).json()["stdout"], 120)
         snap = c.post(f"/v1/vms/{src}/snapshots").json()["id"]
         first = c.post("/v1/vms", json={**shape, "snapshotId": snap})
         assert first.status_code == 201, first.text
@@ -190,8 +192,10 @@ def test_a_create_from_a_warm_spare_gets_its_own_identity_network_and_clock(
         assert _tap_exists(spare)
         time.sleep(4)  # the spare waits paused: its guest clock stands still meanwhile
 
+        claimed_at = time.monotonic()
         vm = c.post("/v1/vms", json={**shape, "snapshotId": snap}).json()
         vm_id, guest = vm["id"], vm["guestIp"]
+        warm = _spares_deno(c, vm_id, claimed_at)
         assert f"{vm_id}: spare {spare} claimed" in net_server.log.read_text()
         assert not (net_server.data_dir / "vms" / spare).exists() and not _tap_exists(spare)
         assert _tap_exists(vm_id) and guest in _ruleset(net_server)
@@ -210,6 +214,10 @@ def test_a_create_from_a_warm_spare_gets_its_own_identity_network_and_clock(
         assert _vm_connect(c, vm_id, lan.other_ip, 8080) == "timeout"
         rng = "head -c 16 /dev/urandom | od -An -tx1; cat /proc/sys/kernel/random/boot_id"
         assert len({sh(rng, v) for v in (src, first.json()["id"], vm_id)}) == 3
+        # that Deno serves the VM's first run-ts; its random state is its own
+        code = "console.log(Deno.pid, crypto.randomUUID(), Math.random())"
+        outs = [c.post(f"/v1/vms/{v}/run-ts", json={"code": code}).json()["stdout"] for v in (vm_id, src)]
+        assert outs[0].split()[0] == str(warm) and len({o.split(" ", 1)[1] for o in outs}) == 2, outs
         # the VM is the node's like any other: it survives the service's end, even a SIGKILL; the spare made
         # after the claim does not (a new service process destroys what the old one left)
         wait_for("the next spare", lambda: len(_spares(net_server)) == 1, 60)
@@ -231,6 +239,24 @@ def test_a_create_from_a_warm_spare_gets_its_own_identity_network_and_clock(
         assert c.delete(f"/v1/snapshots/{snap}").status_code == 204
         assert _spares(net_server) == [] and not _tap_exists(spare)
         assert str(net_server.data_dir / "vms" / spare) not in _processes()
+
+
+WARM_DENO = "pgrep -f 'deno run .*runner[.]ts' || true"
+
+
+def _spares_deno(c: httpx.Client, vm_id: str, claimed_at: float) -> int:
+    """The warm Deno of a VM just made from a spare of a snapshot that held one: the spare started it again
+    at its own restore (and rehearsed, and started the next) and waited for it; the claim kept it (no copy).
+    Its age in the guest's running time (the paused spare's clock stood still) exceeds the time since the
+    claim began: it is older than the claim. Its PID."""
+    start = "cut -d')' -f2 /proc/$p/stat | awk '{print $20}'"  # clock ticks after boot
+    age = f"p=$({WARM_DENO}); echo $p $({start}) $(cut -d' ' -f1 /proc/uptime)"
+    found = c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": age}).json()["stdout"].split()
+    assert len(found) == 3, f"no warm Deno right after the claim: {found}"
+    pid, started, uptime = found
+    since_claim = time.monotonic() - claimed_at
+    assert float(uptime) - int(started) / 100 > since_claim, (started, uptime, since_claim)
+    return int(pid)
 
 
 def _processes() -> str:

@@ -35,7 +35,7 @@ from sheesh.guest import files, netif, protocol
 from sheesh.guest.cgroups import ExecCgroups
 from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, WarmShells, run_exec
 from sheesh.guest.protocol import ErrorKind, Op
-from sheesh.guest.scripts import run_script
+from sheesh.guest.scripts import rehearse, run_script
 from sheesh.guest.sshd import SshError, SshServer
 from sheesh.guest.streams import StreamJobs
 from sheesh.guest.warmdeno import WarmDeno
@@ -193,6 +193,7 @@ class Agent:
             Op.EXEC_SIGNAL: lambda req: self._stream_op(req, lambda job: job.signal(str(req["signal"]))),
             Op.EXEC_RESIZE: lambda req: self._stream_op(req, lambda job: job.resize(req["rows"], req["cols"])),
             Op.EXEC_ACK: lambda req: self._stream_op(req, lambda job: job.ack(int(req["bytes"]))),
+            Op.REHEARSE: lambda _: rehearse(config, self.deno),
         }
 
     def send(self, message: dict[str, Any]) -> None:
@@ -225,13 +226,16 @@ class Agent:
 
     def _refresh(self, req: dict[str, Any]) -> dict[str, Any]:
         reply = refresh_identity(self.config, req)
-        if self.deno is not None:
+        if self.deno is not None and req.get("copy", True) is not False:
             self.deno.discard()  # a restored copy's Deno shares its random state with the original's
         return reply
 
     def _ping(self, _: dict[str, Any]) -> dict[str, Any]:
         warm = self.shells.ready() if self.shells is not None else 0
-        return {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id, "warm": warm}
+        reply = {"version": protocol.PROTOCOL_VERSION, "boot_id": self.config.boot_id, "warm": warm}
+        if self.deno is not None:
+            reply["deno"] = self.deno.state()
+        return reply
 
     def _ssh_authorize(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.config.ssh is None:

@@ -53,6 +53,7 @@ class Op(StrEnum):
     EXEC_SIGNAL = "exec_signal"
     EXEC_RESIZE = "exec_resize"
     EXEC_ACK = "exec_ack"
+    REHEARSE = "rehearse"
 
 
 NO_REPLY: frozenset[Op] = frozenset({Op.EXEC_ACK})
@@ -184,6 +185,10 @@ class RefreshRequest(TypedDict):
     seed: str
     time_ns: NotRequired[int]
     net: NotRequired[NetRequest]
+    copy: NotRequired[bool]
+    """Whether the machine is a copy (restored or cloned) whose programs share their random state with the
+    original's: then its warm Deno is started again. Default true; false for a machine that refreshed once
+    already since its restore and now resumes as itself under a new identity (a claimed warm spare)."""
 
 
 class ClockRequest(TypedDict):
@@ -197,10 +202,21 @@ class ClockReply(TypedDict):
     """False when the agent may not set the machine's clock (not root, or not in a VM)."""
 
 
+class RehearseReply(TypedDict):
+    """``rehearse`` (no arguments): one run of a no-op through the ready warm Deno, the next one started after
+    it as after any run-ts, so that (under emulation) the code of a run is translated before a real run needs
+    it. A warm spare rehearses before it pauses."""
+
+    rehearsed: bool
+    """False when no warm Deno was ready."""
+
+
 class PingReply(TypedDict):
     version: int
     boot_id: str
     warm: int
+    deno: NotRequired[str]
+    """The warm Deno: ``none``, ``starting`` (being started, or its start-up still uses the CPU) or ``ready``."""
 
 
 class UploadBeginRequest(TypedDict):
@@ -276,6 +292,7 @@ REQUESTS: dict[Op, type[Any]] = {
     Op.EXEC_SIGNAL: ExecSignalRequest,
     Op.EXEC_RESIZE: ExecResizeRequest,
     Op.EXEC_ACK: ExecAckRequest,
+    Op.REHEARSE: Empty,
 }
 """The request type of each op (the reply types are named beside them); the agent refuses a request that lacks
 a required field before any handler sees it."""

@@ -221,3 +221,29 @@ def run_script(
     if marker is not None:
         reply["error" if marker.get("kind") == "error" else "result"] = marker.get("value")
     return reply
+
+
+REHEARSAL = "console.log(0);\n"
+REHEARSAL_TIMEOUT_MS = 60_000
+
+
+def rehearse(config: RunConfig, deno: WarmDeno | None) -> dict[str, Any]:
+    """``protocol.Op.REHEARSE``: a run of ``REHEARSAL`` through the ready warm Deno (output dropped), then the
+    next Deno started for the same command line, as after any run."""
+    command = deno.ready_command() if deno is not None else None
+    warm = deno.take(command) if deno is not None and command is not None else None
+    if deno is None or command is None or warm is None:
+        return {"rehearsed": False}
+    used = False
+    try:
+        entry = _write_entry(config, {"code": REHEARSAL}, "ts", warm.run_dir, uuid.uuid4().hex)
+        if warm.hand(entry):
+            used = True
+            wait_job(warm.shell, deno.cgroups, timeout_ms=REHEARSAL_TIMEOUT_MS, output_limit=4096)
+    finally:
+        if used:
+            shutil.rmtree(warm.run_dir, ignore_errors=True)
+        else:
+            deno.stop(warm)
+        deno.prepare(command)
+    return {"rehearsed": used}

@@ -11,6 +11,8 @@ one is then replaced by one for the new command line. It starts and waits at nic
 
 Only VMs that use run-ts pay for one (memory of an idle Deno). After a restore or clone the warm Deno is
 dropped and started again: a copy would share its random state (V8's and Deno's RNG seeds) with the original.
+A warm spare (``sheesh.node.warmpool``) restarts it so at its own restore and waits until it is ``ready``; the
+refresh of its claim says it is no copy, so the VM made of it has a ready Deno for its first run-ts.
 Runs with their own ``--allow-read`` (without /tmp, where entries are written) always start cold: the runner's
 import of the entry needs read permission on it.
 """
@@ -25,10 +27,13 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 
 from sheesh.guest.cgroups import ExecCgroups
 from sheesh.guest.execution import REFILL_NICE, RunConfig, Shell, renice, send_job, spawn_shell
+
+_HZ = os.sysconf("SC_CLK_TCK")
 
 RUNNER = """\
 await import("./warmup.ts");
@@ -66,6 +71,18 @@ class DenoCommand:
     env: tuple[tuple[str, str], ...]
 
 
+SETTLE_S = 0.25
+"""A warm Deno is ready (its start-up over) once it used under ``IDLE_SHARE`` of a CPU for this long."""
+IDLE_SHARE = 0.05
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time (user + system, in clock ticks) process ``pid`` used so far, all of its threads together."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
 @dataclass
 class Warm:
     """A started Deno waiting for its entry: the shell (now Deno), the write end of its stdin, its folder."""
@@ -74,9 +91,28 @@ class Warm:
     shell: Shell
     stdin_fd: int
     run_dir: str
+    sample: tuple[float, int] | None = None
+    """(monotonic time, CPU ticks) when ``settled`` last measured."""
+    idle: int = 0
+    """Measurements in a row that found it idle."""
 
     def alive(self) -> bool:
         return self.shell.proc.poll() is None
+
+    def settled(self) -> bool:
+        """Whether Deno's start-up is over: it used under ``IDLE_SHARE`` of a CPU in each of the last two
+        spans between measurements at least ``SETTLE_S`` apart (each call measures, when the last is that old;
+        two spans: a machine that was not scheduled for a moment does not pass for an idle Deno)."""
+        try:
+            now, ticks = time.monotonic(), cpu_ticks(self.shell.proc.pid)
+        except (OSError, IndexError, ValueError):
+            return False
+        if self.sample is None or now - self.sample[0] >= SETTLE_S:
+            if self.sample is not None:
+                used_s = (ticks - self.sample[1]) / _HZ
+                self.idle = self.idle + 1 if used_s < IDLE_SHARE * (now - self.sample[0]) else 0
+            self.sample = (now, ticks)
+        return self.idle >= 2
 
     def hand(self, entry: str) -> bool:
         """Give Deno the entry module to import and close its stdin; False when it died meanwhile."""
@@ -102,6 +138,22 @@ class WarmDeno:
         """Counts discards: a start begun before one is thrown away when it completes."""
         self._starting: DenoCommand | None = None
         """The command line a Deno is being started for (a second ``prepare`` for it starts none)."""
+
+    def state(self) -> str:
+        """``none``, ``starting`` (a Deno is being started, or its start-up still uses the CPU) or ``ready``."""
+        with self._lock:
+            warm, starting = self._warm, self._starting
+        if starting is not None:
+            return "starting"
+        if warm is None or not warm.alive():
+            return "none"
+        return "ready" if warm.settled() else "starting"
+
+    def ready_command(self) -> DenoCommand | None:
+        """The command line of the warm Deno, when it is ``ready``."""
+        with self._lock:
+            warm = None if self._starting is not None else self._warm
+        return warm.command if warm is not None and warm.alive() and warm.settled() else None
 
     def take(self, command: DenoCommand) -> Warm | None:
         """The warm Deno for ``command`` (at normal priority), or None."""

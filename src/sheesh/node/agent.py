@@ -52,6 +52,8 @@ from sheesh.vmm.driver import (
 log = logging.getLogger(__name__)
 SPARE_WARM_S = 5.0
 """How long a spare being made waits for its guest's warm shells to be back after its first command."""
+SPARE_DENO_S = 30.0
+"""How long a spare being made waits for the warm Deno its snapshot had to be started again (its own)."""
 SNAPSHOT_MACHINE = "machine.json"
 """Beside a snapshot's files: what devices the saved machine had (``{"nic": bool}``)."""
 
@@ -292,7 +294,9 @@ class NodeAgent:
 
     async def _warm(self, spare_id: str) -> None:
         """One command through a warm shell, then the guest's shells made again (up to ``SPARE_WARM_S``), so a
-        claim's first command finds a ready shell and nothing being started beside it; then pause."""
+        claim's first command finds a ready shell and nothing being started beside it; a warm Deno (one the
+        snapshot had, started again at the spare's refresh) ready too, rehearsed once (a no-op run: its code
+        is translated before a run needs it) and ready again (up to ``SPARE_DENO_S`` each); then pause."""
         shells = int((await self.guests.ping(spare_id)).get("warm", 0))
         answer = await self.guests.exec(spare_id, ExecRequest(cmd="true"), 1024)
         if answer.exit_code != 0:
@@ -300,8 +304,17 @@ class NodeAgent:
         deadline = time.monotonic() + SPARE_WARM_S
         while int((await self.guests.ping(spare_id)).get("warm", 0)) < shells and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if await self._deno_ready(spare_id) and await self.guests.rehearse(spare_id):
+            await self._deno_ready(spare_id)
         with _vmm(f"cannot pause spare {spare_id}"):
             await self.driver.pause(spare_id)
+
+    async def _deno_ready(self, vm_id: str) -> bool:
+        """Wait (up to ``SPARE_DENO_S``) while the guest's warm Deno is starting; whether one is ready."""
+        deadline = time.monotonic() + SPARE_DENO_S
+        while (state := (await self.guests.ping(vm_id)).get("deno")) == "starting" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return state == "ready"
 
     async def _claim_spare(self, spec: NodeVmSpec) -> bool:
         """Make a ready spare the VM of ``spec``: its folder, process, tap and guest connection take the VM's
@@ -338,7 +351,8 @@ class NodeAgent:
                 await self.driver.resume(vm_id)
             guest_net = self._wired_guest_net(spec)
             alive = lambda: self.driver.is_running(vm_id)  # noqa: E731
-            if not await self.guests.wait_ready(vm_id, self.boot_timeout_s, alive, True, guest_net) and guest_net:
+            ready = self.guests.wait_ready(vm_id, self.boot_timeout_s, alive, True, guest_net, copy=False)
+            if not await ready and guest_net:
                 await self.guests.configure_net(vm_id, guest_net)
             resumed = time.monotonic()
 

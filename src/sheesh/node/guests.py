@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from sheesh.errors import SheeshError, UnavailableError
+from sheesh.errors import InvalidInputError, SheeshError, UnavailableError
 from sheesh.execstream import StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.guest.protocol import Op, StreamEventKind
 from sheesh.models import ExecRequest, ExecResult, ScriptLanguage, ScriptRequest, ScriptResult
@@ -36,6 +36,8 @@ STDIN_TIMEOUT_S = 24 * 3600.0
 """Writing stdin waits as long as the program does not read it (the agent is pinged meanwhile)."""
 ACK_EVERY = 64 * 1024
 CLOCK_TIMEOUT_S = 2.0
+REHEARSE_TIMEOUT_S = 90.0
+"""A rehearsal's run is a no-op (the guest times it out after 60 s)."""
 
 
 async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
@@ -163,16 +165,27 @@ class Guests:
             await self.drop(vm_id)
 
     async def wait_ready(
-        self, vm_id: str, timeout_s: float, alive: Callable[[], bool], refresh: bool, net: GuestNet | None
+        self,
+        vm_id: str,
+        timeout_s: float,
+        alive: Callable[[], bool],
+        refresh: bool,
+        net: GuestNet | None,
+        *,
+        copy: bool = True,
     ) -> bool:
         """Wait for the agent of a booted or restored machine. A restored machine's first request is the
         identity refresh (fresh entropy, current time, new boot id), which doubles as the readiness probe and
-        carries the NIC settings (one round trip less per clone). Returns whether the NIC was set."""
+        carries the NIC settings (one round trip less per clone). ``copy`` false: the machine refreshed once
+        already since its restore (a claimed spare), its warm Deno is its own (``protocol.RefreshRequest``).
+        Returns whether the NIC was set."""
         probe: dict[str, Any] = {}
         if refresh:
             probe = {"op": Op.REFRESH, "seed": base64.b64encode(os.urandom(64)).decode(), "time_ns": time.time_ns()}
             if net is not None:
                 probe["net"] = dataclasses.asdict(net)
+            if not copy:
+                probe["copy"] = False
         answer = await self.client(vm_id).wait_ready(timeout_s, alive=alive, **probe)
         return "net" in answer
 
@@ -187,6 +200,15 @@ class Guests:
 
     async def ping(self, vm_id: str) -> dict[str, Any]:
         return await self.client(vm_id).call(Op.PING, 5)
+
+    async def rehearse(self, vm_id: str) -> bool:
+        """A no-op run through the guest's ready warm Deno (``protocol.RehearseReply``); False when it had none
+        ready, or its agent does not know the op."""
+        try:
+            reply = await self.client(vm_id).call(Op.REHEARSE, REHEARSE_TIMEOUT_S)
+        except InvalidInputError:
+            return False
+        return bool(reply.get("rehearsed"))
 
     async def sync(self, vm_id: str) -> None:
         with contextlib.suppress(SheeshError):
