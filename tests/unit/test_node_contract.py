@@ -4,6 +4,7 @@ the node's contract routes, as a control plane on another host does)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -203,6 +204,14 @@ async def test_heartbeats_go_to_the_replica_that_answers() -> None:
         await beat.beat(http)
     assert seen == ["cp-a", "cp-b", "cp-b"], "the replica that answered keeps the reports"
     assert beat.beats == 2
+
+
+async def test_spares_are_kept_only_of_a_snapshot_the_node_holds(node: NodeClient, tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        await node.keep_spares(dataclasses.replace(_spec(tmp_path, "vm-like"), snapshot_id="snap-none"))
+    await node.snapshot("vm-one", "snap-1")
+    await node.keep_spares(dataclasses.replace(_spec(tmp_path, "vm-like"), snapshot_id="snap-1"))
+    await node.delete_snapshot("snap-1")
 
 
 async def test_usage_of_a_running_vm_and_of_none(node: NodeClient) -> None:

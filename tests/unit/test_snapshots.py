@@ -123,6 +123,7 @@ async def test_templates_serve_later_creates(settings: Settings) -> None:
     templates = [s for s in svc.store.list_snapshots() if s.kind == SnapshotKind.TEMPLATE]
     assert len(templates) == 1 and templates[0].disk_size_mb == 1024
     assert not [vm for vm in node.running if vm.startswith("tpl-")], "template VM was not destroyed"
+    assert ("keep_spares", templates[0].id) in node.calls, "the node was not told to make spares of it"
     second = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[]))
     assert second.provision_mode == "snapshot" and second.snapshot_id == templates[0].id
     small = await svc.vms.create(CreateVm(cpu=1, mem_mb=256, allow_ips=[], disk_size_mb=512))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sheesh.errors import NotFoundError
 from sheesh.models import ExecRequest
 from sheesh.node.agent import NodeAgent
 from sheesh.node.contract import NodeVmSpec, VmNet
@@ -96,6 +97,19 @@ async def test_the_next_create_of_a_kind_claims_the_spare_the_first_left(node: N
     await node.delete_snapshot("snap-1")
     assert node.spares.ready() == [] and network.spares == set()
     assert not [p for p in (tmp_path / "vms").iterdir() if p.name.startswith(SPARE_PREFIX) and not p.is_symlink()]
+
+
+async def test_a_template_just_built_gets_its_spare_before_its_first_create(node: NodeAgent, tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        await node.keep_spares(_spec(tmp_path, "tpl-x", "10.78.0.9", "snap-none"))
+    await node.create(_spec(tmp_path, "tpl-1", "10.78.0.2"))
+    await node.snapshot("tpl-1", "snap-1")
+    await node.destroy("tpl-1")  # the template's own VM goes; creates like it are to come
+    await node.keep_spares(_spec(tmp_path, "tpl-1", "10.78.0.2", "snap-1"))
+    [spare] = await _ready_spares(node)
+    await node.create(_spec(tmp_path, "vm-a", "10.78.0.3", "snap-1"))  # the very first create claims it
+    assert spare not in node.spares.ready() and not node.driver.is_running(spare)
+    assert await node.local_vms() == ["vm-a"]
 
 
 async def test_a_spare_that_died_is_passed_over(node: NodeAgent, tmp_path: Path) -> None:

@@ -133,3 +133,17 @@ async def _vmm_status(srv: ServerProcess, vm_id: str) -> str:
         await client.disconnect()
     assert isinstance(status, dict)
     return str(status["status"])
+
+
+def test_the_first_create_after_a_template_is_built_claims_its_spare(tmp_path: Path, guest_image: BuiltImage) -> None:
+    """A template built at start (``SHEESH_TEMPLATE_SHAPES``) gets its warm spare at once: the very first create
+    of that shape takes it instead of restoring."""
+    env = {"SHEESH_TEMPLATES": "true", "SHEESH_TEMPLATE_SHAPES": "1:256", "SHEESH_WARM_SPARES": "1"}
+    with running_server(tmp_path / "data", guest_image.path.parent.parent, **env) as server, server.client() as c:
+        wait_for("the template's spare", lambda: "ready in" in server.log.read_text(), 180)
+        r = c.post("/v1/vms", json=SHAPE)
+        assert r.status_code == 201 and r.json()["provisionMode"] == "snapshot", r.text
+        vm = r.json()["id"]
+        assert f"{vm}: spare" in server.log.read_text() and "claimed" in server.log.read_text()
+        assert _sh(c, vm, "echo hi") == "hi\n"
+        assert c.delete(f"/v1/vms/{vm}").status_code == 204

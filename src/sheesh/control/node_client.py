@@ -207,6 +207,11 @@ class FakeNodeClient:
         self._record("delete_snapshot", snapshot_id)
         self.snapshots.discard(snapshot_id)
 
+    async def keep_spares(self, spec: NodeVmSpec) -> None:
+        if spec.snapshot_id not in self.snapshots:
+            raise NotFoundError(f"snapshot {spec.snapshot_id} has no files on this node")
+        self._record("keep_spares", spec.snapshot_id)
+
     async def pause(self, vm_id: str) -> None:
         self._record("pause", vm_id)
 

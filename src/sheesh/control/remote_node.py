@@ -256,6 +256,9 @@ class RemoteNode:
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self.invoke("delete_snapshot", snapshot_id=snapshot_id)
 
+    async def keep_spares(self, spec: NodeVmSpec) -> None:
+        await self.invoke("keep_spares", spec=spec)
+
     async def pause(self, vm_id: str) -> None:
         await self.invoke("pause", vm_id=vm_id)
 

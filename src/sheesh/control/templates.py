@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -122,6 +123,10 @@ class Templates:
                 "template %s ready on %s for %s (%d vCPU, %d MiB), saved in %.0f ms",
                 *(snap_id, node_name, image_id, cpu, mem_mb, save_ms),
             )
+            try:  # its creates are to come: the node's warm spares of it are made now (a node too old: later)
+                await node.keep_spares(dataclasses.replace(spec, snapshot_id=snap_id, snapshot_disk_mb=disk_mb))
+            except SheeshError as exc:
+                log.warning("node %s keeps no spares of template %s yet: %s", node_name, snap_id, exc.message)
         except SheeshError as exc:
             log.warning("template build for %s failed: %s", shape, exc.message)
             with contextlib.suppress(SheeshError):

@@ -480,6 +480,11 @@ class NodeAgent:
         (dest / SNAPSHOT_MACHINE).write_text(json.dumps({"nic": self.has_nic(vm_id)}))
         return SnapshotInfo(snapshot_id=snapshot_id, save_ms=files.save_ms)
 
+    async def keep_spares(self, spec: NodeVmSpec) -> None:
+        if spec.snapshot_id is None or not (self.snapshots_dir / spec.snapshot_id / SNAPSHOT_STATE).exists():
+            raise NotFoundError(f"snapshot {spec.snapshot_id} has no files on node {self.name}")
+        self.spares.want(spec)
+
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self.spares.drop(snapshot_id)
         await asyncio.to_thread(shutil.rmtree, self.snapshots_dir / snapshot_id, True)

@@ -225,6 +225,7 @@ CONTRACT_OPS: dict[str, Op] = {
     "exec": Op(args={**_VM, "req": ExecRequest, "output_limit": int}, result=ExecResult, long=True),
     "snapshot": Op(args={**_VM, "snapshot_id": str, "sync_guest": bool}, result=SnapshotInfo, long=True),
     "delete_snapshot": Op(args={"snapshot_id": str}, idempotent=True),
+    "keep_spares": Op(args={"spec": NodeVmSpec}, idempotent=True),
     "pause": Op(args=_VM),
     "resume": Op(args=_VM),
     "ping": Op(args=_VM, result=dict[str, Any], idempotent=True),
@@ -338,6 +339,11 @@ class NodeClient(Protocol):
         ...
 
     async def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+    async def keep_spares(self, spec: NodeVmSpec) -> None:
+        """Creates like ``spec`` (from its ``snapshot_id``: a template just built) are to come: make the node's
+        warm spares of them now rather than after the first such create (nothing where spares are off)."""
+        ...
 
     async def pause(self, vm_id: str) -> None: ...
 
