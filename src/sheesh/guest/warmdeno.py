@@ -11,8 +11,9 @@ one is then replaced by one for the new command line. It starts and waits at nic
 
 Only VMs that use run-ts pay for one (memory of an idle Deno). After a restore or clone the warm Deno is
 dropped and started again: a copy would share its random state (V8's and Deno's RNG seeds) with the original.
-A warm spare (``sheesh.node.warmpool``) restarts it so at its own restore and waits until it is ``ready``; the
-refresh of its claim says it is no copy, so the VM made of it has a ready Deno for its first run-ts.
+A warm spare (``sheesh.node.warmpool``) starts its own at its restore in the same way, waits until it is
+``ready``, rehearses one run through it (``scripts.rehearse``) and waits for the next; the refresh of its claim
+says it is no copy, so the VM made of it keeps that Deno, ready for its first run-ts.
 Runs with their own ``--allow-read`` (without /tmp, where entries are written) always start cold: the runner's
 import of the entry needs read permission on it.
 """
@@ -72,7 +73,8 @@ class DenoCommand:
 
 
 SETTLE_S = 0.25
-"""A warm Deno is ready (its start-up over) once it used under ``IDLE_SHARE`` of a CPU for this long."""
+"""A warm Deno is ready (its start-up over) once it used under ``IDLE_SHARE`` of a CPU in two spans in a row of
+at least this long (``Warm.settled``)."""
 IDLE_SHARE = 0.05
 
 
