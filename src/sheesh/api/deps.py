@@ -197,9 +197,14 @@ async def require_admin(principal: PrincipalDep) -> Principal:
 def visible_vm(svc: Services, principal: Principal, vm_id: str) -> Vm:
     """The VM, if ``principal`` may act on it (another user's VM is 404, like a missing one)."""
     vm = svc.vms.get(vm_id)
-    if not principal.can_see(vm.owner_id):
-        raise NotFoundError(f"VM {vm_id} not found")
+    require_visible(principal, vm_id, vm.owner_id)
     return vm
+
+
+def require_visible(principal: Principal, vm_id: str, owner_id: str | None) -> None:
+    """NotFoundError unless ``principal`` may act on the VM ``vm_id`` that ``owner_id`` owns."""
+    if not principal.can_see(owner_id):
+        raise NotFoundError(f"VM {vm_id} not found")
 
 
 async def owned_vm(vm_id: str, principal: PrincipalDep, svc: ServicesDep) -> Vm:

@@ -243,9 +243,7 @@ class NodeAgent:
         await self._boot(spec)
 
     async def _restore(self, spec: NodeVmSpec, snapshot_id: str, *, spare: bool = False) -> None:
-        snap = self.snapshots_dir / snapshot_id
-        if not (snap / SNAPSHOT_STATE).exists():
-            raise NotFoundError(f"snapshot {snapshot_id} has no files on node {self.name}")
+        snap = self._saved(snapshot_id)
         memory = snap / SNAPSHOT_MEMORY
         marks = [time.monotonic()]
         with _vmm(f"cannot create disk for {spec.vm_id}"):
@@ -480,9 +478,15 @@ class NodeAgent:
         (dest / SNAPSHOT_MACHINE).write_text(json.dumps({"nic": self.has_nic(vm_id)}))
         return SnapshotInfo(snapshot_id=snapshot_id, save_ms=files.save_ms)
 
+    def _saved(self, snapshot_id: str | None) -> Path:
+        """The folder of a snapshot saved on this node; NotFoundError if it holds none of that id."""
+        snap = self.snapshots_dir / str(snapshot_id)
+        if snapshot_id is None or not (snap / SNAPSHOT_STATE).exists():
+            raise NotFoundError(f"snapshot {snapshot_id} has no files on node {self.name}")
+        return snap
+
     async def keep_spares(self, spec: NodeVmSpec) -> None:
-        if spec.snapshot_id is None or not (self.snapshots_dir / spec.snapshot_id / SNAPSHOT_STATE).exists():
-            raise NotFoundError(f"snapshot {spec.snapshot_id} has no files on node {self.name}")
+        self._saved(spec.snapshot_id)
         self.spares.want(spec)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:

@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from sheesh.api.deps import OwnedVmId, PrincipalDep, ServicesDep, VmListsDep, rate_limited, visible_vm
+from sheesh.api.deps import (
+    OwnedVmId,
+    PrincipalDep,
+    ServicesDep,
+    VmListsDep,
+    rate_limited,
+    require_visible,
+    visible_vm,
+)
 from sheesh.api.schemas import CreateVmBody, ErrorOut, LogsOut, TimeoutBody, VmOut, iso
 from sheesh.api.vmlists import CachedList
 from sheesh.auth.apikeys import Principal
@@ -101,8 +109,8 @@ async def get_vm(vm_id: str, svc: ServicesDep, principal: PrincipalDep, lists: V
         body = VmOut.of(vm, *endpoints[vm.node][:2]).model_dump_json().encode()
         cached = CachedList(version=version, endpoints=endpoints, body=body, owner_id=vm.owner_id)
         lists.put("vm:" + vm_id, cached)
-    elif not principal.can_see(cached.owner_id):
-        raise NotFoundError(f"VM {vm_id} not found")
+    else:
+        require_visible(principal, vm_id, cached.owner_id)
     return Response(cached.body, media_type="application/json")
 
 
