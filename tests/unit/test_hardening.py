@@ -178,7 +178,7 @@ def test_exec_logs_are_kept_bounded_owner_scoped_and_deleted_with_the_vm(
     assert c.get(f"/v1/vms/{vm}/exec-logs?limit=1", headers=ADMIN).json()[0]["error"] == "guest busy"
     for i in range(210):
         asyncio.run(svc.execs.exec(vm, ExecRequest(f"n{i}")))
-    assert len(svc.store.list_exec_logs(vm, None, 1000)) == 200
+    assert len(svc.vms.history.list(vm, None, 1000)) == 200
     assert c.delete(f"/v1/vms/{vm}", headers=ADMIN).status_code == 204
     assert svc.store.list_exec_logs(vm, None, 1000) == []
 

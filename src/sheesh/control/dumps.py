@@ -23,6 +23,7 @@ from typing import Any
 from sheesh.auth.apikeys import ADMIN, ApiKeyAuth
 from sheesh.config import Settings
 from sheesh.control.ci import CiService
+from sheesh.control.history import EXEC_LOG_KEEP
 from sheesh.control.images import ImageService
 from sheesh.control.instances import InstanceService
 from sheesh.control.vms import VmService
@@ -65,6 +66,7 @@ class DumpService:
     ci: CiService
 
     def export(self) -> bytes:
+        self.vms.history.flush()
         s = self.store
         users = s.list_users()
         vms = s.list_vms()
@@ -87,6 +89,7 @@ class DumpService:
         ``secret`` (its base64 instance secret) as password; the new admin."""
         await self.instances.close()
         await self.ci.close()
+        self.vms.history.flush()
         for vm in self.store.list_vms():
             with contextlib.suppress(SheeshError):
                 await self.vms.delete(vm.id)
@@ -169,7 +172,7 @@ class DumpService:
         vm_ids = {vm.id for vm in dump.vms}
         for entry in dump.exec_logs:
             if entry.vm_id in vm_ids:
-                s.add_exec_log(entry, 200)
+                s.add_exec_log(entry, EXEC_LOG_KEEP)
         for wtype in s.list_records(WorkspaceType):  # the defaults a start made give way to the dump's
             s.delete_record(WorkspaceType, wtype.id)
         for dep in s.list_records(Deployment):

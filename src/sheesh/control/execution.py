@@ -28,8 +28,6 @@ from sheesh.models import (
 )
 from sheesh.store.repo import Store
 
-EXEC_LOG_KEEP = 200
-"""Execution history entries kept per VM (the oldest go first)."""
 EXEC_LOG_TAIL = 2048
 """Characters of stdout/stderr kept in each history entry (the end of the output)."""
 EXEC_LOG_COMMAND = 2048
@@ -103,15 +101,13 @@ class ExecService:
     metrics: Metrics | None = None
 
     async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
-        async with self.vms.in_use(vm_id, "exec"):
+        async with self.vms.in_use(vm_id, "exec") as vm:
+            node = self.vms.nodes.of(vm)
             timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
             limit = self.settings.exec_output_limit_bytes
             request = ExecRequest(req.cmd, req.cwd, req.env, timeout)
             return await self._logged(
-                vm_id,
-                ExecKind.EXEC,
-                req.cmd[:EXEC_LOG_COMMAND],
-                lambda: self.vms.node_of(vm_id).exec(vm_id, request, limit),
+                vm_id, ExecKind.EXEC, req.cmd[:EXEC_LOG_COMMAND], lambda: node.exec(vm_id, request, limit)
             )
 
     async def exec_stream(self, vm_id: str, req: StreamRequest) -> ExecStream:
@@ -159,9 +155,7 @@ class ExecService:
         output: tuple[str, str],
         error: str | None,
     ) -> None:
-        """Add a call to the VM's execution history (not when the VM was deleted meanwhile)."""
-        if self.store.get_vm(vm_id) is None:
-            return
+        """Add a call to the VM's execution history (written behind the answer: ``history.ExecHistory``)."""
         entry = ExecLog(
             id=f"xl-{secrets.token_hex(8)}",
             vm_id=vm_id,
@@ -175,7 +169,7 @@ class ExecService:
             stderr_tail=_tail(output[1]),
             error=error if outcome is None else None,
         )
-        self.store.add_exec_log(entry, EXEC_LOG_KEEP)
+        self.vms.history.add(entry)
 
     async def run_script(self, vm_id: str, req: ScriptRequest) -> ScriptResult:
         """run-ts or run-js. Deno gets network permission only where the VM has egress: all hosts with
@@ -188,9 +182,8 @@ class ExecService:
             code = req.code or ""
             what = req.path or "sha256:" + hashlib.sha256(code.encode()).hexdigest()
             limit = self.settings.exec_output_limit_bytes
-            return await self._logged(
-                vm_id, kind, what, lambda: self.vms.node_of(vm_id).run_script(vm_id, req, allow_net, limit)
-            )
+            node = self.vms.nodes.of(vm)
+            return await self._logged(vm_id, kind, what, lambda: node.run_script(vm_id, req, allow_net, limit))
 
     async def _logged(self, vm_id: str, kind: ExecKind, command: str, run: Callable[[], Awaitable[_R]]) -> _R:
         """Run ``run`` and add the outcome (or the failure) to the VM's execution history."""
@@ -214,7 +207,7 @@ class ExecService:
 
     def exec_logs(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
         self.vms.get(vm_id)
-        return self.store.list_exec_logs(vm_id, kind, limit)
+        return self.vms.history.list(vm_id, kind, limit)
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""

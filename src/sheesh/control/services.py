@@ -99,6 +99,7 @@ class Services:
         await self.vms.templates.wait_idle()
         await self.nodes.close()
         await self.node.close()
+        self.vms.history.close()
         self.hashing.close()
         self.store.close()
 

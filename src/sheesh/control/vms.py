@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sheesh.config import Settings
+from sheesh.control.history import ExecHistory
 from sheesh.control.images import resolve_image
 from sheesh.control.ipam import allocate_ip, free_port
 from sheesh.control.metrics import Metrics
@@ -111,6 +112,11 @@ class VmService:
     _in_use: Counter[str] = field(default_factory=Counter)
     """Guest operations in flight per VM (an exec, a stream, a transfer): such a VM is never auto-paused."""
     _auto_pausing: set[str] = field(default_factory=set)
+    history: ExecHistory = field(init=False)
+    """The VMs' execution history (written by ``ExecService``, removed here with its VM)."""
+
+    def __post_init__(self) -> None:
+        self.history = ExecHistory(self.store)
 
     @contextlib.asynccontextmanager
     async def _locked(self, vm_id: str) -> AsyncIterator[Vm]:
@@ -398,6 +404,7 @@ class VmService:
             except SheeshError as exc:
                 self._set_state(vm, VmState.ERROR, exc.message)
                 raise
+            self.history.flush()  # the entries of its last calls go with it
             self.store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
 
