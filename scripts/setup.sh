@@ -22,7 +22,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exec sudo -E "$0" "$@"
 fi
 
-APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso iproute2 nftables git openvpn python3-venv python3-dev gcc)
+APT_PACKAGES=(qemu-system-x86 qemu-utils seabios debootstrap e2fsprogs cpio kmod xorriso iproute2 nftables git openvpn python3-venv python3-dev gcc libc6-dev)
 ((TEST_DEPS)) && APT_PACKAGES+=(chromium openssh-client postgresql redis-server)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

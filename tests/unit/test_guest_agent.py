@@ -1,6 +1,7 @@
 """The guest agent's exec, run on the host with /workspace mapped to a temp folder."""
 
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from sheesh.guest import execution
 from sheesh.guest.agent import AgentConfig, set_clock
 from sheesh.guest.execution import EXIT_TIMEOUT, RequestError, WarmShells
 from sheesh.guest.execution import run_exec as _run_exec
@@ -129,11 +131,34 @@ def test_a_refill_asked_for_while_answering_starts_after_the_answer(config: Agen
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to the exec user needs root")
-def test_jobs_run_as_the_exec_user_with_no_other_group() -> None:
+@pytest.mark.parametrize("switch", ["sheesh-runas", "setpriv"])
+def test_jobs_run_as_the_exec_user_with_no_other_group(
+    switch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the image's static ``sheesh-runas`` (compiled here as the image builder does), and through
+    ``setpriv`` where there is none."""
+    runas = tmp_path / "sheesh-runas"
+    if switch == "sheesh-runas":
+        source = Path(execution.__file__).parent.parent / "image" / "files" / "runas.c"
+        subprocess.run(["gcc", "-static", "-Os", "-Wall", "-o", str(runas), str(source)], check=True)
+    monkeypatch.setattr(execution, "RUNAS", str(runas))
     with tempfile.TemporaryDirectory(prefix="sheesh-user-ws-") as tmp:  # pytest's tmp_path is root's only
         ws = Path(tmp)
         ws.chmod(0o777)
         _check_exec_user(AgentConfig(workspace=str(ws), uid=1000, gid=1000, home=str(ws)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the exec user needs root")
+def test_sheesh_runas_refuses_root_and_bad_ids(tmp_path: Path) -> None:
+    source = Path(execution.__file__).parent.parent / "image" / "files" / "runas.c"
+    runas = str(tmp_path / "sheesh-runas")
+    subprocess.run(["gcc", "-static", "-Os", "-Wall", "-o", runas, str(source)], check=True)
+    ids = [runas, "1000", "1000", "sh", "-c", "id -u; id -g; id -G"]
+    ok = subprocess.run(ids, check=False, capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout.split()) == (0, ["1000", "1000", "1000"]), ok
+    for argv in (["0", "0", "id"], ["1000", "x", "id"], ["", "1000", "id"], ["1000", "1000"], ["-1", "1", "id"]):
+        bad = subprocess.run([runas, *argv], check=False, capture_output=True, text=True)
+        assert bad.returncode == 127 and bad.stdout == "" and "sheesh-runas" in bad.stderr, (argv, bad)
 
 
 def _check_exec_user(config: AgentConfig) -> None:
@@ -141,11 +166,11 @@ def _check_exec_user(config: AgentConfig) -> None:
     deadline = time.monotonic() + 5
     while not shells.ready() and time.monotonic() < deadline:
         time.sleep(0.01)
-    for pool in (None, shells):  # a shell started on the spot, and a warm one (both through setpriv)
+    for pool in (None, shells):  # a shell started on the spot, and a warm one
         out = _run_exec(config, {"cmd": "id -u; id -g; grep ^Groups: /proc/self/status; echo $$ $PPID"}, pool)
         uid, gid, groups, pids = out["stdout"].splitlines()
         assert (uid, gid, groups.split(":", 1)[1].strip()) == ("1000", "1000", "")
-        assert int(pids.split()[1]) == os.getpid(), "the agent is the shell's parent: setpriv became the shell"
+        assert int(pids.split()[1]) == os.getpid(), "the agent is the shell's parent: the switch became the shell"
 
 
 def test_env_values_are_not_interpreted(run_exec: Run, config: AgentConfig) -> None:

@@ -112,6 +112,9 @@ def test_toolbox(vm: tuple[httpx.Client, str]) -> None:
     npm = c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "npm --version", "timeoutMs": 280000}, timeout=300)
     assert npm.status_code == 200 and npm.json()["exitCode"] == 0, npm.text
     assert npm.json()["stdout"].strip().split(".")[0].isdigit(), npm.text
+    # the exec locale comes from the locale archive (one mapped file per process start), and works
+    loc = _exec(c, vm_id, "localedef --list-archive; echo $LANG; printf '\\u00e9' | wc -m")
+    assert loc["stdout"].split() == ["C.utf8", "C.UTF-8", "1"], loc
     git = "git -c user.name=a -c user.email=a@b"
     repo = _exec(c, vm_id, f"cd /tmp && git init -q r && cd r && {git} commit -q --allow-empty -m x && git log | wc -l")
     assert repo["stdout"] == "5\n", repo

@@ -49,6 +49,14 @@ def test_exec_identity_cwd_env_and_timeout(server: ServerProcess) -> None:
         out = _exec(c, vm, "id -u; id -g; pwd; echo $GREETING; echo err >&2; exit 5", env={"GREETING": "hi"})
         assert out["stdout"] == "1000\n1000\n/workspace\nhi\n"
         assert out["stderr"] == "err\n" and out["exitCode"] == 5
+        # the shell took the user on through the image's static sheesh-runas, which became the shell: no
+        # supplementary group, all three ids the user's, its parent the agent
+        who = "grep -E '^(Uid|Gid|Groups):' /proc/self/status; ps -o comm= -p $PPID; ls /usr/local/libexec"
+        ids = _exec(c, vm, who)
+        assert ids["stdout"].split() == [
+            *("Uid:", "1000", "1000", "1000", "1000", "Gid:", "1000", "1000", "1000", "1000", "Groups:"),
+            *("python3", "sheesh-runas"),
+        ], ids
         start = time.monotonic()
         out = _exec(c, vm, "sleep 300 & sleep 200", timeoutMs=1500)
         assert out["timedOut"] is True and out["exitCode"] == 124
