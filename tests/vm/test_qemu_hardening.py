@@ -209,6 +209,10 @@ def test_fork_bomb_is_contained(shared_server: ServerProcess) -> None:
             assert "/sheesh-exec/" in lines[0] and lines[1:] == ["512", "2048"], limits
             mount = _exec(c, vm_id, "grep ' /sys/fs/cgroup ' /proc/mounts")["stdout"]
             assert "favordynmods" in mount.split()[3].split(","), mount  # moving each shell in is cheap
+            # an idle guest is not woken for proactive compaction, vmstat every second or a clock watchdog
+            idle = "cat /proc/sys/vm/compaction_proactiveness /proc/sys/vm/stat_interval /proc/sys/kernel/watchdog"
+            quiet = _exec(c, vm_id, idle + "; grep -o tsc=reliable /proc/cmdline")["stdout"].split()
+            assert quiet == ["0", "10", "0", "tsc=reliable"], quiet
             hog = _exec(c, vm_id, "python3 -c 'x = bytearray(400 * 1024 * 1024)'", timeoutMs=60000)
             assert hog["exitCode"] != 0, hog  # killed by the cgroup's memory limit, not the agent
             assert _exec(c, vm_id, "echo still-alive")["stdout"] == "still-alive\n"

@@ -48,6 +48,8 @@ def kernel_cmdline(spec: MachineSpec, tsc_khz: int, *, aslr: bool = True) -> str
         f"tsc_early_khz={tsc_khz}",
         *machine,
         "random.trust_cpu=on",
+        "tsc=reliable",  # no clocksource watchdog: it woke an idle guest twice a second
+        "nowatchdog",  # no lockup detector timers
         *([] if aslr else ["norandmaps"]),
         *spec.kernel_args,
     ]
