@@ -264,3 +264,27 @@ def test_a_refresh_restarts_the_warm_deno_unless_the_machine_is_no_copy(config: 
     assert deno._warm is not None
     deno.stop(deno._warm)
     assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": False}  # none ready
+
+
+def test_a_quiet_job_is_slept_through_not_polled(config: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a job runs without output the agent waits for its output, its shell's exit (a pidfd) or its
+    deadline; it does not wake up every 50 ms to look (20 wakeups a second of a VM's CPU under emulation)."""
+    import selectors
+
+    waits: list[float | None] = []
+
+    class Counting(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            waits.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Counting)
+    out = _run_exec(config, {"cmd": "sleep 1; echo done"})
+    assert (out["stdout"], out["exit_code"]) == ("done\n", 0)
+    assert len(waits) <= 6 and waits[0] is None, waits
+    waits.clear()
+    start = time.monotonic()
+    out = _run_exec(config, {"cmd": "sleep 30", "timeout_ms": 500})
+    assert out["timed_out"] and out["exit_code"] == EXIT_TIMEOUT and time.monotonic() - start < 5
+    first = waits[0]
+    assert first is not None and 0 < first <= 0.5 and len(waits) <= 6, waits  # the deadline, then the kill's end

@@ -97,3 +97,33 @@ def test_bad_requests_are_refused(jobs: tuple[StreamJobs, Frames]) -> None:
     with pytest.raises(RequestError, match="terminal"):
         streams.get("t").resize(10, 10)
     streams.get("t").write(b"", eof=True)
+
+
+def test_a_quiet_stream_is_slept_through_not_polled(
+    jobs: tuple[StreamJobs, Frames], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pump of a job without output sleeps until output, the shell's exit (a pidfd, a kill too) or the
+    deadline, instead of looking every 0.2 s (each look wakes a VM's CPU under emulation)."""
+    import selectors
+
+    waits: list[float | None] = []
+
+    class Counting(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            waits.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Counting)
+    streams, frames = jobs
+    streams.start({"stream": "s", "cmd": "sleep 2; echo done"})
+    assert frames.wait_exit()["exit_code"] == 0 and frames.output() == 5
+    assert waits[0] is None and len(waits) <= 6, waits  # polling: more than ten
+    waits.clear()
+    streams.start({"stream": "t", "cmd": "sleep 60"})
+    time.sleep(0.5)
+    streams.host_gone()  # the kill wakes the pump at once
+    deadline = time.monotonic() + 5
+    while len(streams):
+        assert time.monotonic() < deadline, "the pump did not notice its killed job"
+        time.sleep(0.05)
+    assert len(waits) <= 6, waits

@@ -274,6 +274,29 @@ def job_script(job_fd: int, cwd: str, env: dict[str, str], cmd: str) -> bytes:
     return "\n".join(lines).encode() + b"\n"
 
 
+def exit_fd(pid: int) -> int | None:
+    """A descriptor that becomes readable when process ``pid`` exits (a pidfd), or None where the kernel has
+    none (before Linux 5.3)."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+def _read_into(fd: int, buf: bytearray, limit: int) -> tuple[bool, bool]:
+    """Read what ``fd`` has into ``buf``, keeping at most ``limit`` bytes in it: (at EOF, some dropped)."""
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        return False, False
+    if not chunk:
+        return True, False
+    room = limit - len(buf)
+    if room > 0:
+        buf.extend(chunk[:room])
+    return False, len(chunk) > room
+
+
 def collect(
     proc: subprocess.Popen[bytes],
     out_fd: int,
@@ -284,7 +307,11 @@ def collect(
     cgroup: JobCgroup | None = None,
 ) -> tuple[bool, bool, bytes, bytes]:
     """Read both pipes until EOF (or shortly after the shell exits); at ``deadline`` SIGKILL the process
-    group and the job's cgroup. Closes both fds. Returns (timed_out, truncated, stdout, stderr)."""
+    group and the job's cgroup. Closes both fds. Returns (timed_out, truncated, stdout, stderr).
+
+    While the job runs this sleeps until output, the shell's exit (its pidfd) or the deadline: a long quiet
+    job wakes the guest for nothing (polling for the exit every 50 ms cost a `sleep` in a VM 2.1 % of a host
+    core under TCG, seven times an idle VM)."""
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     truncated = False
     timed_out = False
@@ -292,9 +319,13 @@ def collect(
     for fd in (out_fd, err_fd):
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
+    exited = exit_fd(proc.pid)
+    if exited is not None:
+        sel.register(exited, selectors.EVENT_READ)
+    reading = 2
     exited_at: float | None = None
     try:
-        while sel.get_map():
+        while reading:
             now = time.monotonic()
             if deadline is not None and now >= deadline and exited_at is None:
                 timed_out = True
@@ -308,28 +339,25 @@ def collect(
             # background children may keep the pipes open: stop shortly after the shell itself is gone
             if exited_at is not None and now - exited_at > 0.05:
                 break
-            wait = 0.05 if exited_at is None else 0.01
+            wait: float | None = 0.01 if exited_at is not None else (None if exited is not None else 0.05)
             if deadline is not None:
-                wait = min(wait, max(0.0, deadline - now))
+                wait = max(0.0, deadline - now) if wait is None else min(wait, max(0.0, deadline - now))
             for key, _ in sel.select(wait):
                 fd = int(key.fd)
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
+                if fd == exited:
+                    sel.unregister(fd)  # the shell is gone: the next turn reaps it
                     continue
-                if not chunk:
+                eof, dropped = _read_into(fd, bufs[fd], limit)
+                truncated = truncated or dropped
+                if eof:
                     sel.unregister(fd)
-                    continue
-                buf = bufs[fd]
-                room = limit - len(buf)
-                if room > 0:
-                    buf.extend(chunk[:room])
-                if len(chunk) > room:
-                    truncated = True
+                    reading -= 1
     finally:
         sel.close()
         os.close(out_fd)
         os.close(err_fd)
+        if exited is not None:
+            os.close(exited)
     return timed_out, truncated, bytes(bufs[out_fd]), bytes(bufs[err_fd])
 
 

@@ -31,6 +31,7 @@ from sheesh.guest.execution import (
     RequestError,
     RunConfig,
     Shell,
+    exit_fd,
     exit_status,
     job_of,
     send_job,
@@ -200,12 +201,10 @@ class StreamJob:
         sent = dict.fromkeys(readers.values(), 0)
         truncated = timed_out = False
         exited_at: float | None = None
-        sel = selectors.DefaultSelector()
-        for fd in readers:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
+        sel, exited = self._selector(readers)
+        reading = len(readers)
         try:
-            while sel.get_map():
+            while reading:
                 now = time.monotonic()
                 if self._deadline is not None and now >= self._deadline:
                     timed_out, self._deadline = True, None
@@ -220,11 +219,14 @@ class StreamJob:
                         continue
                 if exited_at is not None and now - exited_at > EXIT_READ_MAX_S:
                     break
-                ready = sel.select(EXIT_GRACE_S if exited_at is not None else 0.2)
+                ready = sel.select(self._wait(exited_at, exited is not None, now))
                 if not ready and exited_at is not None:
                     break
                 for key, _ in ready:
                     fd = int(key.fd)
+                    if fd == exited:
+                        sel.unregister(fd)  # the next turn reaps the shell
+                        continue
                     try:
                         chunk = os.read(fd, READ_CHUNK)
                     except BlockingIOError:
@@ -233,11 +235,35 @@ class StreamJob:
                         chunk = b""
                     if not chunk:
                         sel.unregister(fd)
+                        reading -= 1
                         continue
                     truncated = self._forward(readers[fd], chunk, sent) or truncated
         finally:
             sel.close()
+            if exited is not None:
+                os.close(exited)
             self._finish(timed_out, truncated)
+
+    def _selector(self, readers: dict[int, int]) -> tuple[selectors.BaseSelector, int | None]:
+        """A selector on the read ends (made non-blocking) and on the shell's pidfd, which wakes the pump when
+        the shell ends (a kill included); that pidfd (None: the kernel has none)."""
+        sel = selectors.DefaultSelector()
+        for fd in readers:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        exited = exit_fd(self.shell.proc.pid)
+        if exited is not None:
+            sel.register(exited, selectors.EVENT_READ)
+        return sel, exited
+
+    def _wait(self, exited_at: float | None, exit_watched: bool, now: float) -> float | None:
+        """How long the pump may sleep: briefly once the shell is gone (its last output), else until output,
+        its exit or its deadline where the shell's exit wakes it (a pidfd), else a poll every 0.2 s."""
+        if exited_at is not None:
+            return EXIT_GRACE_S
+        if not exit_watched:
+            return 0.2
+        return None if self._deadline is None else max(0.0, self._deadline - now)
 
     def _forward(self, number: int, chunk: bytes, sent: dict[int, int]) -> bool:
         """Send a chunk of stream ``number`` (what fits under the limit); True when some of it was dropped."""
