@@ -266,19 +266,10 @@ def test_a_refresh_restarts_the_warm_deno_unless_the_machine_is_no_copy(config: 
     assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": False}  # none ready
 
 
-def test_a_quiet_job_is_slept_through_not_polled(config: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_quiet_job_is_slept_through_not_polled(config: AgentConfig, select_waits: list[float | None]) -> None:
     """While a job runs without output the agent waits for its output, its shell's exit (a pidfd) or its
     deadline; it does not wake up every 50 ms to look (20 wakeups a second of a VM's CPU under emulation)."""
-    import selectors
-
-    waits: list[float | None] = []
-
-    class Counting(selectors.DefaultSelector):
-        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-            waits.append(timeout)
-            return super().select(timeout)
-
-    monkeypatch.setattr(selectors, "DefaultSelector", Counting)
+    waits = select_waits
     out = _run_exec(config, {"cmd": "sleep 1; echo done"})
     assert (out["stdout"], out["exit_code"]) == ("done\n", 0)
     assert len(waits) <= 6 and waits[0] is None, waits

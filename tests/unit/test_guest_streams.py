@@ -100,20 +100,11 @@ def test_bad_requests_are_refused(jobs: tuple[StreamJobs, Frames]) -> None:
 
 
 def test_a_quiet_stream_is_slept_through_not_polled(
-    jobs: tuple[StreamJobs, Frames], monkeypatch: pytest.MonkeyPatch
+    jobs: tuple[StreamJobs, Frames], select_waits: list[float | None]
 ) -> None:
     """The pump of a job without output sleeps until output, the shell's exit (a pidfd, a kill too) or the
     deadline, instead of looking every 0.2 s (each look wakes a VM's CPU under emulation)."""
-    import selectors
-
-    waits: list[float | None] = []
-
-    class Counting(selectors.DefaultSelector):
-        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-            waits.append(timeout)
-            return super().select(timeout)
-
-    monkeypatch.setattr(selectors, "DefaultSelector", Counting)
+    waits = select_waits
     streams, frames = jobs
     streams.start({"stream": "s", "cmd": "sleep 2; echo done"})
     assert frames.wait_exit()["exit_code"] == 0 and frames.output() == 5
