@@ -4,7 +4,7 @@ An exec's history entry is an insert, a prune of the VM's oldest entries and a c
 exec on SQLite (2.4 ms next to a busy QEMU), more on a remote PostgreSQL. ``ExecHistory`` writes entries on a
 thread of its own, so an exec's answer does not wait for its entry and the event loop does not block on the
 database. Whatever reads the history or removes a VM's entries flushes first: history read after an answer
-holds that answer's entry.
+holds that answer's entry (read through another replica, once written: milliseconds later).
 """
 
 from __future__ import annotations
