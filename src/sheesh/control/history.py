@@ -36,7 +36,7 @@ class ExecHistory:
         self._queue: deque[ExecLog] = deque()
         self._cond = threading.Condition()
         self._added = 0
-        self._written = 0
+        """Entries queued so far; those written are the ones no longer queued (``_written``)."""
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -69,7 +69,10 @@ class ExecHistory:
         with self._cond:
             target = self._added
             self._cond.notify_all()
-            self._cond.wait_for(lambda: self._written >= target, FLUSH_TIMEOUT_S)
+            self._cond.wait_for(lambda: self._written() >= target, FLUSH_TIMEOUT_S)
+
+    def _written(self) -> int:
+        return self._added - len(self._queue)
 
     def list(self, vm_id: str, kind: ExecKind | None, limit: int) -> list[ExecLog]:
         """The VM's newest entries first (of ``kind`` when given), the queued ones included."""
@@ -95,7 +98,6 @@ class ExecHistory:
             self._write(entry)
             with self._cond:
                 self._queue.popleft()
-                self._written += 1
                 self._cond.notify_all()
 
     def _write(self, entry: ExecLog) -> None:

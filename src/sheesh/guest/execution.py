@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,13 +274,21 @@ def job_script(job_fd: int, cwd: str, env: dict[str, str], cmd: str) -> bytes:
     return "\n".join(lines).encode() + b"\n"
 
 
-def exit_fd(pid: int) -> int | None:
-    """A descriptor that becomes readable when process ``pid`` exits (a pidfd), or None where the kernel has
-    none (before Linux 5.3)."""
+def job_selector(fds: Iterable[int], pid: int) -> tuple[selectors.BaseSelector, int | None]:
+    """A selector on a job's read ends ``fds`` (made non-blocking) and on a descriptor that becomes readable
+    when its shell ``pid`` exits (a pidfd: a kill wakes the wait too); that pidfd, None where the kernel has
+    none (before Linux 5.3: the caller polls for the exit)."""
+    sel = selectors.DefaultSelector()
+    for fd in fds:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
     try:
-        return os.pidfd_open(pid)
+        exited: int | None = os.pidfd_open(pid)
     except (OSError, AttributeError):
-        return None
+        exited = None
+    if exited is not None:
+        sel.register(exited, selectors.EVENT_READ)
+    return sel, exited
 
 
 def _read_into(fd: int, buf: bytearray, limit: int) -> tuple[bool, bool]:
@@ -315,13 +323,7 @@ def collect(
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     truncated = False
     timed_out = False
-    sel = selectors.DefaultSelector()
-    for fd in (out_fd, err_fd):
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    exited = exit_fd(proc.pid)
-    if exited is not None:
-        sel.register(exited, selectors.EVENT_READ)
+    sel, exited = job_selector((out_fd, err_fd), proc.pid)
     reading = 2
     exited_at: float | None = None
     try:

@@ -17,7 +17,6 @@ import base64
 import contextlib
 import fcntl
 import os
-import selectors
 import signal
 import struct
 import termios
@@ -31,9 +30,9 @@ from sheesh.guest.execution import (
     RequestError,
     RunConfig,
     Shell,
-    exit_fd,
     exit_status,
     job_of,
+    job_selector,
     send_job,
     spawn_shell,
     user_env,
@@ -201,7 +200,7 @@ class StreamJob:
         sent = dict.fromkeys(readers.values(), 0)
         truncated = timed_out = False
         exited_at: float | None = None
-        sel, exited = self._selector(readers)
+        sel, exited = job_selector(readers, self.shell.proc.pid)  # the pidfd wakes the pump when the shell ends
         reading = len(readers)
         try:
             while reading:
@@ -243,18 +242,6 @@ class StreamJob:
             if exited is not None:
                 os.close(exited)
             self._finish(timed_out, truncated)
-
-    def _selector(self, readers: dict[int, int]) -> tuple[selectors.BaseSelector, int | None]:
-        """A selector on the read ends (made non-blocking) and on the shell's pidfd, which wakes the pump when
-        the shell ends (a kill included); that pidfd (None: the kernel has none)."""
-        sel = selectors.DefaultSelector()
-        for fd in readers:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        exited = exit_fd(self.shell.proc.pid)
-        if exited is not None:
-            sel.register(exited, selectors.EVENT_READ)
-        return sel, exited
 
     def _wait(self, exited_at: float | None, exit_watched: bool, now: float) -> float | None:
         """How long the pump may sleep: briefly once the shell is gone (its last output), else until output,
