@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from sheesh.guest.cgroups import JobCgroup, exec_memory_max
+from sheesh.guest.cgroups import EXEC, ExecCgroups, JobCgroup, exec_memory_max
 
 
 def _cgroup(tmp_path: Path, populated: bool) -> JobCgroup:
@@ -45,3 +45,22 @@ def test_exec_memory_keeps_a_reserve() -> None:
     mib = 1024 * 1024
     assert exec_memory_max(256 * mib) == 256 * mib - 40 * mib
     assert exec_memory_max(1024 * mib) == 1024 * mib - 128 * mib
+
+
+def test_a_released_cgroup_is_removed_after_the_answer_once_empty(tmp_path: Path) -> None:
+    """``release`` (on the job's answer path) only queues the cgroup: the next ``new`` (the shell pool's refill,
+    after the answer) removes it, or keeps it while processes of the job remain (here: a non-empty folder)."""
+    cgroups = ExecCgroups(str(tmp_path))
+    (tmp_path / EXEC).mkdir()
+    done, busy = tmp_path / EXEC / "done", tmp_path / EXEC / "busy"
+    done.mkdir()
+    busy.mkdir()
+    (busy / "cgroup.procs").write_text("123\n")
+    cgroups.release(JobCgroup(str(done)))
+    cgroups.release(JobCgroup(str(busy)))
+    assert done.exists() and busy.exists()
+    cgroups.sweep()
+    assert not done.exists() and busy.exists()
+    (busy / "cgroup.procs").unlink()
+    fresh = cgroups.new()
+    assert not busy.exists() and Path(fresh.path).parent == tmp_path / EXEC

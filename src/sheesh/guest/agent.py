@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sheesh.guest import files, netif, protocol
+from sheesh.guest import files, handoff, netif, protocol
 from sheesh.guest.cgroups import ExecCgroups
 from sheesh.guest.execution import GUEST_WORKSPACE, RequestError, RunConfig, WarmShells, run_exec
 from sheesh.guest.protocol import ErrorKind, Op
@@ -202,14 +202,21 @@ class Agent:
             self._write(frame)
 
     def handle(self, req: dict[str, Any]) -> None:
-        if req.get("op") in protocol.NO_REPLY:  # quick, and answered by nothing: handled in the reader
+        """Answer ``req`` on a worker thread (ops not answered at all: here, they are quick)."""
+        if req.get("op") in protocol.NO_REPLY:
             with contextlib.suppress(Exception):
                 self.dispatch(req)
             return
-        if req.get("op") == Op.REFRESH:  # the first request after a restore, alone: no hand-off to a thread
-            self._handle(req)
-            return
         _POOL.submit(self._handle, req)
+
+    def runs_here(self, req: dict[str, Any]) -> bool:
+        """Whether the thread that read ``req`` answers it (``handle_here``): an exec (see ``Reader``), a ping,
+        a refresh (the first request after a restore, alone)."""
+        return req.get("op") in _RUN_HERE
+
+    def handle_here(self, req: dict[str, Any]) -> None:
+        """Answer ``req`` on this thread."""
+        self._handle(req)
 
     def host_gone(self) -> None:
         """The host disconnected: its streaming jobs have nobody to send output to (they are killed)."""
@@ -324,29 +331,83 @@ def find_port(name: str = protocol.PORT_NAME) -> str | None:
     return None
 
 
+_RUN_HERE = frozenset({Op.EXEC, Op.PING, Op.REFRESH})
+
+
+class Reader:
+    """Reads the host's requests from ``fd`` and hands them to ``agent``; one thread reads at a time.
+
+    An exec is answered by the thread that read it, with no hand-off to a worker thread: under emulation, after
+    the guest was idle, waking a worker cost an exec ~1 ms. While the exec waits for its job, the job watches
+    ``fd`` (``handoff.current``): when the host sends more, another thread takes over reading (``run`` on the
+    pool) and the exec's thread stops reading once it answered. Other requests go to worker threads as before.
+    """
+
+    def __init__(self, agent: Agent, fd: int, read: Callable[[], bytes], *, reconnects: bool) -> None:
+        self.agent = agent
+        self.fd = fd
+        self._read = read
+        self._reconnects = reconnects
+        """EOF means no host is connected for now (the virtio-serial port): wait and read again; else the end."""
+        self._decoder = protocol.FrameDecoder()
+        self._heard = False
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+    def serve(self) -> None:
+        """Read until the input ends; raise what stopped the reading thread, whichever it was."""
+        self.run()
+        self.ended.wait()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        """Read and dispatch until the input ends, or return once this thread handed reading over."""
+        try:
+            while True:
+                data = self._read()
+                if not data:
+                    self._decoder.reset()
+                    if self._heard:  # the host that spoke went away
+                        self._heard = False
+                        self.agent.host_gone()
+                    if not self._reconnects:
+                        break
+                    time.sleep(0.02)
+                    continue
+                self._heard = True
+                requests = self._decoder.feed(data)
+                here = requests.pop() if requests and self.agent.runs_here(requests[-1]) else None
+                for req in requests:
+                    self.agent.handle(req)
+                if here is not None:
+                    passed = handoff.Handoff(self.fd, lambda: _POOL.submit(self.run))
+                    with passed.watching():
+                        self.agent.handle_here(here)
+                    if passed.fired:
+                        return
+        except BaseException as exc:  # the reader is gone: so is the agent (the guest's init restarts it)
+            self.error = exc
+        self.ended.set()
+
+
+def _read_port(fd: int) -> Callable[[], bytes]:
+    def read() -> bytes:
+        while True:
+            try:
+                return os.read(fd, 65536)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                    raise
+
+    return read
+
+
 def serve_port(config: AgentConfig, path: str, shells: WarmShells | None = None, deno: WarmDeno | None = None) -> None:
     """Serve the virtio-serial port forever; EOF means no host is connected: poll and go on."""
     fd = os.open(path, os.O_RDWR)
     agent = Agent(config, _write_all(fd), shells, deno=deno)
-    decoder = protocol.FrameDecoder()
-    heard = False
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                continue
-            raise
-        if not data:
-            decoder.reset()
-            if heard:  # the host that spoke went away
-                heard = False
-                agent.host_gone()
-            time.sleep(0.02)
-            continue
-        heard = True
-        for req in decoder.feed(data):
-            agent.handle(req)
+    Reader(agent, fd, _read_port(fd), reconnects=True).serve()
 
 
 def serve_connection(
@@ -358,14 +419,15 @@ def serve_connection(
 ) -> None:
     """Serve one stream connection until the peer closes it."""
     agent = Agent(config, conn.sendall, shells, transfers, deno)
-    decoder = protocol.FrameDecoder()
-    with conn:
+
+    def read() -> bytes:
         try:
-            while data := conn.recv(65536):
-                for req in decoder.feed(data):
-                    agent.handle(req)
-        finally:
-            agent.host_gone()
+            return conn.recv(65536)
+        except OSError:
+            return b""
+
+    with conn:
+        Reader(agent, conn.fileno(), read, reconnects=False).serve()
 
 
 def serve_unix(config: AgentConfig, path: str, shells: WarmShells | None = None, deno: WarmDeno | None = None) -> None:

@@ -151,16 +151,21 @@ class ExecCgroups:
         return cls(root)
 
     def new(self) -> JobCgroup:
-        """A fresh, empty cgroup for one job (cgroups of finished jobs are removed as they empty)."""
-        with self._lock:
-            self._lingering = [cg for cg in self._lingering if not cg.remove()]
+        """A fresh, empty cgroup for one job; first removes the released cgroups that have emptied."""
+        self.sweep()
         path = os.path.join(self.parent, uuid.uuid4().hex[:16])
         os.mkdir(path)
         _write(os.path.join(path, "pids.max"), str(JOB_PIDS_MAX))
         return JobCgroup(path)
 
     def release(self, cgroup: JobCgroup) -> None:
-        """The job is over: remove its cgroup now, or later when its background processes are gone."""
-        if not cgroup.remove():
-            with self._lock:
-                self._lingering.append(cgroup)
+        """The job is over: its cgroup goes at the next ``sweep`` (or ``new``, which the refill of the shell
+        pool calls after the answer), or later while background processes of the job keep it. Not removed
+        here: the rmdir would delay the job's answer (~0.5 ms under emulation)."""
+        with self._lock:
+            self._lingering.append(cgroup)
+
+    def sweep(self) -> None:
+        """Remove the released cgroups that no process is left in."""
+        with self._lock:
+            self._lingering = [cg for cg in self._lingering if not cg.remove()]
