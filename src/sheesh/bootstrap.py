@@ -177,4 +177,5 @@ def build_services(settings: Settings, node: NodeClient | None = None) -> Servic
     built = ImageBuilder(settings.resolved_image_dir()).cached()
     if built is not None:
         register_builtin(store, built)
-    return Services.create(settings, store, node, connect_remote(settings))
+    wake = node.guests.wake if isinstance(node, NodeAgent) else None
+    return Services.create(settings, store, node, connect_remote(settings), wake_guest=wake)

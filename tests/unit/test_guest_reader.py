@@ -185,3 +185,11 @@ def test_the_port_reader_waits_for_a_host_after_eof(config: AgentConfig) -> None
         Reader(agent, -1, read, reconnects=True).serve()
     replies = [msg for frame in sent for msg in protocol.FrameDecoder().feed(frame)]
     assert [r["id"] for r in replies] == [1, 2] and gone == [True]  # one host left, once
+
+
+def test_a_wake_is_not_answered(host: Host, submitted: list[str]) -> None:
+    """``wake`` (the host's hint that a request is coming) is read and dropped: no reply, no worker thread."""
+    host.send({"op": "wake"}, {"id": 1, "op": "ping"})
+    assert host.reply(1)[1]["ok"]
+    host.send({"id": 2, "op": "ping"})
+    assert host.reply(2)[1]["ok"] and set(host.replies) == {1, 2} and submitted == []

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from sheesh import __version__
-from sheesh.api import errors, limits, ratelimit, ui
+from sheesh.api import errors, limits, ratelimit, ui, wake
 from sheesh.api.deps import authenticate
 from sheesh.api.routers import (
     accounts,
@@ -87,6 +87,7 @@ def create_app(svc: Services, *, close_services: bool = True) -> FastAPI:
     app.state.services = svc
     app.state.vm_lists = VmListCache()
     errors.install(app)
+    app.add_middleware(wake.WakeGuest, services=svc)  # inside the global rate limit: refused requests wake nothing
     ratelimit.install(app, svc)
     app.add_middleware(limits.BodyLimit, max_bytes=lambda: svc.settings.max_body_bytes)
     for module in (vms, execution, files, snapshots, images, network, kyun):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sheesh.auth.apikeys import ApiKeyAuth
@@ -47,10 +48,21 @@ class Services:
     limiter: Limiter = field(default_factory=RateLimiter)
     hashing: HashPool = field(default_factory=HashPool)
     """Password checks run here, off the event loop."""
+    wake_guest: Callable[[str], None] = field(default=lambda _: None)
+    """Tells a VM's guest that a request for it has arrived (``api.wake``); never waits, never fails. The
+    embedded node's ``Guests.wake`` (remote nodes: nothing)."""
 
     @classmethod
-    def create(cls, settings: Settings, store: Store, node: NodeClient, connect: ConnectFn | None = None) -> Services:
-        """The services around the embedded ``node``; ``connect`` makes clients of remote nodes."""
+    def create(
+        cls,
+        settings: Settings,
+        store: Store,
+        node: NodeClient,
+        connect: ConnectFn | None = None,
+        wake_guest: Callable[[str], None] | None = None,
+    ) -> Services:
+        """The services around the embedded ``node``; ``connect`` makes clients of remote nodes; ``wake_guest``:
+        the embedded node's hint that a request for a VM's guest is on its way."""
         nodes = NodeService(store, settings, node, connect)
         templates = Templates(store, nodes.client, guest_network=settings.guest_network)
         metrics = Metrics()
@@ -82,6 +94,7 @@ class Services:
             metrics,
             nodes,
             _limiter(settings, store),
+            wake_guest=wake_guest or (lambda _: None),
         )
 
     async def start(self) -> None:

@@ -194,6 +194,7 @@ class Agent:
             Op.EXEC_RESIZE: lambda req: self._stream_op(req, lambda job: job.resize(req["rows"], req["cols"])),
             Op.EXEC_ACK: lambda req: self._stream_op(req, lambda job: job.ack(int(req["bytes"]))),
             Op.REHEARSE: lambda _: rehearse(config, self.deno),
+            Op.WAKE: lambda _: {},
         }
 
     def send(self, message: dict[str, Any]) -> None:

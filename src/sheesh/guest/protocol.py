@@ -54,10 +54,13 @@ class Op(StrEnum):
     EXEC_RESIZE = "exec_resize"
     EXEC_ACK = "exec_ack"
     REHEARSE = "rehearse"
+    WAKE = "wake"
 
 
-NO_REPLY: frozenset[Op] = frozenset({Op.EXEC_ACK})
-"""Ops the agent does not answer (the host sends them often and waits for nothing)."""
+NO_REPLY: frozenset[Op] = frozenset({Op.EXEC_ACK, Op.WAKE})
+"""Ops the agent does not answer (the host sends them often and waits for nothing). ``wake`` does nothing: the
+host sends it when a request for the guest has reached the API, ahead of the request itself (see
+``Guests.wake``). An agent that predates it answers it with an error nobody waits for."""
 
 
 class StreamEventKind(StrEnum):
@@ -293,6 +296,7 @@ REQUESTS: dict[Op, type[Any]] = {
     Op.EXEC_RESIZE: ExecResizeRequest,
     Op.EXEC_ACK: ExecAckRequest,
     Op.REHEARSE: Empty,
+    Op.WAKE: Empty,
 }
 """The request type of each op (the reply types are named beside them); the agent refuses a request that lacks
 a required field before any handler sees it."""
