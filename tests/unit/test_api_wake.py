@@ -17,12 +17,18 @@ from tests.fakes import ADMIN, fake_services
 GOOD = {"cpu": 1, "memMb": 256, "allowIps": []}
 
 
-def test_guest_bound_requests_wake_the_guest_first(settings: Settings) -> None:
-    settings.global_rate_limit = 0
+def _app(settings: Settings, rate_limit: int) -> tuple[TestClient, list[str]]:
+    """The API on fakes with ``rate_limit`` requests a minute, and the VMs it woke, in order."""
+    settings.global_rate_limit = rate_limit
     svc, _ = fake_services(settings)
     woken: list[str] = []
     svc.wake_guest = woken.append
-    with TestClient(create_app(svc)) as c:
+    return TestClient(create_app(svc)), woken
+
+
+def test_guest_bound_requests_wake_the_guest_first(settings: Settings) -> None:
+    client, woken = _app(settings, 0)
+    with client as c:
         vm = c.post("/v1/vms", json=GOOD, headers=ADMIN).json()["id"]
         assert c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=ADMIN).status_code == 200
         c.post(f"/v1/vms/{vm}/run-ts", json={"code": "1"}, headers=ADMIN)
@@ -36,11 +42,8 @@ def test_guest_bound_requests_wake_the_guest_first(settings: Settings) -> None:
 
 
 def test_requests_over_the_rate_limit_wake_nothing(settings: Settings) -> None:
-    settings.global_rate_limit = 2
-    svc, _ = fake_services(settings)
-    woken: list[str] = []
-    svc.wake_guest = woken.append
-    with TestClient(create_app(svc)) as c:
+    client, woken = _app(settings, 2)
+    with client as c:
         codes = [c.post("/v1/vms/vm-x/exec", json={"cmd": "true"}, headers=ADMIN).status_code for _ in range(4)]
     assert codes == [404, 404, 429, 429] and woken == ["vm-x", "vm-x"]
 

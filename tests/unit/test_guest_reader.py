@@ -5,7 +5,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +151,9 @@ def test_a_timed_out_exec_hands_reading_over_before_killing(config: AgentConfig)
     assert out["timed_out"] and fired == [True] and seen == ["kill", None]
 
 
-def test_the_reading_thread_failing_stops_the_agent(config: AgentConfig) -> None:
-    """The port reader raising (not EOF) ends ``serve`` with that error, whichever thread read."""
-    agent = Agent(config, lambda _: None)
-    reads = iter([protocol.encode({"id": 1, "op": "ping"})])
+def _port(*chunks: bytes) -> Callable[[], bytes]:
+    """A virtio-serial port's reads: ``chunks`` (b"": no host connected), then an error."""
+    reads = iter(chunks)
 
     def read() -> bytes:
         try:
@@ -162,8 +161,14 @@ def test_the_reading_thread_failing_stops_the_agent(config: AgentConfig) -> None
         except StopIteration:
             raise OSError("port gone") from None
 
+    return read
+
+
+def test_the_reading_thread_failing_stops_the_agent(config: AgentConfig) -> None:
+    """The port reader raising (not EOF) ends ``serve`` with that error, whichever thread read."""
+    agent = Agent(config, lambda _: None)
     with pytest.raises(OSError, match="port gone"):
-        Reader(agent, -1, read, reconnects=True).serve()
+        Reader(agent, -1, _port(protocol.encode({"id": 1, "op": "ping"})), reconnects=True).serve()
 
 
 def test_the_port_reader_waits_for_a_host_after_eof(config: AgentConfig) -> None:
@@ -173,15 +178,8 @@ def test_the_port_reader_waits_for_a_host_after_eof(config: AgentConfig) -> None
     agent = Agent(config, sent.append)
     gone: list[bool] = []
     agent.host_gone = lambda: gone.append(True)  # type: ignore[method-assign]
-    reads = iter([protocol.encode({"id": 1, "op": "ping"}), b"", b"", protocol.encode({"id": 2, "op": "ping"})])
-
-    def read() -> bytes:
-        try:
-            return next(reads)
-        except StopIteration:
-            raise OSError("done") from None
-
-    with pytest.raises(OSError, match="done"):
+    read = _port(protocol.encode({"id": 1, "op": "ping"}), b"", b"", protocol.encode({"id": 2, "op": "ping"}))
+    with pytest.raises(OSError, match="port gone"):
         Reader(agent, -1, read, reconnects=True).serve()
     replies = [msg for frame in sent for msg in protocol.FrameDecoder().feed(frame)]
     assert [r["id"] for r in replies] == [1, 2] and gone == [True]  # one host left, once
