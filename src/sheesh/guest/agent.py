@@ -148,7 +148,8 @@ def resolv_conf(servers: object) -> str:
 
 
 class Agent:
-    """Dispatches requests through ``handlers``; one thread per request; responses serialised by a lock."""
+    """Dispatches requests through ``handlers``: an exec, a ping or a refresh on the thread that read it
+    (``Reader``), any other on a worker thread of its own; responses serialised by a lock."""
 
     def __init__(
         self,
