@@ -115,6 +115,13 @@ def test_toolbox(vm: tuple[httpx.Client, str]) -> None:
     # the exec locale comes from the locale archive (one mapped file per process start), and works
     loc = _exec(c, vm_id, "localedef --list-archive; echo $LANG; printf '\\u00e9' | wc -m")
     assert loc["stdout"].split() == ["C.utf8", "C.UTF-8", "1"], loc
+    # every exec's shell is the statically linked bash (no dynamic linker at its start), the same bash release
+    # as Debian's (kept as /bin/bash.dynamic, diverted so an upgrade of bash does not undo it)
+    static = "echo $BASH; grep -c libc /proc/$$/maps; /bin/bash.dynamic -c 'echo $BASH_VERSION'; echo $BASH_VERSION"
+    out = _exec(c, vm_id, static + "; dpkg-divert --list /bin/bash; echo ~root")
+    lines = str(out["stdout"]).splitlines()
+    assert lines[:2] == ["/usr/bin/bash", "0"] and lines[2] == lines[3] and lines[2].startswith("5."), out
+    assert lines[4:] == ["local diversion of /bin/bash to /bin/bash.dynamic", "/root"], out
     git = "git -c user.name=a -c user.email=a@b"
     repo = _exec(c, vm_id, f"cd /tmp && git init -q r && cd r && {git} commit -q --allow-empty -m x && git log | wc -l")
     assert repo["stdout"] == "5\n", repo
