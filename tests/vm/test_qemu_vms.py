@@ -69,6 +69,7 @@ def test_exec_identity_cwd_env_and_timeout(server: ServerProcess) -> None:
         assert r.status_code == 400 and "does not exist" in r.json()["message"]
         log = (server.data_dir / "vms" / str(vm) / "serial.log").read_text()
         assert "sheesh-agent: serving" in log
+        assert "PIT: stopped)" in log  # the kernel ticks with the local APIC: the PIT's square wave is stopped
 
 
 def test_stop_start_keeps_disk_and_delete_removes_everything(server: ServerProcess) -> None:

@@ -38,6 +38,7 @@ from sheesh.guest.protocol import ErrorKind, Op
 from sheesh.guest.scripts import rehearse, run_script
 from sheesh.guest.sshd import SshError, SshServer
 from sheesh.guest.streams import StreamJobs
+from sheesh.guest.timers import quiet_pit
 from sheesh.guest.warmdeno import WarmDeno
 
 AGENT_ID = uuid.uuid4().hex
@@ -501,13 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     ssh = SshServer()
     config = AgentConfig(workspace=args.workspace, poweroff=_guest_poweroff, staging=STAGING, ssh=ssh)
     cgroups = ExecCgroups.setup()
+    pit = "stopped" if quiet_pit() else "left"  # an idle guest's QEMU woke ~36 times a second for it
     watch_power_button(_guest_poweroff)
     while True:
         path = find_port()
         if path is not None:
             break
         time.sleep(0.05)
-    print(f"sheesh-agent: serving {path} (cgroups: {'on' if cgroups else 'off'})", file=sys.stderr, flush=True)
+    state = f"cgroups: {'on' if cgroups else 'off'}, PIT: {pit}"
+    print(f"sheesh-agent: serving {path} ({state})", file=sys.stderr, flush=True)
     serve_port(config, path, WarmShells(config, cgroups=cgroups), WarmDeno(config, cgroups))
     return 0
 
