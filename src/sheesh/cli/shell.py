@@ -44,6 +44,35 @@ def _pump_keys(session: ExecSession, stdin_fd: int, detached: threading.Event) -
         return
 
 
+class _Resizes:
+    """Sends the terminal's size to the session after each SIGWINCH, from a thread of its own. The handler runs on
+    the main thread between two of its steps, possibly inside the session's receive with its connection's lock
+    held: sending from there waited for that lock forever (the shell froze under load)."""
+
+    def __init__(self, session: ExecSession, fd: int) -> None:
+        self.session = session
+        self.fd = fd
+        self._wanted = threading.Event()
+        self._stopped = False
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def signalled(self, _sig: int, _frame: FrameType | None) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wanted.set()
+
+    def _follow(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopped:
+                return
+            with contextlib.suppress(SheeshClientError):
+                self.session.resize(*terminal_size(self.fd))
+
+
 def run_shell(vm: Vm, cmd: str, stdin_fd: int | None = None, stdout_fd: int | None = None) -> int:
     """Attach the terminal to ``cmd`` on a PTY in ``vm``; returns its exit status (130 when detached)."""
     stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
@@ -51,12 +80,8 @@ def run_shell(vm: Vm, cmd: str, stdin_fd: int | None = None, stdout_fd: int | No
     rows, cols = terminal_size(stdout_fd)
     detached = threading.Event()
     with vm.pty(cmd, rows=rows, cols=cols) as session:
-
-        def resized(_sig: int, _frame: FrameType | None) -> None:
-            with contextlib.suppress(SheeshClientError):
-                session.resize(*terminal_size(stdout_fd))
-
-        previous = signal.signal(signal.SIGWINCH, resized) if os.isatty(stdout_fd) else None
+        resizes = _Resizes(session, stdout_fd)
+        previous = signal.signal(signal.SIGWINCH, resizes.signalled) if os.isatty(stdout_fd) else None
         try:
             with raw_terminal(stdin_fd):
                 threading.Thread(target=_pump_keys, args=(session, stdin_fd, detached), daemon=True).start()
@@ -66,6 +91,7 @@ def run_shell(vm: Vm, cmd: str, stdin_fd: int | None = None, stdout_fd: int | No
         finally:
             if previous is not None:
                 signal.signal(signal.SIGWINCH, previous)
+            resizes.stop()
         result = session.result
     if detached.is_set():
         return 130
