@@ -34,9 +34,9 @@ from sheesh.image.kernel import extract_vmlinux, module_load_order
 BUILDER_VERSION = 4
 """Part of the image hash: raise it when a change here changes what the image holds."""
 RUNAS_SOURCE = "usr/local/src/sheesh/runas.c"
+"""Where the image keeps the source of ``sheesh-runas`` (compiled static by the host's gcc into ``RUNAS``)."""
 BASH_DYNAMIC = "/bin/bash.dynamic"
 """Where the image keeps Debian's dynamically linked bash (its /bin/bash is bash-static)."""
-"""Where the image keeps the source of ``sheesh-runas`` (compiled static by the host's gcc into ``RUNAS``)."""
 Progress = Callable[[str, int, int], None]
 """``progress(message, step, total_steps)``."""
 
