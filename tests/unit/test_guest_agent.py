@@ -161,6 +161,30 @@ def test_sheesh_runas_refuses_root_and_bad_ids(tmp_path: Path) -> None:
         assert bad.returncode == 127 and bad.stdout == "" and "sheesh-runas" in bad.stderr, (argv, bad)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the exec user needs root")
+def test_sheesh_runas_joins_the_cgroup_changes_folder_and_drops_the_oom_shield(tmp_path: Path) -> None:
+    """``-c``: the program writes itself ("0") into the cgroup's ``cgroup.procs`` (here a plain file: the
+    kernel's side is tested on real VMs); ``-d``: it starts there; the agent's oom_score_adj is not inherited
+    (the agent's is -1000; this host lets a test set 500, and the VM tests check the -1000 case)."""
+    source = Path(execution.__file__).parent.parent / "image" / "files" / "runas.c"
+    runas = str(tmp_path / "sheesh-runas")
+    subprocess.run(["gcc", "-static", "-Os", "-Wall", "-o", runas, str(source)], check=True)
+    cgroup = tmp_path / "job"
+    cgroup.mkdir()
+    (cgroup / "cgroup.procs").write_text("")
+    with tempfile.TemporaryDirectory(prefix="sheesh-user-ws-") as ws:  # pytest's tmp_path is root's only
+        shielded = f"echo 500 > /proc/self/oom_score_adj && exec {runas} -c {cgroup} -d {ws} 1000 1000 sh -c "
+        out = subprocess.run(
+            ["sh", "-c", shielded + "'pwd; cat /proc/self/oom_score_adj'"], check=False, capture_output=True, text=True
+        )
+        assert (out.returncode, out.stdout.split()) == (0, [ws, "0"]), out
+    assert (cgroup / "cgroup.procs").read_text() == "0"
+    for joins in (["-c", str(tmp_path / "none")], ["-d", "/nonexistent"]):
+        argv = [*joins, "1000", "1000", "true"]
+        bad = subprocess.run([runas, *argv], check=False, capture_output=True, text=True)
+        assert bad.returncode == 127 and "sheesh-runas" in bad.stderr, (argv, bad)
+
+
 def _check_exec_user(config: AgentConfig) -> None:
     shells = WarmShells(config, size=1)
     deadline = time.monotonic() + 5

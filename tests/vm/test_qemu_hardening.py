@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from sheesh.guest.cgroups import EXEC, IDLE_KEEP
 from tests.archives import targz
 from tests.server import ServerProcess
 from tests.vm.test_qemu_vms import _alive
@@ -214,6 +215,13 @@ def test_fork_bomb_is_contained(shared_server: ServerProcess) -> None:
             limits = _exec(c, vm_id, f"cat /proc/self/cgroup {cg}/pids.max {cg}/../pids.max")
             lines = str(limits["stdout"]).split()
             assert "/sheesh-exec/" in lines[0] and lines[1:] == ["512", "2048"], limits
+            for _ in range(IDLE_KEEP + 4):  # emptied job cgroups are reused (or removed): they do not pile up
+                assert _exec(c, vm_id, "true")["exitCode"] == 0
+            agent = "$(pgrep -o -f /opt/sheesh/agent.py)"
+            jobs = f"ls -d /sys/fs/cgroup/{EXEC}/*/ | wc -l; cat /proc/self/oom_score_adj /proc/{agent}/oom_score_adj"
+            count, mine, shielded = _exec(c, vm_id, jobs)["stdout"].split()
+            assert int(count) <= IDLE_KEEP + 4, count  # idle ones, two warm shells, this job, a warm Deno
+            assert (mine, shielded) == ("0", "-1000")  # the agent is the OOM killer's last choice, jobs are not
             mount = _exec(c, vm_id, "grep ' /sys/fs/cgroup ' /proc/mounts")["stdout"]
             assert "favordynmods" in mount.split()[3].split(","), mount  # moving each shell in is cheap
             # an idle guest is not woken for proactive compaction, vmstat every second or a clock watchdog

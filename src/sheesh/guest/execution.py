@@ -26,9 +26,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sheesh.guest import handoff
+from sheesh.guest import handoff, spawned
 from sheesh.guest.cgroups import ExecCgroups, JobCgroup
 from sheesh.guest.protocol import ErrorKind
+from sheesh.guest.spawned import Process
 
 GUEST_WORKSPACE = "/workspace"
 EXIT_TIMEOUT = 124
@@ -93,19 +94,24 @@ SETPRIV = shutil.which("setpriv")
 
 
 def _as_user(config: RunConfig, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """``argv`` run as the exec user: through ``sheesh-runas`` or ``setpriv`` where there is one, so ``Popen``
-    may use vfork. Switching users in the child itself makes Popen fork the whole agent instead, and every page
-    the agent writes afterwards faults once (exec ``true`` back to back p50 42 -> 33 ms, p90 65 -> 41 ms under
-    TCG). ``sheesh-runas`` starts in ~3 ms where ``setpriv`` takes ~7 (dynamic linking and a locale): a warm
-    shell is ready that much sooner after the job before it."""
+    """``argv`` run as the exec user through ``setpriv`` where there is one, so ``Popen`` may use vfork.
+    Switching users in the child itself makes Popen fork the whole agent instead, and every page the agent
+    writes afterwards faults once (exec ``true`` back to back p50 42 -> 33 ms, p90 65 -> 41 ms under TCG)."""
     switch = _user_kwargs(config)
-    if not switch:
-        return argv, switch
-    if os.access(RUNAS, os.X_OK):
-        return [RUNAS, str(config.uid), str(config.gid if config.gid is not None else config.uid), *argv], {}
-    if SETPRIV is None:
+    if not switch or SETPRIV is None:
         return argv, switch
     return [SETPRIV, f"--reuid={config.uid}", f"--regid={config.gid}", "--clear-groups", *argv], {}
+
+
+def _runas(config: RunConfig, cgroup: JobCgroup | None, argv: list[str]) -> list[str] | None:
+    """``argv`` started by ``sheesh-runas`` (in a VM): as the exec user, in ``cgroup`` and the workspace; None
+    where there is no ``sheesh-runas`` or no user to switch to. It starts in ~3 ms where ``setpriv`` takes ~7
+    (dynamic linking and a locale): a warm shell is ready that much sooner after the job before it."""
+    if not _user_kwargs(config) or not os.access(RUNAS, os.X_OK):
+        return None
+    ids = [str(config.uid), str(config.gid if config.gid is not None else config.uid)]
+    joins = ["-c", cgroup.path] if cgroup is not None else []
+    return [RUNAS, *joins, "-d", config.workspace, *ids, *argv]
 
 
 @dataclass
@@ -113,7 +119,7 @@ class Shell:
     """A login shell waiting for one job, already in its own cgroup (when the guest has cgroups). Its output
     goes to two pipes (``out_fd``, ``err_fd``: our read ends), or to a terminal (both None)."""
 
-    proc: subprocess.Popen[bytes]
+    proc: Process
     job_fd: int  # our write end
     child_job_fd: int  # the number the shell reads it under
     out_fd: int | None
@@ -139,21 +145,29 @@ def spawn_shell(
         redirect, passed = f"exec 1>&{out_w} 2>&{err_w} {out_w}>&- {err_w}>&-", [job_r, out_w, err_w]
     boot = f'{redirect}; . /proc/self/fd/{job_r}; eval -- "unset __sheesh_cmd; $__sheesh_cmd"'
     cgroup: JobCgroup | None = None
+    proc: Process
     try:
         if cgroups is not None:
             cgroup = cgroups.new()
-        argv, switch = _as_user(config, ["bash", "-l", "-c", boot])
-        proc = subprocess.Popen(
-            argv,
-            cwd=config.workspace,
-            env=base_env(config),
-            stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=tuple(passed),
-            start_new_session=True,
-            **switch,
-        )
+        shell = ["bash", "-l", "-c", boot]
+        if (runas := _runas(config, cgroup, shell)) is not None:  # also joins the cgroup: nothing left to do
+            proc = spawned.spawn(runas, base_env(config), stdin_fd=stdin_fd, keep_fds=passed)
+        else:
+            argv, switch = _as_user(config, shell)
+            proc = subprocess.Popen(
+                argv,
+                cwd=config.workspace,
+                env=base_env(config),
+                stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=tuple(passed),
+                start_new_session=True,
+                **switch,
+            )
+            if cgroup is not None:
+                with contextlib.suppress(OSError):  # the shell died already: the job will see it
+                    cgroup.add(proc.pid)
     except BaseException:
         for fd in (job_r, job_w, *pipes):
             os.close(fd)
@@ -162,9 +176,6 @@ def spawn_shell(
         raise
     for fd in passed:
         os.close(fd)
-    if cgroup is not None:
-        with contextlib.suppress(OSError):  # the shell died already: the job will see it
-            cgroup.add(proc.pid)
     if tty:
         return Shell(proc, job_w, job_r, None, None, cgroup)
     return Shell(proc, job_w, job_r, pipes[0], pipes[2], cgroup)
@@ -235,7 +246,6 @@ class WarmShells:
                 except OSError:
                     time.sleep(1)
                     continue
-                renice(shell, REFILL_NICE)  # its start-up yields to a job running meanwhile
                 with self._lock:
                     self._ready.append(shell)
 
@@ -316,7 +326,7 @@ def _read_into(fd: int, buf: bytearray, limit: int) -> tuple[bool, bool]:
 
 
 def collect(
-    proc: subprocess.Popen[bytes],
+    proc: Process,
     out_fd: int,
     err_fd: int,
     deadline: float | None,
