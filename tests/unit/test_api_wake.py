@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 from sheesh.api.app import create_app
 from sheesh.config import Settings
 from sheesh.guest import protocol
-from sheesh.node.guests import Guests
+from sheesh.node.guests import WARM_S, Guests
 from tests.fakes import ADMIN, fake_services
 
 GOOD = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -49,8 +50,8 @@ def test_requests_over_the_rate_limit_wake_nothing(settings: Settings) -> None:
 
 
 async def test_the_node_sends_wake_only_on_an_open_connection(tmp_path: Path) -> None:
-    """``Guests.wake`` writes one ``wake`` frame to a connected agent; to a VM it has no connection to, nothing
-    (and it opens none)."""
+    """``Guests.wake`` writes one ``wake`` frame to a connected agent that has been quiet for ``WARM_S``; to an
+    agent that just answered, or a VM it has no connection to, nothing (and it opens none)."""
     path = tmp_path / "agent.sock"
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(str(path))
@@ -73,6 +74,9 @@ async def test_the_node_sends_wake_only_on_an_open_connection(tmp_path: Path) ->
         (ping,) = decoder.feed(await loop.sock_recv(conn, 65536))
         await loop.sock_sendall(conn, protocol.encode({"id": ping["id"], "ok": True}))
         await pinging
+        guests.client("vm-1").heard_at = time.monotonic()  # as the ping's reply did (however slow this host)
+        guests.wake("vm-1")  # just heard from: still warm, nothing sent
+        await asyncio.sleep(WARM_S)
         guests.wake("vm-1")
         guests.wake("vm-2")  # unknown: nothing
         assert decoder.feed(await loop.sock_recv(conn, 65536)) == [{"op": "wake"}]

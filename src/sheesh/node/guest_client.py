@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ class GuestClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
+        self.heard_at = 0.0
+        """``time.monotonic()`` when the agent last sent anything."""
 
     @property
     def connected(self) -> bool:
@@ -72,6 +75,7 @@ class GuestClient:
         decoder = protocol.FrameDecoder()
         try:
             while data := await reader.read(65536):
+                self.heard_at = time.monotonic()
                 for msg in decoder.feed(data):
                     if "event" in msg:
                         queue = self._streams.get(str(msg.get("stream")))
