@@ -37,9 +37,9 @@ STDIN_TIMEOUT_S = 24 * 3600.0
 ACK_EVERY = 64 * 1024
 CLOCK_TIMEOUT_S = 2.0
 REHEARSE_TIMEOUT_S = 90.0
+"""A rehearsal's run is a no-op (the guest times it out after 60 s)."""
 WARM_S = 0.02
 """An agent heard from this recently is in a guest that is still warm: ``wake`` leaves it alone."""
-"""A rehearsal's run is a no-op (the guest times it out after 60 s)."""
 
 
 async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
