@@ -18,6 +18,12 @@ from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
 
 
+def ssh_argv(key: Path, port: int, *command: str) -> list[str]:
+    """``ssh`` as root to a rerobots instance's forwarded port on 127.0.0.1, with ``key``, running ``command``."""
+    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+    return [*argv, "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", *command]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

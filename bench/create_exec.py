@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import percentile, running_server
+from _common import percentile, running_server, ssh_argv
 
 BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"]}
 GUEST_FLOOR = """
@@ -37,7 +37,8 @@ if os.geteuid() == 0:  # the agent's floor: where and as the agent runs, with it
         fh.write(str(os.getpid()))
     with open("/proc/self/oom_score_adj", "w") as fh:
         fh.write("-1000")
-    config, shells = RunConfig(), WarmShells(RunConfig(), cgroups=ExecCgroups())
+    config = RunConfig()
+    shells = WarmShells(config, cgroups=ExecCgroups())
 else:
     config = RunConfig(uid=None, gid=None)
     shells = WarmShells(config)
@@ -65,8 +66,7 @@ def _instance(c: httpx.Client, key: Path) -> tuple[str, int]:
 
 
 def _root_floor(key: Path, port: int, script: str) -> dict[str, list[float]]:
-    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
-    argv += ["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", "python3", "-"]
+    argv = ssh_argv(key, port, "python3", "-")
     out = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=700, check=True)
     times: dict[str, list[float]] = json.loads(out.stdout)
     return times

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import percentile, running_server
+from _common import percentile, running_server, ssh_argv
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 
 
 def _ssh(key: Path, port: int, command: str) -> bool:
-    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
-    argv += ["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", command]
-    return subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
+    return subprocess.run(ssh_argv(key, port, command), capture_output=True, timeout=60, check=False).returncode == 0
 
 
 def _instance(c: httpx.Client, tmp: Path) -> tuple[float, float, dict[str, Any], Path]:
