@@ -57,7 +57,7 @@ def serve(
     import uvicorn
 
     from sheesh.bootstrap import build_apps
-    from sheesh.cli.serving import serve_all
+    from sheesh.cli import serving
 
     settings = _settings()
     if host:
@@ -73,13 +73,11 @@ def serve(
     for line in services.auth.bootstrap():
         console.print(f"[bold green]{line}[/bold green]")
     options = _server_options(settings)
-    asyncio.run(
-        serve_all(
-            [
-                uvicorn.Config(apps.api, host=settings.host, port=settings.port, **options),
-                uvicorn.Config(apps.node, host=settings.host, port=settings.node_port, **options),
-            ]
-        )
+    serving.run(
+        [
+            uvicorn.Config(apps.api, host=settings.host, port=settings.port, **options),
+            uvicorn.Config(apps.node, host=settings.host, port=settings.node_port, **options),
+        ]
     )
 
 
@@ -120,7 +118,7 @@ def node(ctx: typer.Context) -> None:
     import uvicorn
 
     from sheesh.bootstrap import build_node_process
-    from sheesh.cli.serving import serve_all
+    from sheesh.cli import serving
 
     settings = _settings()
     _configure_logging()
@@ -130,7 +128,7 @@ def node(ctx: typer.Context) -> None:
     console.print(
         f"node {settings.node_name} on {settings.host}:{settings.node_port}, reporting to {settings.control_url}"
     )
-    asyncio.run(serve_all([uvicorn.Config(process.app, host=settings.host, port=settings.node_port, **options)]))
+    serving.run([uvicorn.Config(process.app, host=settings.host, port=settings.node_port, **options)])
 
 
 @node_app.command("add")

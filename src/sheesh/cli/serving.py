@@ -44,6 +44,13 @@ class _Server(uvicorn.Server):
         yield
 
 
+def run(configs: list[uvicorn.Config]) -> None:
+    """``serve_all`` on the event loop uvicorn picks for the first config (uvloop, installed with
+    ``uvicorn[standard]``), as ``uvicorn.run`` would: ``asyncio.run`` alone gives the default asyncio loop."""
+    with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
+        runner.run(serve_all(configs))
+
+
 async def serve_all(configs: list[uvicorn.Config]) -> None:
     """The control-plane API and the node's WebSocket port in one process; SIGINT/SIGTERM stop both."""
     servers = [_Server(config) for config in configs]
