@@ -251,10 +251,12 @@ def test_clock_op_sets_only_a_vms_clock(config: AgentConfig) -> None:
         set_clock(config, {"time_ns": "soon"})
 
 
-def test_a_refresh_restarts_the_warm_deno_unless_the_machine_is_no_copy(config: AgentConfig) -> None:
-    """A restored copy's warm Deno shares its random state with the original's: the refresh starts another.
-    A claimed spare refreshed once already since its restore (``copy`` false): it keeps the one it started.
-    Ping says whether that Deno is still starting (busy) or ready (idle, waiting for its entry)."""
+def test_a_restored_copy_keeps_its_warm_deno_and_has_it_reseed(config: AgentConfig, tmp_path: Path) -> None:
+    """A snapshot's warm Deno serves the first run-ts of a VM restored from it: no cold start. The refresh of a
+    restored copy marks it, and a Deno whose start began before that refresh: its runner is told to reseed
+    Math.random (V8 seeded it from state all copies share). A Deno started after the refresh is not, nor is one
+    in a machine that is no copy (a claimed spare: ``copy`` false). Ping says whether that Deno is still
+    starting (busy) or ready (idle, waiting for its entry)."""
     from sheesh.guest.agent import Agent
     from sheesh.guest.warmdeno import DenoCommand, WarmDeno
 
@@ -262,9 +264,10 @@ def test_a_refresh_restarts_the_warm_deno_unless_the_machine_is_no_copy(config: 
     deno = WarmDeno(config)
     agent = Agent(config, lambda _: None, deno=deno)
     assert agent.dispatch({"op": "ping"})["deno"] == "none"
-    # stands in for Deno: busy for a moment as it starts, then waits on its stdin for the entry
-    busy = "i=0; while [ $i -lt 300000 ]; do i=$((i + 1)); done; exec cat >/dev/null"
-    deno.prepare(DenoCommand(argv=("sh", "-c", busy), args=(), env=()))
+    # stands in for Deno: busy for a moment as it starts, then keeps what it is handed (its pid names the file)
+    busy = f"i=0; while [ $i -lt 300000 ]; do i=$((i + 1)); done; exec cat >{tmp_path}/line-$$"
+    command = DenoCommand(argv=("sh", "-c", busy), args=(), env=())
+    deno.prepare(command)
 
     def pid_when(state: str) -> int:
         deadline = time.monotonic() + 10
@@ -273,21 +276,37 @@ def test_a_refresh_restarts_the_warm_deno_unless_the_machine_is_no_copy(config: 
             time.sleep(0.05)
         return deno._warm.shell.proc.pid
 
+    def handed(pid: int) -> str:  # (a rehearsal waits for the run to end)
+        return (tmp_path / f"line-{pid}").read_text()
+
     first = pid_when("starting")
     assert pid_when("ready") == first
     agent.dispatch({"op": "refresh", "seed": "", "copy": False})
-    assert agent.dispatch({"op": "ping"})["deno"] == "ready" and pid_when("ready") == first
+    assert pid_when("ready") == first and deno._warm is not None and not deno._warm.copied
     agent.dispatch({"op": "refresh", "seed": ""})
-    second = pid_when("ready")
-    assert second != first
-    assert not os.path.exists(f"/proc/{first}"), "the copy's warm Deno was not stopped (and reaped)"
+    assert agent.dispatch({"op": "ping"})["deno"] == "ready" and pid_when("ready") == first
+    assert deno._warm is not None and deno._warm.copied
     # a rehearsal runs a no-op through the ready Deno (it reads its entry and ends) and starts the next
     assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": True}
+    entry, how = handed(first).rstrip("\n").split("\t")
+    assert entry.startswith("file:///") and entry.endswith(".ts") and how == "reseed"
+    second = pid_when("ready")
+    assert second != first and deno._warm is not None and not deno._warm.copied
+    assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": True}
+    assert "\t" not in handed(second)
+    # one being started when the copy is refreshed is a copy's too
     third = pid_when("ready")
-    assert third != second and not os.path.exists(f"/proc/{second}")
-    assert deno._warm is not None
-    deno.stop(deno._warm)
+    taken = deno.take(command)
+    assert taken is not None and taken.shell.proc.pid == third
+    deno.stop(taken)
     assert agent.dispatch({"op": "rehearse"}) == {"rehearsed": False}  # none ready
+    assert not os.path.exists(f"/proc/{third}")
+    deno.prepare(command)
+    agent.dispatch({"op": "refresh", "seed": ""})
+    assert pid_when("ready") != third
+    last = deno.take(command)
+    assert last is not None and last.copied
+    deno.stop(last)
 
 
 def test_a_quiet_job_is_slept_through_not_polled(config: AgentConfig, select_waits: list[float | None]) -> None:

@@ -39,6 +39,7 @@ def test_restore_keeps_files_and_processes_and_refreshes_identity(srv: ServerPro
         ts = c.post(f"/v1/vms/{src}/run-ts", json={"code": "console.log(1)"})
         assert ts.status_code == 200 and ts.json()["stdout"] == "1\n", ts.text
         wait_for("a warm Deno", lambda: _sh(c, src, "pgrep -f 'runner[.]ts' || true") != "", 120)
+        deno_pid = _sh(c, src, "pgrep -f 'runner[.]ts'").strip()
         sleep_pid = _sh(c, src, "pgrep -x sleep").strip()
         r = c.post(f"/v1/vms/{src}/snapshots")
         assert r.status_code == 201, r.text
@@ -63,12 +64,19 @@ def test_restore_keeps_files_and_processes_and_refreshes_identity(srv: ServerPro
             streams.add(_sh(c, vm, "head -c 16 /dev/urandom | od -An -tx1; echo $RANDOM $RANDOM"))
         streams.add(_sh(c, src, "head -c 16 /dev/urandom | od -An -tx1; echo $RANDOM $RANDOM"))
         assert len(streams) == 3, "clones share random streams"
-        # the warm Deno the snapshot holds is not reused by the copies: each gets a Deno of its own
-        randoms = {
-            c.post(f"/v1/vms/{vm}/run-ts", json={"code": "console.log(Math.random())"}).json()["stdout"]
-            for vm in [src, *(v["id"] for v in clones)]
-        }
-        assert len(randoms) == 3, randoms
+        # the warm Deno the snapshot holds serves each copy's first run-ts (no cold start), with random state of
+        # the copy's own: Math.random (reseeded in a copy) and crypto
+        code = "const r = crypto.getRandomValues(new Uint32Array(2)).join();\n"
+        code += "console.log(Deno.pid, Math.random(), Math.random(), crypto.randomUUID(), r);"
+        outs = []
+        for vm in [src, *(v["id"] for v in clones)]:
+            r = c.post(f"/v1/vms/{vm}/run-ts", json={"code": code})
+            assert r.status_code == 200 and r.json()["exitCode"] == 0, r.text
+            outs.append(r.json()["stdout"].split())
+        assert [o[0] for o in outs] == [deno_pid] * 3, outs
+        for i in range(1, 5):
+            assert len({o[i] for o in outs}) == 3, outs
+        assert all(0 <= float(o[i]) < 1 for o in outs for i in (1, 2)), outs
         # a restored VM can itself be snapshotted (its RAM is streamed) and restored again
         r = c.post(f"/v1/vms/{clones[0]['id']}/snapshots")
         assert r.status_code == 201, r.text

@@ -237,7 +237,7 @@ class Agent:
     def _refresh(self, req: dict[str, Any]) -> dict[str, Any]:
         reply = refresh_identity(self.config, req)
         if self.deno is not None and req.get("copy", True) is not False:
-            self.deno.discard()  # a restored copy's Deno shares its random state with the original's
+            self.deno.restored()  # its Deno shares V8's random state with the original's
         return reply
 
     def _ping(self, _: dict[str, Any]) -> dict[str, Any]:

@@ -9,11 +9,15 @@ entry module and imports it; the agent then closes stdin, so the user's code rea
 flags, args) and environment are the ones it was started with: anything else starts Deno cold, and the warm
 one is then replaced by one for the new command line. It starts and waits at nice 19, like warm shells.
 
-Only VMs that use run-ts pay for one (memory of an idle Deno). After a restore or clone the warm Deno is
-dropped and started again: a copy would share its random state (V8's and Deno's RNG seeds) with the original.
-A warm spare (``sheesh.node.warmpool``) starts its own at its restore in the same way, waits until it is
-``ready``, rehearses one run through it (``scripts.rehearse``) and waits for the next; the refresh of its claim
-says it is no copy, so the VM made of it keeps that Deno, ready for its first run-ts.
+Only VMs that use run-ts pay for one (memory of an idle Deno). A snapshot keeps it, so the first run-ts of a VM
+restored from one is not a cold start either. Restored copies share the state their Deno had at the snapshot:
+V8 seeded Math.random from it, so the runner of a copy (``Warm.copied``) first replaces Math.random with a
+generator seeded from ``crypto.getRandomValues``. Deno's crypto is fresh in each copy: its generator is seeded
+from the guest kernel's on first use (the runner uses none before its entry arrives), and the refresh after the
+restore reseeded the kernel's. A VM test checks both in two copies of one snapshot.
+A warm spare (``sheesh.node.warmpool``) rehearses one run through its Deno (``scripts.rehearse``), which starts
+the next one, and waits for it; the refresh of its claim says it is no copy, so the VM made of it gets a Deno
+started after the restore, ready for its first run-ts.
 Runs with their own ``--allow-read`` (without /tmp, where entries are written) always start cold: the runner's
 import of the entry needs read permission on it.
 """
@@ -46,8 +50,30 @@ for (;;) {
   chunks.push(buf.slice(0, n));
   if (buf.subarray(0, n).includes(10)) break;
 }
-const entry = new TextDecoder().decode(new Uint8Array(chunks.flatMap((c) => [...c]))).trim();
+const line = new TextDecoder().decode(new Uint8Array(chunks.flatMap((c) => [...c]))).trim();
+const [entry, how] = line.split("\\t");
 if (!entry) Deno.exit(0);
+if (how === "reseed") {
+  // a restored copy: V8 seeded Math.random from state every copy of the snapshot shares. Deno's crypto draws on
+  // the guest kernel, reseeded at the restore. xoshiro128** from it, 53 bits per number like V8's.
+  const s = crypto.getRandomValues(new Uint32Array(4));
+  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
+  const rotl = (x: number, k: number) => (x << k) | (x >>> (32 - k));
+  const next = () => {
+    const r = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
+    const t = s[1] << 9;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 11);
+    return r;
+  };
+  Math.random = function random() {
+    return ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
+  };
+}
 await import(entry);
 """
 RUNNER_FILE = "runner.ts"
@@ -93,6 +119,8 @@ class Warm:
     shell: Shell
     stdin_fd: int
     run_dir: str
+    copied: bool = False
+    """Started before a restore made this machine a copy (``WarmDeno.restored``): its runner reseeds Math.random."""
     sample: tuple[float, int] | None = None
     """(monotonic time, CPU ticks) when ``settled`` last measured."""
     idle: int = 0
@@ -117,10 +145,12 @@ class Warm:
         return self.idle >= 2
 
     def hand(self, entry: str) -> bool:
-        """Give Deno the entry module to import and close its stdin; False when it died meanwhile."""
+        """Give Deno the entry module to import (and, in a copy, the word to reseed) and close its stdin; False
+        when it died meanwhile."""
         fd, self.stdin_fd = self.stdin_fd, -1
+        line = "file://" + entry + ("\treseed" if self.copied else "")
         try:
-            os.write(fd, ("file://" + entry + "\n").encode())
+            os.write(fd, (line + "\n").encode())
         except BrokenPipeError:
             return False
         finally:
@@ -136,8 +166,8 @@ class WarmDeno:
         self.cgroups = cgroups
         self._warm: Warm | None = None
         self._lock = threading.Lock()
-        self._generation = 0
-        """Counts discards: a start begun before one is thrown away when it completes."""
+        self._copies = 0
+        """Restores as a copy (``restored``) so far: a Deno whose start began before the last one is a copy's."""
         self._starting: DenoCommand | None = None
         """The command line a Deno is being started for (a second ``prepare`` for it starts none)."""
 
@@ -175,38 +205,29 @@ class WarmDeno:
             if self._warm is not None and self._warm.command == command and self._warm.alive():
                 return
             self._starting = command
-            generation = self._generation
-        threading.Thread(target=self._start, args=(command, generation), daemon=True).start()
+            copies = self._copies
+        threading.Thread(target=self._start, args=(command, copies), daemon=True).start()
 
-    def discard(self) -> None:
-        """Stop the warm Deno, or the one being started (after a restore: it must not serve a clone), and start
-        it again for the same command line."""
+    def restored(self) -> None:
+        """This machine is a restored copy of a snapshot: the warm Deno it holds, or the one being started,
+        began before the restore, and its runner reseeds Math.random (``Warm.copied``)."""
         with self._lock:
-            self._generation += 1
-            old, self._warm = self._warm, None
-            again = old.command if old is not None else self._starting  # (a start under way is stale too)
-            self._starting = None
-        if old is not None:
-            self.stop(old)
-        if again is not None:
-            self.prepare(again)
+            self._copies += 1
+            if self._warm is not None:
+                self._warm.copied = True
 
-    def _start(self, command: DenoCommand, generation: int) -> None:
+    def _start(self, command: DenoCommand, copies: int) -> None:
         try:
             warm: Warm | None = self._spawn(command)
         except OSError:
             warm = None
         with self._lock:
-            stale = generation != self._generation
-            if not stale and self._starting == command:
+            if self._starting == command:
                 self._starting = None
             if warm is None:
                 return
-            old = None if stale else self._warm
-            if not stale:
-                self._warm = warm
-        if stale:
-            self.stop(warm)
+            warm.copied = copies != self._copies  # (restored while it started)
+            old, self._warm = self._warm, warm
         if old is not None:
             self.stop(old)
 

@@ -292,9 +292,10 @@ class NodeAgent:
 
     async def _warm(self, spare_id: str) -> None:
         """One command through a warm shell, then the guest's shells made again (up to ``SPARE_WARM_S``), so a
-        claim's first command finds a ready shell and nothing being started beside it; a warm Deno (one the
-        snapshot had, started again at the spare's refresh) ready too, rehearsed once (a no-op run: its code
-        is translated before a run needs it) and ready again (up to ``SPARE_DENO_S`` each); then pause."""
+        claim's first command finds a ready shell and nothing being started beside it; a warm Deno (the one the
+        snapshot had) ready too, rehearsed once (a no-op run: its code is translated before a run needs it;
+        the next one starts after it, so the claim gets a Deno of its own) and ready again (up to
+        ``SPARE_DENO_S`` each); then pause."""
         shells = int((await self.guests.ping(spare_id)).get("warm", 0))
         answer = await self.guests.exec(spare_id, ExecRequest(cmd="true"), 1024)
         if answer.exit_code != 0:
