@@ -4,8 +4,10 @@ interpreter's own start-up costs there), and the ratio. Runs are timed first in 
 (run-ts: the warm Deno started after a run is ready), then back to back. Prints numbers.
 
 Then the first run-ts in VMs made from a snapshot of that VM (which holds a warm Deno): right after a create
-that restores it (the copy's Deno is started again at its refresh: its random state must be its own) and right
-after a create that claims a warm spare of it (the spare started its own Deno and waited for it).
+that restores it (the copy keeps the snapshot's Deno; only the guest's code translation is cold after a restore)
+and right after a create that claims a warm spare of it (the spare rehearsed a run and waited for the next Deno).
+Next to the restores: the same program started cold by a shell first thing in a copy made the same way (what a
+copy's first run-ts cost when the snapshot's Deno was not kept), and the ratio.
 
 Usage: .venv/bin/python bench/run_ts.py [--runs 10] [--mem 512] [--gap 8] [--clones 3]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import httpx
 from _common import percentile, running_server
@@ -42,6 +45,32 @@ def _runs(c: httpx.Client, vm: str, endpoint: str, n: int, gap_s: float) -> list
     return times
 
 
+def _copies(c: httpx.Client, log: Path, body: dict[str, object], n: int) -> dict[str, list[float]]:
+    """Create -> first run-ts times of VMs made from a snapshot: ``restored`` (the create restored it),
+    ``spare`` (it claimed a warm spare), and ``cold`` (restored, then the program started cold by a shell)."""
+    made: dict[str, list[float]] = {"restored": [], "spare": [], "cold": []}
+    while min(len(v) for v in made.values()) < n:
+        ready = log.read_text().count("ready in")
+        t0 = time.perf_counter()
+        clone = c.post("/v1/vms", json=body).raise_for_status().json()["id"]
+        created = time.perf_counter() - t0
+        claimed = f"{clone}: spare" in log.read_text()
+        if claimed:
+            made["spare"].append(created + _runs(c, clone, "run-ts", 1, 0)[0])
+        elif len(made["cold"]) < len(made["restored"]):
+            t0 = time.perf_counter()
+            c.post(f"/v1/vms/{clone}/exec", json={"cmd": FLOOR["run-ts"]}).raise_for_status()
+            made["cold"].append(created + time.perf_counter() - t0)
+        else:
+            made["restored"].append(created + _runs(c, clone, "run-ts", 1, 0)[0])
+        if not claimed:  # next: a create that claims the spare this one made
+            deadline = time.monotonic() + 120
+            while log.read_text().count("ready in") <= ready and time.monotonic() < deadline:
+                time.sleep(0.2)
+        c.delete(f"/v1/vms/{clone}").raise_for_status()
+    return made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
@@ -62,19 +91,7 @@ def main() -> None:
         _runs(c, vm, "run-ts", 1, 0)
         time.sleep(args.gap)  # the warm Deno is ready
         snap = c.post(f"/v1/vms/{vm}/snapshots").raise_for_status().json()["id"]
-        made: dict[str, list[float]] = {"restored": [], "spare": []}
-        while min(len(v) for v in made.values()) < args.clones:
-            ready = server.log.read_text().count("ready in")
-            t0 = time.perf_counter()
-            clone = c.post("/v1/vms", json={**shape, "snapshotId": snap}).raise_for_status().json()["id"]
-            created = time.perf_counter() - t0
-            claimed = f"{clone}: spare" in server.log.read_text()
-            made["spare" if claimed else "restored"].append(created + _runs(c, clone, "run-ts", 1, 0)[0])
-            if not claimed:  # next: a create that claims the spare this one made
-                deadline = time.monotonic() + 120
-                while server.log.read_text().count("ready in") <= ready and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            c.delete(f"/v1/vms/{clone}").raise_for_status()
+        made = _copies(c, server.log, {**shape, "snapshotId": snap}, args.clones)
         c.delete(f"/v1/vms/{vm}").raise_for_status()
     for endpoint, (first, gapped, b2b, floors) in results.items():
         floor = percentile(floors, 0.5)
@@ -98,6 +115,12 @@ def main() -> None:
             f"p50 {p50 * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; ratio to the cold floor {p50 / floor:.2f}, "
             f"to a warm run ({warm * 1000:.0f} ms) {p50 / warm:.2f}"
         )
+    cold = percentile(made["cold"], 0.5)
+    restored = percentile(made["restored"], 0.5)
+    print(
+        f"  the same create -> the program started cold by a shell first thing in the copy (n={len(made['cold'])}): "
+        f"p50 {cold * 1000:.0f} ms; the restore's first run-ts through the kept Deno: {restored / cold:.2f} of that"
+    )
 
 
 if __name__ == "__main__":
