@@ -1,7 +1,8 @@
 """Benchmark: creates across two `sheesh node` hosts next to their floor, the same creates on the control plane's
 embedded node alone, in the same run. Both from warm per-node templates; creates are sent `--parallel` at a
-time. Prints the spread over the nodes and create latency p50/p99 of both.
-Usage: .venv/bin/python bench/multinode.py [--n 12] [--parallel 2] [--vmm qemu|fake]
+time. Prints the spread over the nodes and create latency p50/p99 of both. Then the exec round trip of `true` on
+a VM of a `sheesh node` host next to its floor, the same on a VM of the embedded node (no node hop).
+Usage: .venv/bin/python bench/multinode.py [--n 12] [--parallel 2] [--vmm qemu|fake] [--execs 100]
 """
 
 from __future__ import annotations
@@ -46,9 +47,20 @@ def creates(c: httpx.Client, n: int, parallel: int) -> tuple[list[float], Counte
     return [s for s, _, _ in made], Counter(node for _, node, _ in made)
 
 
+def execs(c: httpx.Client, vm_id: str, n: int) -> list[float]:
+    """Round trips of ``n`` execs of ``true`` on ``vm_id``, back to back (after one to warm up)."""
+    c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).raise_for_status()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).raise_for_status()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def line(what: str, values: list[float]) -> str:
     p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
-    return f"{what}: p50 {p50:.0f} ms, p99 {p99:.0f} ms (n={len(values)})"
+    return f"{what}: p50 {p50:.1f} ms, p99 {p99:.1f} ms (n={len(values)})"
 
 
 def main() -> None:
@@ -56,6 +68,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--vmm", default="qemu")
+    parser.add_argument("--execs", type=int, default=100)
     args = parser.parse_args()
     env = {"SHEESH_VMM": args.vmm, "SHEESH_NETWORK": "off", "SHEESH_TEMPLATES": "true"}
     with running_server(**env) as srv, srv.client(timeout=300) as c, tempfile.TemporaryDirectory() as tmp:
@@ -89,12 +102,22 @@ def run(c: httpx.Client, srv: ServerProcess, args: argparse.Namespace, tmp: Path
             warm(c, name)
             c.post(f"/v1/nodes/{other}/undrain").raise_for_status()
         multi, spread = creates(c, args.n, args.parallel)
+        c.post("/v1/nodes/n2/drain").raise_for_status()
+        remote = c.post("/v1/vms", json=VM).raise_for_status().json()
+        c.post("/v1/nodes/local/undrain").raise_for_status()
+        c.post("/v1/nodes/n1/drain").raise_for_status()
+        local = c.post("/v1/vms", json=VM).raise_for_status().json()
+        assert (remote["node"], local["node"]) == ("n1", "local"), (remote["node"], local["node"])
+        remote_execs, local_execs = execs(c, remote["id"], args.execs), execs(c, local["id"], args.execs)
     print(f"VMM {args.vmm}, {args.parallel} creates at a time, from warm templates")
     print(line("floor: create -> RUNNING on the embedded node alone", single))
     print(line("create -> RUNNING across two sheesh node hosts", multi))
     print(f"spread: {dict(sorted(spread.items()))}")
     ratio = percentile(multi, 0.5) / percentile(single, 0.5)
     print(f"ratio p50 two nodes / one node: {ratio:.2f}x")
+    print(line("floor: exec round trip `true` on a VM of the embedded node", local_execs))
+    print(line("exec round trip `true` on a VM of a sheesh node host", remote_execs))
+    print(f"ratio p50 remote / embedded: {percentile(remote_execs, 0.5) / percentile(local_execs, 0.5):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """VM lifecycle on fakes: state machine, conflicts, failure cleanup, recovery."""
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import pytest
 
 from sheesh.config import Settings
 from sheesh.control.ipam import allocate_ip
 from sheesh.control.vms import CreateVm
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
-from sheesh.models import ExecRequest, VmState, can_transition
+from sheesh.execstream import StreamRequest
+from sheesh.models import ExecRequest, ScriptRequest, VmState, can_transition
 from tests.fakes import fake_services
 
 REQ = CreateVm(cpu=1, mem_mb=256, allow_ips=["172.16.0.1/32"])
@@ -75,6 +78,43 @@ async def test_exec_applies_default_timeout(settings: Settings) -> None:
     vm = await svc.vms.create(REQ)
     result = await svc.execs.exec(vm.id, ExecRequest("echo hi"))
     assert result.stdout == "echo hi" and result.exit_code == 0
+
+
+async def test_guest_operations_ask_the_node_only_when_they_fail(settings: Settings) -> None:
+    """A guest operation on a RUNNING VM goes straight to its node: asking first whether its machine runs cost
+    each operation on a remote node a round trip. When the node refuses it and says the machine is gone, the
+    store learns it and the caller gets ConflictError (409); when the machine still runs, the node's error
+    stands."""
+    svc, node = fake_services(settings)
+    vm = await svc.vms.create(REQ)
+    node.asked.clear()
+    assert (await svc.execs.exec(vm.id, ExecRequest("true"))).exit_code == 0
+    assert node.asked == []
+    node.fail_next = UnavailableError("guest agent connection failed")
+    with pytest.raises(UnavailableError, match="connection failed"):
+        await svc.execs.exec(vm.id, ExecRequest("true"))
+    assert node.asked == [vm.id] and svc.vms.get(vm.id).state == VmState.RUNNING
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"tar.gz"
+
+    operations: dict[str, Callable[[], Awaitable[object]]] = {
+        "exec": lambda: svc.execs.exec(vm.id, ExecRequest("true")),
+        "exec_stream": lambda: svc.execs.exec_stream(vm.id, StreamRequest(cmd="true")),
+        "run_ts": lambda: svc.execs.run_script(vm.id, ScriptRequest(code="1")),
+        "upload": lambda: svc.execs.upload(vm.id, "/workspace", body()),
+        "download": lambda: svc.execs.download(vm.id, "/workspace/x"),
+    }
+    node.running.discard(vm.id)  # the guest powered itself off
+    for name, operation in operations.items():
+        stale = svc.vms.get(vm.id)
+        stale.state = VmState.RUNNING  # the store has not learnt it yet
+        svc.store.save_vm(stale)
+        with pytest.raises(ConflictError, match=f"VM {vm.id} is not running"):
+            await operation()
+        assert svc.vms.get(vm.id).state == VmState.STOPPED, name
+        assert (name, vm.id) in node.calls
+    assert not svc.vms._in_use, "a failed operation left its VM held"
 
 
 async def test_reconcile_and_recover(settings: Settings) -> None:

@@ -25,6 +25,7 @@ from sheesh.models import (
     ScriptLanguage,
     ScriptRequest,
     ScriptResult,
+    Vm,
 )
 from sheesh.store.repo import Store
 
@@ -114,7 +115,7 @@ class ExecService:
         """Start a streaming command (``sheesh.execstream``). Like exec, each output stream is capped at the
         exec output limit and the timeout at the exec maximum (the default); a terminal session is neither
         capped nor timed out unless it asks (it ends with its shell or its client)."""
-        await self.vms.running(vm_id, "exec")
+        vm = await self.vms.running(vm_id, "exec")
         self.vms.hold(vm_id)  # released when the stream ends
         timeout = req.timeout_ms or (None if req.pty else self.settings.exec_max_timeout_ms)
         limit = None if req.pty else self.settings.exec_output_limit_bytes
@@ -135,9 +136,10 @@ class ExecService:
             )
 
         try:
-            stream = await self.vms.node_of(vm_id).exec_stream(
-                vm_id, dataclasses.replace(req, timeout_ms=timeout), limit
-            )
+            async with self.vms.machine_checked(vm):
+                stream = await self.vms.nodes.of(vm).exec_stream(
+                    vm_id, dataclasses.replace(req, timeout_ms=timeout), limit
+                )
         except SheeshError as exc:
             record(None, "", "", exc.message)
             raise
@@ -211,10 +213,10 @@ class ExecService:
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""
-        async with self.vms.in_use(vm_id, "upload"):
-            return await self._upload(vm_id, dest, chunks)
+        async with self.vms.in_use(vm_id, "upload") as vm:
+            return await self._upload(vm, dest, chunks)
 
-    async def _upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
+    async def _upload(self, vm: Vm, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         limit = self.settings.upload_max_bytes
 
         async def counted() -> AsyncIterator[bytes]:
@@ -225,13 +227,14 @@ class ExecService:
                     raise PayloadTooLargeError(f"upload exceeds {limit} bytes (compressed)")
                 yield chunk
 
-        return await self.vms.node_of(vm_id).upload(vm_id, dest, counted(), self.settings.upload_max_expanded_bytes)
+        return await self.vms.nodes.of(vm).upload(vm.id, dest, counted(), self.settings.upload_max_expanded_bytes)
 
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
-        await self.vms.running(vm_id, "download")
+        vm = await self.vms.running(vm_id, "download")
         self.vms.hold(vm_id)
         try:
-            chunks = await self.vms.node_of(vm_id).download(vm_id, path)
+            async with self.vms.machine_checked(vm):
+                chunks = await self.vms.nodes.of(vm).download(vm_id, path)
         except BaseException:
             self.vms.release(vm_id)
             raise

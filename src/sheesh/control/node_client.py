@@ -92,6 +92,11 @@ class FakeNodeClient:
             exc, self.fail_next = self.fail_next, None
             raise exc
 
+    def _require_running(self, vm_id: str) -> None:
+        """As the node agent refuses a guest operation on a VM whose machine does not run."""
+        if vm_id not in self.running:
+            raise UnavailableError(f"VM {vm_id} is not running")
+
     async def create(self, spec: NodeVmSpec) -> None:
         self._record("create", spec.vm_id)
         if spec.vm_id in self.running:
@@ -135,14 +140,12 @@ class FakeNodeClient:
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         self._record("exec", vm_id)
-        if vm_id not in self.running:
-            raise UnavailableError(f"VM {vm_id} is not running")
+        self._require_running(vm_id)
         return self.exec_result or ExecResult(0, req.cmd, "")
 
     async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> FakeExecStream:
         self._record("exec_stream", vm_id)
-        if vm_id not in self.running:
-            raise UnavailableError(f"VM {vm_id} is not running")
+        self._require_running(vm_id)
         self.streams.append(FakeExecStream(req))
         return self.streams[-1]
 
@@ -150,16 +153,19 @@ class FakeNodeClient:
         self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
     ) -> ScriptResult:
         self._record(f"run_{req.language}", vm_id)
+        self._require_running(vm_id)
         return ScriptResult(0, req.code or req.path or "", "", result={"allowNet": allow_net}, has_result=True)
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
         self._record("upload", vm_id)
+        self._require_running(vm_id)
         data = b"".join([c async for c in chunks])
         self.uploads[(vm_id, dest)] = data
         return {"files": 1, "bytes": len(data)}
 
     async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
         self._record("download", vm_id)
+        self._require_running(vm_id)
         payload = self.uploads.get((vm_id, path))
         if payload is None:
             raise NotFoundError(f"{path} does not exist")

@@ -409,17 +409,33 @@ class VmService:
         self._locks.pop(vm_id, None)
 
     async def running(self, vm_id: str, what: str) -> Vm:
-        """The VM, running (resumed first if auto-pause paused it), for a guest operation ``what``.
+        """The VM, running by the store (resumed first if auto-pause paused it), for a guest operation ``what``.
+        Whether its machine still runs is left to the operation itself, run under ``machine_checked``: its node
+        refuses it at once otherwise, and asking first cost every guest operation on a remote node a round trip.
 
         :raise ConflictError: it is not running (nor auto-paused)
         """
         vm = await self._awake(self._reachable(self.get(vm_id)))
         if vm.state != VmState.RUNNING:
             raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
-        if not await self.nodes.of(vm).is_running(vm_id):
-            await self.reconcile()
-            raise ConflictError(f"VM {vm_id} is not running")
         return vm
+
+    @contextlib.asynccontextmanager
+    async def machine_checked(self, vm: Vm) -> AsyncIterator[None]:
+        """Run a guest operation on ``vm`` (``running``). When its node answers it as unavailable and says the
+        VM's machine no longer runs, the store learns it (``reconcile``) and the caller gets ConflictError, as
+        for any VM that is not running; otherwise the node's error stands (its agent may just be busy)."""
+        try:
+            yield
+        except UnavailableError as exc:
+            try:
+                gone = not await self.nodes.of(vm).is_running(vm.id)
+            except SheeshError:
+                gone = False  # (the node itself is unreachable: its error says so)
+            if not gone:
+                raise
+            await self.reconcile()
+            raise ConflictError(f"VM {vm.id} is not running") from exc
 
     async def touch(self, vm_id: str) -> None:
         """The VM's guest is about to be used outside the API (a console): resume it if auto-pause paused it."""
@@ -434,11 +450,13 @@ class VmService:
 
     @contextlib.asynccontextmanager
     async def in_use(self, vm_id: str, what: str) -> AsyncIterator[Vm]:
-        """``running``, and the VM counts as in use (never auto-paused) until the block ends."""
+        """``running``, and the VM counts as in use (never auto-paused) until the block ends, which runs
+        ``machine_checked``."""
         vm = await self.running(vm_id, what)
         self.hold(vm_id)
         try:
-            yield vm
+            async with self.machine_checked(vm):
+                yield vm
         finally:
             self.release(vm_id)
 
