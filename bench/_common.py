@@ -6,8 +6,12 @@ import contextlib
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,6 +26,29 @@ def ssh_argv(key: Path, port: int, *command: str) -> list[str]:
     """``ssh`` as root to a rerobots instance's forwarded port on 127.0.0.1, with ``key``, running ``command``."""
     argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
     return [*argv, "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", *command]
+
+
+def rerobots_instance(c: httpx.Client, key: Path) -> dict[str, Any]:
+    """Launch a rerobots ``basic_vm`` instance and wait until it is past INIT; its SSH key written to ``key``
+    (mode 600). The instance's record (``status``, ``vmId``, ``fwd``: the forwarded SSH port)."""
+    launched = c.post("/new/basic_vm", content=b"{}").raise_for_status().json()
+    while (info := c.get(f"/instance/{launched['id']}").json())["status"] == "INIT":
+        time.sleep(0.01)
+    key.write_text(launched["sshkey"])
+    key.chmod(0o600)
+    record: dict[str, Any] = info
+    return record
+
+
+def exec_times(c: httpx.Client, vm_id: str, n: int, gap_s: float = 0.0) -> list[float]:
+    """Round trips (seconds) of ``n`` execs of ``true`` on ``vm_id``, each after ``gap_s`` idle."""
+    times = []
+    for _ in range(n):
+        time.sleep(gap_s)
+        t0 = time.perf_counter()
+        c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).raise_for_status()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from _common import percentile, running_server
+from _common import exec_times, percentile, running_server
 from tests.server import free_port, stop_process, wait_for
 
 
@@ -129,12 +129,7 @@ def exec_isolation(c: httpx.Client, slow_vm: str, fast_vm: str) -> None:
     """One long exec must not delay another VM's exec."""
 
     def fast_execs() -> list[float]:
-        out = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            c.post(f"/v1/vms/{fast_vm}/exec", json={"cmd": "true"}).raise_for_status()
-            out.append(time.perf_counter() - t0)
-        return out
+        return exec_times(c, fast_vm, 10)
 
     alone = fast_execs()
     with ThreadPoolExecutor(4) as pool:

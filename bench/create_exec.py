@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import percentile, running_server, ssh_argv
+from _common import exec_times, percentile, rerobots_instance, running_server, ssh_argv
 
 BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"]}
 GUEST_FLOOR = """
@@ -54,31 +54,10 @@ print(json.dumps(times))
 """
 
 
-def _instance(c: httpx.Client, key: Path) -> tuple[str, int]:
-    """A rerobots instance (a VM whose root logs in over SSH with ``key``): its VM id and SSH port."""
-    launched = c.post("/new/basic_vm", content=b"{}").raise_for_status().json()
-    while (info := c.get(f"/instance/{launched['id']}").json())["status"] == "INIT":
-        time.sleep(0.05)
-    assert info["status"] == "READY", info
-    key.write_text(launched["sshkey"])
-    key.chmod(0o600)
-    return str(info["vmId"]), int(info["fwd"]["port"])
-
-
 def _root_floor(key: Path, port: int, script: str) -> dict[str, list[float]]:
     argv = ssh_argv(key, port, "python3", "-")
     out = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=700, check=True)
     times: dict[str, list[float]] = json.loads(out.stdout)
-    return times
-
-
-def _exec_times(c: httpx.Client, vm: str, n: int, gap_s: float) -> list[float]:
-    times = []
-    for _ in range(n):
-        time.sleep(gap_s)
-        t0 = time.perf_counter()
-        c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}).raise_for_status()
-        times.append(time.perf_counter() - t0)
     return times
 
 
@@ -114,10 +93,12 @@ def main() -> None:
             firsts.append(time.perf_counter() - t0)
         for vm in vms:
             c.delete(f"/v1/vms/{vm}").raise_for_status()
-        vm, port = _instance(c, Path(tmp) / "key")
+        info = rerobots_instance(c, Path(tmp) / "key")
+        assert info["status"] == "READY", info
+        vm, port = str(info["vmId"]), int(info["fwd"]["port"])
         settled_s = _settle(c, vm)
-        rtts = _exec_times(c, vm, args.execs, 0.0)
-        gapped = _exec_times(c, vm, min(30, args.execs), 0.3)
+        rtts = exec_times(c, vm, args.execs, 0.0)
+        gapped = exec_times(c, vm, min(30, args.execs), 0.3)
         script = GUEST_FLOOR % {"n": min(60, args.execs), "gaps": min(30, args.execs)}
         floors = _root_floor(Path(tmp) / "key", port, script)
         floor_cmd = {"cmd": f"python3 -c {shlex.quote(script)}", "timeoutMs": 600000}

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from _common import percentile, running_server
+from _common import exec_times, percentile, running_server
 from tests.server import NodeProcess, ServerProcess, nodes_by_name, running_nodes, wait_for
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
@@ -45,17 +45,6 @@ def creates(c: httpx.Client, n: int, parallel: int) -> tuple[list[float], Counte
     for _, _, vm_id in made:
         c.delete(f"/v1/vms/{vm_id}").raise_for_status()
     return [s for s, _, _ in made], Counter(node for _, node, _ in made)
-
-
-def execs(c: httpx.Client, vm_id: str, n: int) -> list[float]:
-    """Round trips of ``n`` execs of ``true`` on ``vm_id``, back to back (after one to warm up)."""
-    c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).raise_for_status()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).raise_for_status()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def line(what: str, values: list[float]) -> str:
@@ -108,7 +97,7 @@ def run(c: httpx.Client, srv: ServerProcess, args: argparse.Namespace, tmp: Path
         c.post("/v1/nodes/n1/drain").raise_for_status()
         local = c.post("/v1/vms", json=VM).raise_for_status().json()
         assert (remote["node"], local["node"]) == ("n1", "local"), (remote["node"], local["node"])
-        remote_execs, local_execs = execs(c, remote["id"], args.execs), execs(c, local["id"], args.execs)
+        remote_execs, local_execs = (exec_times(c, vm["id"], 1 + args.execs)[1:] for vm in (remote, local))
     print(f"VMM {args.vmm}, {args.parallel} creates at a time, from warm templates")
     print(line("floor: create -> RUNNING on the embedded node alone", single))
     print(line("create -> RUNNING across two sheesh node hosts", multi))

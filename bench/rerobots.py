@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import percentile, running_server, ssh_argv
+from _common import percentile, rerobots_instance, running_server, ssh_argv
 
 VM = {"cpu": 1, "memMb": 256, "allowIps": []}
 
@@ -27,14 +27,10 @@ def _ssh(key: Path, port: int, command: str) -> bool:
 
 
 def _instance(c: httpx.Client, tmp: Path) -> tuple[float, float, dict[str, Any], Path]:
+    key = tmp / "key"  # (each round's instance is terminated before the next one starts)
     t0 = time.perf_counter()
-    launched = c.post("/new/basic_vm", content=b"{}").raise_for_status().json()
-    while (info := c.get(f"/instance/{launched['id']}").json())["status"] == "INIT":
-        time.sleep(0.01)
+    info = rerobots_instance(c, key)
     ready = time.perf_counter() - t0
-    key = tmp / launched["id"]
-    key.write_text(launched["sshkey"])
-    key.chmod(0o600)
     while not _ssh(key, info["fwd"]["port"], "true"):
         time.sleep(0.05)
     return ready, time.perf_counter() - t0, info, key
