@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from sheesh.config import Settings
 from sheesh.control.metrics import Metrics
-from sheesh.control.vms import VmService
+from sheesh.control.vms import VmRef, VmService
 from sheesh.errors import PayloadTooLargeError, SheeshError
 from sheesh.execstream import STDOUT, ExecStream, StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.models import (
@@ -101,8 +101,9 @@ class ExecService:
     vms: VmService
     metrics: Metrics | None = None
 
-    async def exec(self, vm_id: str, req: ExecRequest) -> ExecResult:
-        async with self.vms.in_use(vm_id, "exec") as vm:
+    async def exec(self, vm_ref: VmRef, req: ExecRequest) -> ExecResult:
+        async with self.vms.in_use(vm_ref, "exec") as vm:
+            vm_id = vm.id
             node = self.vms.nodes.of(vm)
             timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
             limit = self.settings.exec_output_limit_bytes
@@ -111,11 +112,12 @@ class ExecService:
                 vm_id, ExecKind.EXEC, req.cmd[:EXEC_LOG_COMMAND], lambda: node.exec(vm_id, request, limit)
             )
 
-    async def exec_stream(self, vm_id: str, req: StreamRequest) -> ExecStream:
+    async def exec_stream(self, vm_ref: VmRef, req: StreamRequest) -> ExecStream:
         """Start a streaming command (``sheesh.execstream``). Like exec, each output stream is capped at the
         exec output limit and the timeout at the exec maximum (the default); a terminal session is neither
         capped nor timed out unless it asks (it ends with its shell or its client)."""
-        vm = await self.vms.running(vm_id, "exec")
+        vm = await self.vms.running(vm_ref, "exec")
+        vm_id = vm.id
         self.vms.hold(vm_id)  # released when the stream ends
         timeout = req.timeout_ms or (None if req.pty else self.settings.exec_max_timeout_ms)
         limit = None if req.pty else self.settings.exec_output_limit_bytes
@@ -173,11 +175,12 @@ class ExecService:
         )
         self.vms.history.add(entry)
 
-    async def run_script(self, vm_id: str, req: ScriptRequest) -> ScriptResult:
+    async def run_script(self, vm_ref: VmRef, req: ScriptRequest) -> ScriptResult:
         """run-ts or run-js. Deno gets network permission only where the VM has egress: all hosts with
         outbound internet, else the single addresses of its allowlist."""
         kind = ExecKind.RUN_TS if req.language == ScriptLanguage.TS else ExecKind.RUN_JS
-        async with self.vms.in_use(vm_id, kind.value) as vm:
+        async with self.vms.in_use(vm_ref, kind.value) as vm:
+            vm_id = vm.id
             allow_net: bool | list[str] = True if vm.outbound_internet else _single_hosts(vm.allow_ips)
             timeout = req.timeout_ms or self.settings.exec_max_timeout_ms
             req = dataclasses.replace(req, timeout_ms=timeout)
@@ -211,9 +214,9 @@ class ExecService:
         self.vms.get(vm_id)
         return self.vms.history.list(vm_id, kind, limit)
 
-    async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
+    async def upload(self, vm_ref: VmRef, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
         """Upload a tar.gz; more than ``upload_max_bytes`` compressed raises PayloadTooLargeError."""
-        async with self.vms.in_use(vm_id, "upload") as vm:
+        async with self.vms.in_use(vm_ref, "upload") as vm:
             return await self._upload(vm, dest, chunks)
 
     async def _upload(self, vm: Vm, dest: str, chunks: AsyncIterator[bytes]) -> dict[str, int]:
@@ -229,8 +232,9 @@ class ExecService:
 
         return await self.vms.nodes.of(vm).upload(vm.id, dest, counted(), self.settings.upload_max_expanded_bytes)
 
-    async def download(self, vm_id: str, path: str) -> AsyncIterator[bytes]:
-        vm = await self.vms.running(vm_id, "download")
+    async def download(self, vm_ref: VmRef, path: str) -> AsyncIterator[bytes]:
+        vm = await self.vms.running(vm_ref, "download")
+        vm_id = vm.id
         self.vms.hold(vm_id)
         try:
             async with self.vms.machine_checked(vm):

@@ -45,6 +45,10 @@ MAX_PORT_FORWARDS = 16
 
 _ACTIVE = (VmState.RUNNING, VmState.STARTING, VmState.CREATING, VmState.STOPPING, VmState.PAUSED)
 
+VmRef = str | Vm
+"""A VM for a guest operation (``VmService.running``): its id, or its record as read for the request being served
+(saves reading it again: the API's ownership check has just read it)."""
+
 
 def vm_net(vm: Vm) -> VmNet:
     """The node's view of a VM's address and traffic policy."""
@@ -408,16 +412,16 @@ class VmService:
             self.store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
 
-    async def running(self, vm_id: str, what: str) -> Vm:
+    async def running(self, vm: VmRef, what: str) -> Vm:
         """The VM, running by the store (resumed first if auto-pause paused it), for a guest operation ``what``.
         Whether its machine still runs is left to the operation itself, run under ``machine_checked``: its node
         refuses it at once otherwise, and asking first cost every guest operation on a remote node a round trip.
 
         :raise ConflictError: it is not running (nor auto-paused)
         """
-        vm = await self._awake(self._reachable(self.get(vm_id)))
+        vm = await self._awake(self._reachable(vm if isinstance(vm, Vm) else self.get(vm)))
         if vm.state != VmState.RUNNING:
-            raise ConflictError(f"VM {vm_id} is {vm.state}; {what} needs a running VM")
+            raise ConflictError(f"VM {vm.id} is {vm.state}; {what} needs a running VM")
         return vm
 
     @contextlib.asynccontextmanager
@@ -449,16 +453,16 @@ class VmService:
         return vm
 
     @contextlib.asynccontextmanager
-    async def in_use(self, vm_id: str, what: str) -> AsyncIterator[Vm]:
+    async def in_use(self, vm: VmRef, what: str) -> AsyncIterator[Vm]:
         """``running``, and the VM counts as in use (never auto-paused) until the block ends, which runs
         ``machine_checked``."""
-        vm = await self.running(vm_id, what)
-        self.hold(vm_id)
+        vm = await self.running(vm, what)
+        self.hold(vm.id)
         try:
             async with self.machine_checked(vm):
                 yield vm
         finally:
-            self.release(vm_id)
+            self.release(vm.id)
 
     def hold(self, vm_id: str) -> None:
         """One more guest operation in flight on the VM (``release`` ends it)."""

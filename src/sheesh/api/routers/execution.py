@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from sheesh.api.deps import (
+    OwnedVm,
     OwnedVmId,
     ServicesDep,
     enforce_rate_limit,
@@ -23,7 +24,7 @@ from sheesh.api.schemas import ExecBody, ExecLogOut, ExecOut, ExecStreamBody, Ru
 from sheesh.control.services import Services
 from sheesh.errors import InvalidInputError, NotFoundError, SheeshError
 from sheesh.execstream import ExecStream, StreamRequest
-from sheesh.models import ExecKind, ExecRequest, ScriptLanguage, ScriptRequest
+from sheesh.models import ExecKind, ExecRequest, ScriptLanguage, ScriptRequest, Vm
 from sheesh.streambridge import refuse, serve_stream
 
 router = APIRouter(prefix="/v1/vms", tags=["exec"], responses=LIMITED)
@@ -44,9 +45,9 @@ def check_timeout(svc: Services, timeout_ms: int | None) -> None:
     summary="Run a shell command (bash -lc) as uid/gid 1000",
     dependencies=[Depends(rate_limited("exec"))],
 )
-async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut:
+async def exec_vm(vm: OwnedVm, body: ExecBody, svc: ServicesDep) -> ExecOut:
     check_timeout(svc, body.timeout_ms)
-    result = await svc.execs.exec(vm_id, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
+    result = await svc.execs.exec(vm, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
     return ExecOut(
         exitCode=result.exit_code,
         stdout=result.stdout,
@@ -56,9 +57,7 @@ async def exec_vm(vm_id: OwnedVmId, body: ExecBody, svc: ServicesDep) -> ExecOut
     )
 
 
-async def _run_script(
-    svc: ServicesDep, vm_id: str, body: RunTsBody | RunJsBody, language: ScriptLanguage
-) -> JSONResponse:
+async def _run_script(svc: ServicesDep, vm: Vm, body: RunTsBody | RunJsBody, language: ScriptLanguage) -> JSONResponse:
     check_timeout(svc, body.timeout_ms)
     req = ScriptRequest(
         language=language,
@@ -70,7 +69,7 @@ async def _run_script(
         timeout_ms=body.timeout_ms,
         error_stack=body.error_stack,
     )
-    res = await svc.execs.run_script(vm_id, req)
+    res = await svc.execs.run_script(vm, req)
     out: dict[str, Any] = {"exitCode": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
     if res.has_result:
         out["result"] = res.result
@@ -86,8 +85,8 @@ async def _run_script(
     response_model=RunTsOut,
     dependencies=[Depends(rate_limited("run_ts"))],
 )
-async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
-    return await _run_script(svc, vm_id, body, ScriptLanguage.TS)
+async def run_ts(vm: OwnedVm, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
+    return await _run_script(svc, vm, body, ScriptLanguage.TS)
 
 
 @router.post(
@@ -96,8 +95,8 @@ async def run_ts(vm_id: OwnedVmId, body: RunTsBody, svc: ServicesDep) -> JSONRes
     response_model=RunTsOut,
     dependencies=[Depends(rate_limited("run_js"))],
 )
-async def run_js(vm_id: OwnedVmId, body: RunJsBody, svc: ServicesDep) -> JSONResponse:
-    return await _run_script(svc, vm_id, body, ScriptLanguage.JS)
+async def run_js(vm: OwnedVm, body: RunJsBody, svc: ServicesDep) -> JSONResponse:
+    return await _run_script(svc, vm, body, ScriptLanguage.JS)
 
 
 @router.get("/{vm_id}/exec-logs", summary="Recent exec, run-ts and run-js calls of a VM, newest first")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from sheesh.api.deps import OwnedVmId, ServicesDep, rate_limited
+from sheesh.api.deps import OwnedVm, ServicesDep, rate_limited
 from sheesh.api.routers.vms import LIMITED
 from sheesh.api.schemas import workspace_path
 from sheesh.errors import InvalidInputError, PayloadTooLargeError
@@ -32,7 +32,7 @@ GZIP_TYPES = {"application/gzip", "application/x-gzip", "application/x-tar+gzip"
     },
 )
 async def upload(
-    vm_id: OwnedVmId,
+    vm: OwnedVm,
     request: Request,
     svc: ServicesDep,
     dest: Annotated[str, Query(description="Destination directory under /workspace")],
@@ -45,7 +45,7 @@ async def upload(
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLargeError(f"upload exceeds {limit} bytes (compressed)")
-    await svc.execs.upload(vm_id, dest, request.stream())
+    await svc.execs.upload(vm, dest, request.stream())
     return Response(status_code=204)
 
 
@@ -62,12 +62,12 @@ def _check_dest(path: str) -> None:
     responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def download(
-    vm_id: OwnedVmId,
+    vm: OwnedVm,
     svc: ServicesDep,
     path: Annotated[str, Query(description="Directory to download (under /workspace)")],
 ) -> StreamingResponse:
     _check_dest(path)
-    stream = await svc.execs.download(vm_id, path)
+    stream = await svc.execs.download(vm, path)
     name = (path.rstrip("/").rsplit("/", 1)[-1] or "workspace") + ".tar.gz"
     return StreamingResponse(
         stream, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'}

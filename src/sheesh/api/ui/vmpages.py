@@ -238,9 +238,9 @@ async def _listing(
 async def download(
     vm_id: str, session: SessionDep, svc: ServicesDep, request: Request, path: Annotated[str, Query()] = "/workspace"
 ) -> StreamingResponse:
-    owned(svc, session, vm_id)
+    vm = owned(svc, session, vm_id)
     enforce_rate_limit(request, svc, "download")
-    return await rest_download(vm_id, svc, path)
+    return await rest_download(vm, svc, path)
 
 
 @router.post("/{vm_id}/firewall", response_class=HTMLResponse)
