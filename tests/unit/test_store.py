@@ -7,9 +7,12 @@ from sqlalchemy import create_engine, inspect, text
 
 from sheesh.models import (
     ApiKey,
+    FirewallAction,
+    FirewallRule,
     Image,
     NodeRecord,
     NodeState,
+    PortForward,
     ProvisionMode,
     Role,
     TimeoutAction,
@@ -67,6 +70,40 @@ def test_vm_roundtrip_update_delete(store: Store) -> None:
     assert store.used_ips() == {"172.16.0.2"}
     store.delete_vm("vm-1")
     assert store.get_vm("vm-1") is None and store.list_vms() == []
+
+
+def test_hot_reads_type_every_column_as_the_other_reads(store: Store) -> None:
+    """``get_vm``, ``find_api_key`` and the user reads skip SQLAlchemy's result processing (``hotreads``): JSON,
+    times and booleans come back typed as through ``list_vms``/``list_users`` (SQLite stores them as text and
+    integers; 1 == True would hide an integer from ``==``)."""
+    vm = _vm("vm-1", "172.16.0.2")
+    vm.firewall = [FirewallRule("10.1.0.0/16", FirewallAction.ACCEPT), FirewallRule("0.0.0.0/0", FirewallAction.DROP)]
+    vm.ports = [PortForward(22, 40022), PortForward(53, 40053, "udp")]
+    vm.vpn_network, vm.owner_id, vm.auto_paused = "10.99.0.0/24", "usr-1", True
+    vm.expires_at = datetime(2027, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    store.add_vm(vm)
+    got = store.get_vm("vm-1")
+    assert got == vm and got == store.list_vms()[0]
+    assert got.outbound_internet is True and got.auto_paused is True and got.created_at.tzinfo is not None
+    now = datetime.now(UTC)
+    user = User(id="usr-1", username="alice", password_hash="h", role=Role.ADMIN, created_at=now, totp_enabled=True)
+    store.add_user(user)
+    assert store.get_user("usr-1") == user == store.get_user_by_name("alice") == store.list_users()[0]
+    assert store.get_user("usr-1").totp_enabled is True  # type: ignore[union-attr]
+    key = ApiKey(id="key-1", user_id="usr-1", label="ci", key_hash="abc", created_at=now, expires_at=None)
+    store.add_api_key(key)
+    assert store.find_api_key("abc") == key and store.find_api_key("nope") is None
+
+
+def test_a_hot_read_the_driver_fails_is_a_store_error(tmp_path: Path) -> None:
+    """The driver's own error becomes StoreError (the API's 503), and the pool goes on serving."""
+    sql = SqlStore(f"sqlite:///{tmp_path / 'sheesh.db'}")
+    with sql.engine.begin() as conn:
+        conn.execute(text("DROP TABLE api_keys"))
+    with pytest.raises(StoreError, match="database error: no such table"):
+        sql.find_api_key("abc")
+    assert sql.get_vm("vm-1") is None and sql.get_user_by_name("alice") is None
+    sql.close()
 
 
 def test_every_vm_write_moves_the_vms_version(store: Store) -> None:

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +27,7 @@ from sheesh.models import (
     Vm,
 )
 from sheesh.store.errors import StoreError
+from sheesh.store.hotreads import HotRead, HotReads
 from sheesh.store.rows import (
     RECORD_ROWS,
     R,
@@ -173,11 +174,7 @@ VMS_COUNTER = "vms"
 """The ``change_counters`` row moved by every VM write (``Store.vms_version``)."""
 _VMS_VERSION = select(ChangeCounterRow.value).where(ChangeCounterRow.name == VMS_COUNTER)
 # the hot reads, built once (building and keying a select costs more than running it on SQLite)
-_VM_BY_ID = select(*VmRow.__table__.c).where(VmRow.id == bindparam("id"))
 _VMS = select(*VmRow.__table__.c).order_by(VmRow.created_at, VmRow.id)
-_KEY_BY_HASH = select(*ApiKeyRow.__table__.c).where(ApiKeyRow.key_hash == bindparam("key_hash"))
-_USER_BY_ID = select(*UserRow.__table__.c).where(UserRow.id == bindparam("id"))
-_USER_BY_NAME = select(*UserRow.__table__.c).where(UserRow.username == bindparam("username"))
 
 
 def _count_change(s: Session, table: str) -> None:
@@ -206,6 +203,11 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._hot = HotReads(self.engine)
+        self._vm_by_id = HotRead(self.engine, VmRow.__table__, "id")
+        self._key_by_hash = HotRead(self.engine, ApiKeyRow.__table__, "key_hash")
+        self._user_by_id = HotRead(self.engine, UserRow.__table__, "id")
+        self._user_by_name = HotRead(self.engine, UserRow.__table__, "username")
         self._leader: Connection | None = None
         self._rate_calls = 0
 
@@ -254,9 +256,8 @@ class SqlStore:
 
     def get_vm(self, vm_id: str) -> Vm | None:
         # plain rows, not ORM objects: these are the reads behind most requests (a third of their cost)
-        with self._rows() as conn:
-            row = conn.execute(_VM_BY_ID, {"id": vm_id}).first()
-            return vm_from_row(row) if row else None
+        row = self._hot.read(self._vm_by_id, vm_id)
+        return vm_from_row(row) if row else None
 
     def list_vms(self) -> list[Vm]:
         with self._rows() as conn:
@@ -378,9 +379,8 @@ class SqlStore:
             )
 
     def find_api_key(self, key_hash: str) -> ApiKey | None:
-        with self._rows() as conn:
-            row = conn.execute(_KEY_BY_HASH, {"key_hash": key_hash}).first()
-            return key_from_row(row) if row else None
+        row = self._hot.read(self._key_by_hash, key_hash)
+        return key_from_row(row) if row else None
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
         with self._read() as s:
@@ -415,14 +415,12 @@ class SqlStore:
             s.execute(update(UserRow).where(UserRow.id == user.id).values(**user_values(user)))
 
     def get_user(self, user_id: str) -> User | None:
-        with self._rows() as conn:
-            row = conn.execute(_USER_BY_ID, {"id": user_id}).first()
-            return user_from_row(row) if row else None
+        row = self._hot.read(self._user_by_id, user_id)
+        return user_from_row(row) if row else None
 
     def get_user_by_name(self, username: str) -> User | None:
-        with self._rows() as conn:
-            row = conn.execute(_USER_BY_NAME, {"username": username}).first()
-            return user_from_row(row) if row else None
+        row = self._hot.read(self._user_by_name, username)
+        return user_from_row(row) if row else None
 
     def list_users(self) -> list[User]:
         with self._read() as s:
