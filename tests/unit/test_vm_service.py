@@ -1,5 +1,6 @@
 """VM lifecycle on fakes: state machine, conflicts, failure cleanup, recovery."""
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -115,6 +116,51 @@ async def test_guest_operations_ask_the_node_only_when_they_fail(settings: Setti
         assert svc.vms.get(vm.id).state == VmState.STOPPED, name
         assert (name, vm.id) in node.calls
     assert not svc.vms._in_use, "a failed operation left its VM held"
+
+
+async def test_operations_that_outlive_the_call_hold_the_vm_until_they_end(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream and a download keep their VM in use (never auto-paused) until they end; one whose start is
+    cancelled (the client went away) or fails releases it at once."""
+    svc, node = fake_services(settings)
+    vm = await svc.vms.create(REQ)
+    node.uploads[(vm.id, "/workspace")] = b"tar.gz"
+    stream = await svc.execs.exec_stream(vm.id, StreamRequest(cmd="echo hi"))
+    chunks = await svc.execs.download(vm, "/workspace")
+    assert svc.vms._in_use[vm.id] == 2
+    await stream.close_stdin()  # (the fake's command ends with its stdin)
+    assert [type(event).__name__ async for event in stream.events()] == ["StreamOutput", "StreamExit"]
+    assert svc.vms._in_use[vm.id] == 1
+    del chunks  # dropped before its first chunk (the client left before the body began)
+    assert not svc.vms._in_use
+    chunks = await svc.execs.download(vm.id, "/workspace")
+    assert [c async for c in chunks] == [b"tar.gz"] and not svc.vms._in_use
+    chunks = await svc.execs.download(vm.id, "/workspace")
+    await anext(chunks)
+    await chunks.aclose()  # type: ignore[attr-defined]  # the client stopped reading
+    assert not svc.vms._in_use
+    started = asyncio.Event()
+
+    async def stuck(*_: object) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    for name, start in (
+        ("exec_stream", lambda: svc.execs.exec_stream(vm.id, StreamRequest(cmd="true"))),
+        ("download", lambda: svc.execs.download(vm.id, "/workspace")),
+    ):
+        monkeypatch.setattr(node, name, stuck)
+        started.clear()
+        task = asyncio.create_task(start())
+        await started.wait()
+        assert svc.vms._in_use[vm.id] == 1, name
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not svc.vms._in_use, name
+    history = svc.execs.exec_logs(vm.id, None, 10)
+    assert [e.command for e in history] == ["echo hi"]  # a cancelled start is not a call that ran
 
 
 async def test_reconcile_and_recover(settings: Settings) -> None:

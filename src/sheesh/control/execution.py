@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +93,23 @@ class LoggedStream:
         await self._stream.close()
 
 
+def _released(chunks: AsyncIterator[bytes], release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """``chunks``, then ``release``: at their end, when the client stops reading, or when the stream is dropped
+    before its first chunk (the client left before the body began: a generator never started runs no
+    ``finally``)."""
+
+    async def passed() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            release()
+
+    stream = passed()
+    weakref.finalize(stream, release)  # (``release`` runs once however many times it is called)
+    return stream
+
+
 @dataclass
 class ExecService:
     """Guest operations on running VMs; they run concurrently (lifecycle changes are ``VmService``'s)."""
@@ -116,36 +134,36 @@ class ExecService:
         """Start a streaming command (``sheesh.execstream``). Like exec, each output stream is capped at the
         exec output limit and the timeout at the exec maximum (the default); a terminal session is neither
         capped nor timed out unless it asks (it ends with its shell or its client)."""
-        vm = await self.vms.running(vm_ref, "exec")
-        vm_id = vm.id
-        self.vms.hold(vm_id)  # released when the stream ends
         timeout = req.timeout_ms or (None if req.pty else self.settings.exec_max_timeout_ms)
         limit = None if req.pty else self.settings.exec_output_limit_bytes
         started = datetime.now(UTC)
         t0 = time.monotonic()
-
-        def record(exit: StreamExit | None, stdout: str, stderr: str, error: str | None) -> None:
-            self.vms.release(vm_id)
-            self._add_log(
-                vm_id,
-                ExecKind.EXEC,
-                command=req.cmd,
-                started=started,
-                t0=t0,
-                outcome=exit,
-                output=(stdout, stderr),
-                error=error,
-            )
-
+        record: Callable[[StreamExit | None, str, str, str | None], None] | None = None
         try:
-            async with self.vms.machine_checked(vm):
+            async with self.vms.in_use_after(vm_ref, "exec") as (vm, release):
+
+                def ended(exit: StreamExit | None, stdout: str, stderr: str, error: str | None) -> None:
+                    release()
+                    self._add_log(
+                        vm.id,
+                        ExecKind.EXEC,
+                        command=req.cmd,
+                        started=started,
+                        t0=t0,
+                        outcome=exit,
+                        output=(stdout, stderr),
+                        error=error,
+                    )
+
+                record = ended
                 stream = await self.vms.nodes.of(vm).exec_stream(
-                    vm_id, dataclasses.replace(req, timeout_ms=timeout), limit
+                    vm.id, dataclasses.replace(req, timeout_ms=timeout), limit
                 )
         except SheeshError as exc:
-            record(None, "", "", exc.message)
+            if record is not None:  # (not for a VM that is not running: nothing was asked of its node)
+                record(None, "", "", exc.message)
             raise
-        return LoggedStream(stream, record)
+        return LoggedStream(stream, ended)
 
     def _add_log(
         self,
@@ -233,21 +251,6 @@ class ExecService:
         return await self.vms.nodes.of(vm).upload(vm.id, dest, counted(), self.settings.upload_max_expanded_bytes)
 
     async def download(self, vm_ref: VmRef, path: str) -> AsyncIterator[bytes]:
-        vm = await self.vms.running(vm_ref, "download")
-        vm_id = vm.id
-        self.vms.hold(vm_id)
-        try:
-            async with self.vms.machine_checked(vm):
-                chunks = await self.vms.nodes.of(vm).download(vm_id, path)
-        except BaseException:
-            self.vms.release(vm_id)
-            raise
-        return self._released(vm_id, chunks)
-
-    async def _released(self, vm_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``chunks``, then the VM's hold released (also when the client stops reading)."""
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            self.vms.release(vm_id)
+        async with self.vms.in_use_after(vm_ref, "download") as (vm, release):
+            chunks = await self.vms.nodes.of(vm).download(vm.id, path)
+        return _released(chunks, release)

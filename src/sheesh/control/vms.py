@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -463,6 +463,29 @@ class VmService:
                 yield vm
         finally:
             self.release(vm.id)
+
+    @contextlib.asynccontextmanager
+    async def in_use_after(self, vm: VmRef, what: str) -> AsyncIterator[tuple[Vm, Callable[[], None]]]:
+        """``in_use`` for an operation the block starts and that goes on after it (a stream, a download): the
+        VM stays held until the operation calls the release the block was handed (once; later calls do
+        nothing). A block that fails, or is cancelled, releases it at once."""
+        vm = await self.running(vm, what)
+        vm_id = vm.id
+        self.hold(vm_id)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.release(vm_id)
+
+        try:
+            async with self.machine_checked(vm):
+                yield vm, release
+        except BaseException:
+            release()
+            raise
 
     def hold(self, vm_id: str) -> None:
         """One more guest operation in flight on the VM (``release`` ends it)."""
