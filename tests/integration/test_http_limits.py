@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -96,3 +97,18 @@ def test_heads_under_the_limit_and_pipelined_requests_are_served(server: ServerP
 def test_ordinary_requests_still_work_after(server: ServerProcess) -> None:
     with server.client() as c:
         assert c.get("/v1/vms").status_code == 200
+
+
+def test_each_answered_request_is_in_the_access_log(server: ServerProcess) -> None:
+    """The access log (written after the answer now: ``http.AccessLogAfter``) still has a line per request."""
+    with server.client() as c:
+        assert c.get("/v1/vms", params={"marker": "access-1"}).status_code == 200
+        assert c.get("/v1/vms/vm-nope", params={"marker": "access-2"}).status_code == 404
+    lines: list[str] = []
+    deadline = time.monotonic() + 5
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = [line for line in server.log.read_text().splitlines() if "marker=access-" in line]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith('"GET /v1/vms?marker=access-1 HTTP/1.1" 200 OK'), lines
+    assert lines[1].endswith('"GET /v1/vms/vm-nope?marker=access-2 HTTP/1.1" 404 Not Found'), lines

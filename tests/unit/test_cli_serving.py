@@ -4,11 +4,13 @@ uvicorn[standard]) made creates slower here (``serving.run``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import uvicorn
 import uvloop
 
+from sheesh.api.http import AccessLogAfter
 from sheesh.cli import serving
 
 
@@ -28,3 +30,15 @@ def test_run_serves_all_configs_on_asyncios_loop(monkeypatch: pytest.MonkeyPatch
     [(loop, served)] = seen
     assert served == configs
     assert isinstance(loop, asyncio.BaseEventLoop) and not isinstance(loop, uvloop.Loop)
+
+
+async def test_the_access_log_line_is_written_after_the_step_that_answers(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn logs a request as its response starts; ``AccessLogAfter`` runs that once the loop's current step
+    (which writes the response) is over."""
+    logger = logging.getLogger("test.access")
+    after = AccessLogAfter(logger, asyncio.get_running_loop())
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        after.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/v1/vms", "1.1", 200)
+        assert caplog.records == []
+        await asyncio.sleep(0)
+    assert [r.getMessage() for r in caplog.records] == ['127.0.0.1:5000 - "GET /v1/vms HTTP/1.1" 200']

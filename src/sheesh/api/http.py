@@ -10,13 +10,18 @@ to ``LINGER_S`` seconds before the connection closes.
 
 The head is counted in the bytes received while it is incomplete; for a pipelined request whose head starts in
 the middle of what was received, counting starts with the next read (at most one read's worth over the limit).
+
+uvicorn writes a request's access-log line before the response's first byte; here it is written once the step
+of the event loop that sends the response is over (``AccessLogAfter``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from http import HTTPStatus
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -25,9 +30,22 @@ MAX_HEAD_BYTES = 16 * 1024
 LINGER_S = 2.0
 
 
+class AccessLogAfter:
+    """The access logger uvicorn's protocol is given: its ``info`` (the one call uvicorn makes, as the response
+    starts) is run by ``loop`` once the current step, which writes the response, is over. The line's formatting
+    and writing cost an exec's answer 0.15 ms after an idle gap."""
+
+    def __init__(self, logger: logging.Logger, loop: asyncio.AbstractEventLoop) -> None:
+        self.logger = logger
+        self._loop = loop
+
+    def info(self, msg: str, *args: object) -> None:
+        self._loop.call_soon(self.logger.info, msg, *args)
+
+
 class JsonErrorsProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with a bounded request head, JSON errors for unparsable requests and a lingering
-    close after them."""
+    close after them, and its access log written after the response (``AccessLogAfter``)."""
 
     _between = True
     """No request in progress: the next read starts one."""
@@ -39,6 +57,10 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     """The current request's head as received (at least its first ``MAX_HEAD_BYTES`` bytes)."""
     _head_bytes = 0
     _discarding = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.access_logger = AccessLogAfter(self.access_logger, self.loop)  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
