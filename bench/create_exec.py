@@ -9,7 +9,7 @@ Two floors, both measured in the same run on the same VM:
   users nor make cgroups, so its shells skip both: a lower bound the agent cannot reach.
 
 Starts its own `sheesh serve` (temp data dir, the built-in image) and prints numbers; not a test.
-Usage: .venv/bin/python bench/create_exec.py [--creates 3] [--execs 200]
+Usage: .venv/bin/python bench/create_exec.py [--creates 3] [--execs 200] [--gapped 60]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--creates", type=int, default=3)
     parser.add_argument("--execs", type=int, default=200)
+    parser.add_argument("--gapped", type=int, default=60, help="execs with 300 ms gaps (each 300 ms idle is noisy)")
     args = parser.parse_args()
     with running_server() as server, server.client() as c, tempfile.TemporaryDirectory() as tmp:
         firsts, vms = [], []
@@ -98,8 +99,8 @@ def main() -> None:
         vm, port = str(info["vmId"]), int(info["fwd"]["port"])
         settled_s = _settle(c, vm)
         rtts = exec_times(c, vm, args.execs, 0.0)
-        gapped = exec_times(c, vm, min(30, args.execs), 0.3)
-        script = GUEST_FLOOR % {"n": min(60, args.execs), "gaps": min(30, args.execs)}
+        gapped = exec_times(c, vm, args.gapped, 0.3)
+        script = GUEST_FLOOR % {"n": min(60, args.execs), "gaps": args.gapped}
         floors = _root_floor(Path(tmp) / "key", port, script)
         floor_cmd = {"cmd": f"python3 -c {shlex.quote(script)}", "timeoutMs": 600000}
         out = c.post(f"/v1/vms/{vm}/exec", json=floor_cmd, timeout=700).raise_for_status().json()
