@@ -456,13 +456,11 @@ class VmService:
     async def in_use(self, vm: VmRef, what: str) -> AsyncIterator[Vm]:
         """``running``, and the VM counts as in use (never auto-paused) until the block ends, which runs
         ``machine_checked``."""
-        vm = await self.running(vm, what)
-        self.hold(vm.id)
-        try:
-            async with self.machine_checked(vm):
-                yield vm
-        finally:
-            self.release(vm.id)
+        async with self.in_use_after(vm, what) as (running, release):
+            try:
+                yield running
+            finally:
+                release()
 
     @contextlib.asynccontextmanager
     async def in_use_after(self, vm: VmRef, what: str) -> AsyncIterator[tuple[Vm, Callable[[], None]]]:
