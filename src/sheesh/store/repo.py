@@ -27,7 +27,7 @@ from sheesh.models import (
     Vm,
 )
 from sheesh.store.errors import StoreError
-from sheesh.store.hotreads import HotRead, HotReads
+from sheesh.store.hotreads import HotRead
 from sheesh.store.rows import (
     RECORD_ROWS,
     R,
@@ -202,7 +202,6 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._hot = HotReads(self.engine)
         self._vm_by_id = HotRead(self.engine, VmRow.__table__, "id")
         self._key_by_hash = HotRead(self.engine, ApiKeyRow.__table__, "key_hash")
         self._user_by_id = HotRead(self.engine, UserRow.__table__, "id")
@@ -251,13 +250,13 @@ class SqlStore:
             _count_change(s, VMS_COUNTER)
 
     def vms_version(self) -> int:
-        row = self._hot.read(self._counter, VMS_COUNTER)  # (behind every GET /v1/vms)
+        row = self._counter.one(VMS_COUNTER)  # (behind every GET /v1/vms)
         if row is None:
             raise StoreError(f"the {VMS_COUNTER} change counter is missing: the database was not migrated")
         return int(row["value"])
 
     def get_vm(self, vm_id: str) -> Vm | None:
-        row = self._hot.read(self._vm_by_id, vm_id)
+        row = self._vm_by_id.one(vm_id)
         return vm_from_row(row) if row else None
 
     def list_vms(self) -> list[Vm]:
@@ -380,7 +379,7 @@ class SqlStore:
             )
 
     def find_api_key(self, key_hash: str) -> ApiKey | None:
-        row = self._hot.read(self._key_by_hash, key_hash)
+        row = self._key_by_hash.one(key_hash)
         return key_from_row(row) if row else None
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
@@ -416,11 +415,11 @@ class SqlStore:
             s.execute(update(UserRow).where(UserRow.id == user.id).values(**user_values(user)))
 
     def get_user(self, user_id: str) -> User | None:
-        row = self._hot.read(self._user_by_id, user_id)
+        row = self._user_by_id.one(user_id)
         return user_from_row(row) if row else None
 
     def get_user_by_name(self, username: str) -> User | None:
-        row = self._hot.read(self._user_by_name, username)
+        row = self._user_by_name.one(username)
         return user_from_row(row) if row else None
 
     def list_users(self) -> list[User]:
