@@ -78,3 +78,71 @@ async def test_a_live_agent_keeps_long_calls_waiting(tmp_path: Path, monkeypatch
     finally:
         await client.close()
         server.close()
+
+
+async def _slow_reader(path: Path, start_reading: asyncio.Event) -> asyncio.AbstractServer:
+    """An agent that reads nothing until ``start_reading`` is set, then answers every request."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await start_reading.wait()
+        decoder = protocol.FrameDecoder()
+        while data := await reader.read(1 << 20):
+            for req in decoder.feed(data):
+                writer.write(protocol.encode({"id": req["id"], "ok": True, "agent": "agent-a", "size": len(data)}))
+            await writer.drain()
+
+    return await asyncio.start_unix_server(serve, str(path))
+
+
+async def test_a_call_waits_while_the_socket_is_full_then_goes_on(tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+    start_reading = asyncio.Event()
+    server = await _slow_reader(sock, start_reading)
+    client = GuestClient(sock)
+    try:
+        big = "x" * (8 << 20)  # far more than the socket and the transport buffer hold
+        call = asyncio.create_task(client.call(Op.UPLOAD_CHUNK, 10, upload="u", data=big))
+        await asyncio.sleep(0.3)
+        assert not call.done()  # waiting for the agent to read
+        start_reading.set()
+        reply = await call
+        assert reply["ok"] is True
+        assert (await client.call(Op.PING, 2))["agent"] == "agent-a"  # the connection goes on serving
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_a_call_that_cannot_write_in_time_times_out(tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+    server = await _slow_reader(sock, asyncio.Event())  # never reads
+    client = GuestClient(sock)
+    try:
+        start = time.monotonic()
+        with pytest.raises(GuestTimeoutError):
+            await client.call(Op.UPLOAD_CHUNK, 0.5, upload="u", data="x" * (8 << 20))
+        assert 0.4 < time.monotonic() - start < 3
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_a_lost_connection_fails_the_waiting_call_and_the_next_call_reconnects(tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # the exec's frame: the agent goes away without answering
+        writer.close()
+
+    server = await asyncio.start_unix_server(hang_up, str(sock))
+    client = GuestClient(sock)
+    try:
+        with pytest.raises(UnavailableError, match="lost"):
+            await asyncio.wait_for(client.call(Op.EXEC, 3600, cmd="sleep 1000"), 5)
+        assert not client.connected
+        server.close()
+        server = await _agent(sock, ["agent-b"])
+        assert (await client.call(Op.PING, 2))["agent"] == "agent-b"
+    finally:
+        await client.close()
+        server.close()

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sheesh.errors import (
     GuestTimeoutError,
@@ -31,6 +32,61 @@ PROBE_MISSES = 3
 """Unanswered pings in a row after which the agent is taken for dead and the waiting calls fail."""
 
 
+class _Connection(asyncio.Protocol):
+    """One stream connection to the agent: each frame is decoded as its bytes arrive and handed to ``deliver``
+    (no reader task between the socket and the waiting call); ``drain`` waits while the socket's buffer is full."""
+
+    def __init__(self, deliver: Callable[[dict[str, Any]], None], lost: Callable[[], None]) -> None:
+        self._deliver = deliver
+        self._lost = lost
+        self._decoder = protocol.FrameDecoder()
+        self._transport: asyncio.WriteTransport | None = None
+        self._drained: asyncio.Future[None] | None = None
+        """Set while writing is paused; done when it may go on (or the connection is lost)."""
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.WriteTransport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            self._deliver(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.resume_writing()
+        self._lost()
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def write(self, frame: bytes) -> None:
+        if self._transport is None:
+            raise ConnectionResetError("connection to the guest agent lost")
+        self._transport.write(frame)
+
+    async def drain(self, deadline: float) -> None:
+        """Until the socket takes more (by ``deadline``, loop time, or ``TimeoutError``)."""
+        if self._drained is not None:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.shield(self._drained)  # shared by every writer waiting
+        if self._transport is None:
+            raise ConnectionResetError("connection to the guest agent lost")
+
+    def close(self) -> None:
+        """At once, unsent bytes dropped: an agent that stopped reading must not hold the close."""
+        if self._transport is not None:
+            self._transport.abort()
+
+
 class GuestClient:
     """Sends requests to the guest agent over a Unix stream socket and matches replies by ``id``.
 
@@ -39,6 +95,10 @@ class GuestClient:
     The agent can die or be restarted (by the guest's init) while requests wait: a reply from an agent
     process other than the one a request was sent to fails that request at once, and long waits ping the
     agent so a dead one fails them within ``PROBE_S * PROBE_MISSES`` seconds.
+
+    A call awaits its reply's future directly. Whatever ends the wait settles that future: the reply, the call's
+    deadline (a timer), the probe's verdict, a lost connection. After an idle gap each extra step of the event
+    loop between the reply's bytes and the caller costs; there is one.
     """
 
     def __init__(self, socket_path: Path) -> None:
@@ -49,50 +109,47 @@ class GuestClient:
         self.agent_id: str | None = None
         self._streams: dict[str, asyncio.Queue[dict[str, Any] | SheeshError]] = {}
         """The frames of each streaming job (``protocol.StreamOutput``/``StreamExit``), by stream id."""
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._conn: _Connection | None = None
         self._connect_lock = asyncio.Lock()
+        self._probes: set[asyncio.Task[None]] = set()
         self.heard_at = 0.0
         """``time.monotonic()`` when the agent last sent anything."""
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._conn is not None and self._conn.open
 
-    async def _ensure(self) -> asyncio.StreamWriter:
+    async def _ensure(self) -> _Connection:
+        if self._conn is not None and self._conn.open:
+            return self._conn
         async with self._connect_lock:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+            if self._conn is not None and self._conn.open:
+                return self._conn
+            loop = asyncio.get_running_loop()
+            conn = _Connection(self._deliver, lambda: self._lost(conn))
             try:
-                reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+                await loop.create_unix_connection(lambda: conn, str(self.socket_path))
             except OSError as exc:
                 raise UnavailableError(f"guest agent socket unavailable: {exc.strerror or exc}") from exc
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read(reader))
-            return writer
+            self._conn = conn
+            return conn
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        decoder = protocol.FrameDecoder()
-        try:
-            while data := await reader.read(65536):
-                self.heard_at = time.monotonic()
-                for msg in decoder.feed(data):
-                    if "event" in msg:
-                        queue = self._streams.get(str(msg.get("stream")))
-                        if queue is not None:
-                            queue.put_nowait(msg)
-                        continue
-                    fut, _ = self._pending.pop(msg.get("id", -1), (None, None))
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg)
-                    self._note_agent(msg.get("agent"))
-        except OSError:
-            pass
-        finally:
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        self.heard_at = time.monotonic()
+        if "event" in msg:
+            queue = self._streams.get(str(msg.get("stream")))
+            if queue is not None:
+                queue.put_nowait(msg)
+            return
+        fut, _ = self._pending.pop(msg.get("id", -1), (None, None))
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+        self._note_agent(msg.get("agent"))
+
+    def _lost(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
             self._fail_pending(UnavailableError("connection to guest agent lost"))
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
 
     def _fail_pending(self, exc: SheeshError) -> None:
         for fut, _ in self._pending.values():
@@ -115,8 +172,8 @@ class GuestClient:
 
     def notify(self, op: Op, **args: Any) -> None:
         """Send an op the agent does not answer (``protocol.NO_REPLY``), if connected; never waits."""
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(protocol.encode({"op": op, **args}))
+        if self._conn is not None and self._conn.open:
+            self._conn.write(protocol.encode({"op": op, **args}))
 
     def _note_agent(self, agent: object) -> None:
         """A reply named its agent process: requests sent to another (earlier) one will never be answered."""
@@ -138,22 +195,29 @@ class GuestClient:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        writer = await self._ensure()
+        conn = await self._ensure()
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[rid] = (fut, self.agent_id)
+        expiry = loop.call_at(deadline, _settle, fut, TimeoutError())
+        probe = None if op == Op.PING else loop.call_later(PROBE_S, self._start_probe, op, fut)
         try:
-            writer.write(protocol.encode({"id": rid, "op": op, **args}))
-            await asyncio.wait_for(writer.drain(), max(0.0, deadline - loop.time()))
-            reply = await self._wait(op, fut, deadline)
+            conn.write(protocol.encode({"id": rid, "op": op, **args}))
+            await conn.drain(deadline)
+            reply = await fut
         except TimeoutError as exc:
             raise GuestTimeoutError(f"guest agent did not answer {op} within {timeout:.1f}s") from exc
         except OSError as exc:
             raise UnavailableError(f"guest agent connection failed: {exc}") from exc
         finally:
+            expiry.cancel()
+            if probe is not None:
+                probe.cancel()
             self._pending.pop(rid, None)
             if fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved: an outcome that arrived while we gave up must not be reported
+            else:
+                fut.cancel()  # the probe, if one runs, stops
         if not reply.get("ok"):
             message = str(reply.get("error") or "guest agent error")
             kind = reply.get("kind")
@@ -162,29 +226,33 @@ class GuestClient:
             raise UnavailableError(f"guest agent: {message}")
         return reply
 
-    async def _wait(self, op: Op, fut: asyncio.Future[dict[str, Any]], deadline: float) -> dict[str, Any]:
-        """The reply to one request; while it is long in coming, ping the agent to learn it still lives."""
-        loop = asyncio.get_running_loop()
+    def _start_probe(self, op: Op, fut: asyncio.Future[dict[str, Any]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._probe(op, fut))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, op: Op, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """A call's reply is long in coming (``PROBE_S``): ping the agent, every ``PROBE_S`` while the call
+        waits, and fail the call once ``PROBE_MISSES`` pings in a row went unanswered."""
         misses = 0
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), min(left, PROBE_S))
-            except TimeoutError:
-                if fut.done() or op == Op.PING or deadline - loop.time() <= 0:
-                    continue
+        while not fut.done():
             try:
                 await self.call(Op.PING, PROBE_S)
                 misses = 0
             except GuestTimeoutError:
                 misses += 1
                 if misses >= PROBE_MISSES:
-                    fut.cancel()
-                    raise UnavailableError(
-                        f"the guest agent stopped answering ({PROBE_MISSES} pings unanswered) during {op}"
-                    ) from None
+                    _settle(
+                        fut,
+                        UnavailableError(
+                            f"the guest agent stopped answering ({PROBE_MISSES} pings unanswered) during {op}"
+                        ),
+                    )
+                    return
+            except SheeshError:
+                return  # no connection: the call has failed with it
+            if not fut.done():
+                await asyncio.wait([fut], timeout=PROBE_S)
 
     async def wait_ready(self, timeout: float, alive: Any = None, op: Op = Op.PING, **args: Any) -> dict[str, Any]:
         """Send ``op`` (default ``ping``; must be idempotent) until the agent answers. ``alive()`` (optional)
@@ -203,14 +271,16 @@ class GuestClient:
                     await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-            self._writer = None
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        for task in list(self._probes):
+            task.cancel()
             with contextlib.suppress(BaseException):
-                await self._reader_task
-            self._reader_task = None
+                await task
         self._fail_pending(UnavailableError("guest client closed"))
+
+
+def _settle(fut: asyncio.Future[dict[str, Any]], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
