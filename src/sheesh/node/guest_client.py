@@ -117,22 +117,26 @@ class GuestClient:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.open
+        return self._open() is not None
+
+    def _open(self) -> _Connection | None:
+        """The connection, if it is up."""
+        return self._conn if self._conn is not None and self._conn.open else None
 
     async def _ensure(self) -> _Connection:
-        if self._conn is not None and self._conn.open:
-            return self._conn
+        if (conn := self._open()) is not None:
+            return conn
         async with self._connect_lock:
-            if self._conn is not None and self._conn.open:
-                return self._conn
+            if (conn := self._open()) is not None:
+                return conn
             loop = asyncio.get_running_loop()
-            conn = _Connection(self._deliver, lambda: self._lost(conn))
+            new = _Connection(self._deliver, lambda: self._lost(new))
             try:
-                await loop.create_unix_connection(lambda: conn, str(self.socket_path))
+                await loop.create_unix_connection(lambda: new, str(self.socket_path))
             except OSError as exc:
                 raise UnavailableError(f"guest agent socket unavailable: {exc.strerror or exc}") from exc
-            self._conn = conn
-            return conn
+            self._conn = new
+            return new
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         self.heard_at = time.monotonic()
@@ -172,8 +176,8 @@ class GuestClient:
 
     def notify(self, op: Op, **args: Any) -> None:
         """Send an op the agent does not answer (``protocol.NO_REPLY``), if connected; never waits."""
-        if self._conn is not None and self._conn.open:
-            self._conn.write(protocol.encode({"op": op, **args}))
+        if (conn := self._open()) is not None:
+            conn.write(protocol.encode({"op": op, **args}))
 
     def _note_agent(self, agent: object) -> None:
         """A reply named its agent process: requests sent to another (earlier) one will never be answered."""
