@@ -7,7 +7,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,20 @@ def rerobots_instance(c: httpx.Client, key: Path) -> dict[str, Any]:
     return record
 
 
-def exec_times(c: httpx.Client, vm_id: str, n: int, gap_s: float = 0.0) -> list[float]:
-    """Round trips (seconds) of ``n`` execs of ``true`` on ``vm_id``, each after ``gap_s`` idle."""
+def round_trips(n: int, gap_s: float, send: Callable[[], httpx.Response]) -> list[float]:
+    """Round trips (seconds) of ``n`` requests made by ``send`` (each must succeed), each after ``gap_s`` idle."""
     times = []
     for _ in range(n):
         time.sleep(gap_s)
         t0 = time.perf_counter()
-        c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}).raise_for_status()
+        send().raise_for_status()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def exec_times(c: httpx.Client, vm_id: str, n: int, gap_s: float = 0.0) -> list[float]:
+    """Round trips (seconds) of ``n`` execs of ``true`` on ``vm_id``, each after ``gap_s`` idle."""
+    return round_trips(n, gap_s, lambda: c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import exec_times, percentile, rerobots_instance, running_server, ssh_argv
+from _common import exec_times, percentile, rerobots_instance, round_trips, running_server, ssh_argv
 
 BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"]}
 GUEST_FLOOR = """
@@ -97,18 +97,6 @@ def _user_floor(c: httpx.Client, vm: str, execs: int, gapped: int) -> dict[str, 
     return {"b2b": json.loads(b2b), "gaps": json.loads(gaps)}
 
 
-def _read_times(c: httpx.Client, vm: str, n: int, gap_s: float) -> list[float]:
-    """Round trips of ``n`` reads of the VM (``GET /v1/vms/:id``: the API, its key check and the store, no
-    guest), each after ``gap_s`` idle."""
-    times = []
-    for _ in range(n):
-        time.sleep(gap_s)
-        t0 = time.perf_counter()
-        c.get(f"/v1/vms/{vm}").raise_for_status()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def _share(n: int, rounds: int, r: int) -> int:
     """Round ``r``'s part of ``n`` samples split over ``rounds``."""
     return n // rounds + (1 if r < n % rounds else 0)
@@ -162,7 +150,8 @@ def main() -> None:
             rtts += exec_times(c, vm, _share(args.execs, args.rounds, r), 0.0)
             floors["b2b"] += floor.block(_share(floor_execs, args.rounds, r), 0.0)
             gapped += exec_times(c, vm, _share(args.gapped, args.rounds, r), GAP_S)
-            reads += _read_times(c, vm, _share(args.gapped, args.rounds, r), GAP_S)
+            # the VM read: the API, its key check and the store, no guest
+            reads += round_trips(_share(args.gapped, args.rounds, r), GAP_S, lambda: c.get(f"/v1/vms/{vm}"))
             floors["gaps"] += floor.block(_share(args.gapped, args.rounds, r), GAP_S)
         floor.close()
         user_floors = _user_floor(c, vm, floor_execs, args.gapped)
