@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.server import ServerProcess
 from tests.server import running_server as tests_running_server
 
+from sheesh.api.timing import durations
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
 
@@ -51,9 +52,34 @@ def round_trips(n: int, gap_s: float, send: Callable[[], httpx.Response]) -> lis
     return times
 
 
-def exec_times(c: httpx.Client, vm_id: str, n: int, gap_s: float = 0.0) -> list[float]:
-    """Round trips (seconds) of ``n`` execs of ``true`` on ``vm_id``, each after ``gap_s`` idle."""
-    return round_trips(n, gap_s, lambda: c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}))
+def exec_times(
+    c: httpx.Client, vm_id: str, n: int, gap_s: float = 0.0, parts: list[dict[str, float]] | None = None
+) -> list[float]:
+    """Round trips (seconds) of ``n`` execs of ``true`` on ``vm_id``, each after ``gap_s`` idle; each one's
+    ``Server-Timing`` (ms by metric, with ``round_trip``) appended to ``parts``."""
+
+    def send() -> httpx.Response:
+        t0 = time.perf_counter()
+        r = c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"})
+        if parts is not None:
+            round_trip_ms = (time.perf_counter() - t0) * 1000
+            parts.append({**durations(r.headers.get("server-timing", "")), "round_trip": round_trip_ms})
+        return r
+
+    return round_trips(n, gap_s, send)
+
+
+def breakdown(parts: list[dict[str, float]]) -> str:
+    """The p50 of each part of the round trips ``exec_times`` timed (``sheesh.api.timing``): the guest agent's
+    own (the command's run with it), the channel (the node's call less the agent's), the control plane (less
+    the node's call), HTTP and the API around it (the round trip less the control plane's)."""
+    spans = {
+        "guest agent": [p["guest"] for p in parts],
+        "channel": [p["node"] - p["guest"] for p in parts],
+        "control plane": [p["exec"] - p["node"] for p in parts],
+        "HTTP + API": [p["round_trip"] - p["exec"] for p in parts],
+    }
+    return ", ".join(f"{name} {percentile(v, 0.5):.2f} ms" for name, v in spans.items())
 
 
 def percentile(values: list[float], q: float) -> float:

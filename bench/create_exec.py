@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import exec_times, percentile, rerobots_instance, round_trips, running_server, ssh_argv
+from _common import breakdown, exec_times, percentile, rerobots_instance, round_trips, running_server, ssh_argv
 
 BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"]}
 GUEST_FLOOR = """
@@ -144,12 +144,13 @@ def main() -> None:
         gapped: list[float] = []
         reads: list[float] = []
         floors: dict[str, list[float]] = {"b2b": [], "gaps": []}
+        parts: dict[str, list[dict[str, float]]] = {"b2b": [], "gaps": []}
         floor = GuestFloor(Path(tmp) / "key", port)
         floor_execs = min(60, args.execs)
         for r in range(args.rounds):
-            rtts += exec_times(c, vm, _share(args.execs, args.rounds, r), 0.0)
+            rtts += exec_times(c, vm, _share(args.execs, args.rounds, r), 0.0, parts["b2b"])
             floors["b2b"] += floor.block(_share(floor_execs, args.rounds, r), 0.0)
-            gapped += exec_times(c, vm, _share(args.gapped, args.rounds, r), GAP_S)
+            gapped += exec_times(c, vm, _share(args.gapped, args.rounds, r), GAP_S, parts["gaps"])
             # the VM read: the API, its key check and the store, no guest
             reads += round_trips(_share(args.gapped, args.rounds, r), GAP_S, lambda: c.get(f"/v1/vms/{vm}"))
             floors["gaps"] += floor.block(_share(args.gapped, args.rounds, r), GAP_S)
@@ -169,6 +170,11 @@ def main() -> None:
             f"floor (the agent's exec path run inside the guest as the agent runs it, no host) p50 "
             f"{floor_p50 * 1000:.1f} ms, p99 {percentile(floors[key], 0.99) * 1000:.1f} ms; ratio {p50 / floor_p50:.2f}"
             f"; user-level floor (no user switch, no cgroups) p50 {user_p50 * 1000:.1f} ms, ratio {p50 / user_p50:.2f}"
+        )
+        own_p50 = percentile([p["guest"] for p in parts[key]], 0.5) / 1000
+        print(
+            f"  where it went (Server-Timing of the same requests, p50 of each part): {breakdown(parts[key])}; "
+            f"the round trip is {p50 / own_p50:.2f} x the agent's own time for the same requests"
         )
     read_p50, rest_s = percentile(reads, 0.5), percentile(gapped, 0.5) - percentile(reads, 0.5)
     print(

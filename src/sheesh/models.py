@@ -170,6 +170,16 @@ class ExecRequest:
     timeout_ms: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class GuestTiming:
+    """Where a program run's time went, as its node saw it: ``node_ms`` from the node's request to the guest
+    agent to the agent's reply; ``guest_ms``, of that, the agent's own, from the request it read to its reply
+    (None: an agent that does not say). The rest is the channel between them."""
+
+    node_ms: float
+    guest_ms: float | None = None
+
+
 @dataclass(frozen=True)
 class ExecResult:
     exit_code: int
@@ -177,6 +187,7 @@ class ExecResult:
     stderr: str
     timed_out: bool = False
     truncated: bool = False
+    timing: GuestTiming | None = None
 
 
 class ScriptLanguage(enum.StrEnum):
@@ -211,6 +222,7 @@ class ScriptResult:
     error: object = None
     timed_out: bool = False
     truncated: bool = False
+    timing: GuestTiming | None = None
 
 
 class ExecKind(enum.StrEnum):

@@ -6,8 +6,9 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
+from sheesh.api.timing import durations
 from sheesh.control.node_client import FakeNodeClient
-from sheesh.models import Vm
+from sheesh.models import ExecResult, GuestTiming, Vm
 from tests.fakes import ADMIN as KEY
 from tests.fakes import FakeStack
 
@@ -152,6 +153,28 @@ def test_exec_response_shape(client: tuple[TestClient, FakeNodeClient]) -> None:
     r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "echo hi", "timeoutMs": 1000}, headers=KEY)
     assert r.status_code == 200
     assert r.json() == {"exitCode": 0, "stdout": "echo hi", "stderr": "", "timedOut": False, "truncated": False}
+
+
+def test_a_program_run_says_where_its_time_went(client: tuple[TestClient, FakeNodeClient]) -> None:
+    """``Server-Timing``: the control plane's part (``exec``) always; the node's call and the agent's own part
+    as the node reports them."""
+    c, node = client
+    vm = c.post("/v1/vms", json=GOOD, headers=KEY).json()["id"]
+    node.exec_result = ExecResult(0, "", "")  # a node that does not report timing
+    plain = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=KEY)
+    assert durations(plain.headers["server-timing"]).keys() == {"exec"}
+    node.exec_result = ExecResult(0, "", "", timing=GuestTiming(node_ms=8.25, guest_ms=6.5))
+    timed = durations(c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=KEY).headers["server-timing"])
+    assert timed.keys() == {"exec", "node", "guest"}
+    assert timed["node"] == 8.25 and timed["guest"] == 6.5 and timed["exec"] > 0
+    node.exec_result = ExecResult(0, "", "", timing=GuestTiming(node_ms=3.0))  # an agent that does not say
+    older = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true"}, headers=KEY).headers["server-timing"]
+    assert durations(older) == {"exec": durations(older)["exec"], "node": 3.0}
+    script = c.post(f"/v1/vms/{vm}/run-ts", json={"code": "1"}, headers=KEY)
+    assert script.status_code == 200
+    assert durations(script.headers["server-timing"]).keys() == {"exec", "node", "guest"}
+    documented = c.get("/openapi.json").json()["paths"]["/v1/vms/{vm_id}/exec"]["post"]["responses"]["200"]
+    assert "Server-Timing" in documented["headers"]
 
 
 def test_guest_operations_read_their_vm_once(stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> None:

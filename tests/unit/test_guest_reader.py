@@ -86,6 +86,18 @@ def test_an_exec_is_answered_by_the_thread_that_read_it(host: Host, submitted: l
     assert submitted == []  # no worker thread woken for any of them
 
 
+def test_a_reply_says_how_long_the_agent_took(host: Host) -> None:
+    """``took_ms``: from the decoded request to the reply, the job's run inside it, the round trip around it."""
+    sent = time.monotonic()
+    host.send(_exec(1, "sleep 0.3"))
+    arrived, reply = host.reply(1)
+    assert reply["exit_code"] == 0
+    assert 300 <= reply["took_ms"] <= (arrived - sent) * 1000
+    host.send({"id": 2, "op": "nosuch"})  # errors say it too
+    _, failed = host.reply(2)
+    assert not failed["ok"] and 0 <= failed["took_ms"] < 300
+
+
 def test_requests_sent_during_an_exec_are_answered_at_once(host: Host, submitted: list[str]) -> None:
     """While an exec runs, its thread watches the connection: a ping, another exec and a file op sent meanwhile
     are answered before it ends, by another thread reading; that one goes on reading afterwards."""

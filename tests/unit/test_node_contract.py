@@ -16,7 +16,7 @@ from sheesh.control.node_client import FakeNodeClient
 from sheesh.control.pki import CertificateAuthority
 from sheesh.control.remote_node import RemoteNode
 from sheesh.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, SheeshError, UnavailableError
-from sheesh.models import ExecRequest
+from sheesh.models import ExecRequest, ScriptLanguage, ScriptRequest
 from sheesh.node.agent import NodeAgent
 from sheesh.node.contract import CONTRACT_OPS, NodeClient, NodeVmSpec, VpnSpec
 from sheesh.node.heartbeat import Heartbeat
@@ -114,6 +114,15 @@ async def test_lifecycle_exec_and_status(node: NodeClient, tmp_path: Path) -> No
     assert await node.reattach(["vm-one", "vm-none"]) == {"vm-one"}
     await node.stop("vm-one")
     assert not await node.is_running("vm-one")
+
+
+async def test_a_program_run_reports_the_nodes_call_and_the_agents_part_of_it(node: NodeClient) -> None:
+    for result in (
+        await node.exec("vm-one", ExecRequest("echo hi"), 4096),
+        await node.run_script("vm-one", ScriptRequest(language=ScriptLanguage.JS, code="1"), False, 4096),
+    ):
+        assert result.timing is not None and result.timing.guest_ms is not None
+        assert 0 <= result.timing.guest_ms <= result.timing.node_ms
 
 
 async def test_files_round_trip(node: NodeClient) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sheesh.api.timing import durations
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.vm
@@ -67,6 +68,13 @@ def test_exec_identity_cwd_env_and_timeout(server: ServerProcess) -> None:
         assert _exec(c, vm, "pwd", cwd="/workspace/sub")["stdout"] == "/workspace/sub\n"
         r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "true", "cwd": "/workspace/missing"})
         assert r.status_code == 400 and "does not exist" in r.json()["message"]
+        # where an exec's time went: the agent's part (with the command's run) within the node's call, within
+        # the control plane's, within the round trip
+        sent = time.perf_counter()
+        r = c.post(f"/v1/vms/{vm}/exec", json={"cmd": "sleep 0.3"})
+        round_trip_ms = (time.perf_counter() - sent) * 1000
+        took = durations(r.headers["server-timing"])
+        assert 300 <= took["guest"] < took["node"] < took["exec"] < round_trip_ms, (took, round_trip_ms)
         log = (server.data_dir / "vms" / str(vm) / "serial.log").read_text()
         assert "sheesh-agent: serving" in log
         assert "PIT: stopped)" in log  # the kernel ticks with the local APIC: the PIT's square wave is stopped

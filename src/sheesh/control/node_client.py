@@ -10,7 +10,7 @@ from typing import Any
 
 from sheesh.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from sheesh.execstream import STDOUT, StreamEvent, StreamExit, StreamOutput, StreamRequest
-from sheesh.models import ExecRequest, ExecResult, ScriptRequest, ScriptResult
+from sheesh.models import ExecRequest, ExecResult, GuestTiming, ScriptRequest, ScriptResult
 from sheesh.node.contract import (
     NodeCapacity,
     NodeClient,
@@ -64,8 +64,12 @@ class FakeExecStream:
         self.closed = True
 
 
+NO_TIME = GuestTiming(node_ms=0.0, guest_ms=0.0)
+
+
 class FakeNodeClient:
-    """A node without VMs: records calls, runs nothing; ``exec`` returns ``exec_result`` or echoes."""
+    """A node without VMs: records calls, runs nothing; ``exec`` returns ``exec_result`` or echoes. Its program
+    runs report their timing like a node's (``NO_TIME``: nothing ran)."""
 
     name = "fake"
 
@@ -141,7 +145,7 @@ class FakeNodeClient:
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         self._record("exec", vm_id)
         self._require_running(vm_id)
-        return self.exec_result or ExecResult(0, req.cmd, "")
+        return self.exec_result or ExecResult(0, req.cmd, "", timing=NO_TIME)
 
     async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> FakeExecStream:
         self._record("exec_stream", vm_id)
@@ -154,7 +158,8 @@ class FakeNodeClient:
     ) -> ScriptResult:
         self._record(f"run_{req.language}", vm_id)
         self._require_running(vm_id)
-        return ScriptResult(0, req.code or req.path or "", "", result={"allowNet": allow_net}, has_result=True)
+        code = req.code or req.path or ""
+        return ScriptResult(0, code, "", result={"allowNet": allow_net}, has_result=True, timing=NO_TIME)
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:
         self._record("upload", vm_id)

@@ -290,6 +290,7 @@ class Agent:
 
     def _answer(self, req: dict[str, Any]) -> None:
         rid = req.get("id")
+        t0 = time.monotonic()
         try:
             reply = {"id": rid, "ok": True, **self.dispatch(req)}
         except RequestError as exc:
@@ -297,6 +298,7 @@ class Agent:
         except Exception as exc:  # report, never die
             reply = {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": ErrorKind.INTERNAL}
         reply["agent"] = AGENT_ID
+        reply["took_ms"] = round((time.monotonic() - t0) * 1000, 3)
         with contextlib.suppress(OSError):
             self.send(reply)
 

@@ -5,7 +5,9 @@ resynchronise after a peer reconnects mid-frame: bytes before the next magic are
 Requests carry ``id`` (int) and ``op`` (str); responses echo ``id`` and carry either ``ok: true`` plus
 op-specific fields, or ``ok: false`` and ``error`` (message) with ``kind`` (an ``ErrorKind``). Every reply
 also names the agent process that sent it (``agent``): a different name than before means the agent was
-restarted, and requests sent to the old one will never be answered.
+restarted, and requests sent to the old one will never be answered. Every reply also says how long the agent
+spent on the request (``took_ms``: from its decoded frame to its reply, as the guest's clock counts; an agent
+that predates it does not say), so the host can tell the guest's share of a call from the channel's.
 
 Streaming jobs (``exec_start``) also send frames nobody asked for: ``StreamOutput`` (a chunk of a stream's stdout
 or stderr) and, last, ``StreamExit``; both carry ``stream`` (the id the host chose) and ``event`` instead of

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from sheesh.errors import InvalidInputError, SheeshError, UnavailableError
 from sheesh.execstream import StreamEvent, StreamExit, StreamOutput, StreamRequest
 from sheesh.guest.protocol import Op, StreamEventKind
-from sheesh.models import ExecRequest, ExecResult, ScriptLanguage, ScriptRequest, ScriptResult
+from sheesh.models import ExecRequest, ExecResult, GuestTiming, ScriptLanguage, ScriptRequest, ScriptResult
 from sheesh.node.guest_client import GuestClient
 from sheesh.node.plumbing import GuestNet
 
@@ -62,6 +62,13 @@ def _finished(reply: dict[str, Any]) -> dict[str, Any]:
         "timed_out": bool(reply.get("timed_out")),
         "truncated": bool(reply.get("truncated")),
     }
+
+
+def _timing(reply: dict[str, Any], node_ms: float) -> GuestTiming:
+    """A program run's timing: the call took ``node_ms`` here, the agent says how long it took (``took_ms``)."""
+    took = reply.get("took_ms")
+    guest_ms = float(took) if isinstance(took, int | float) and not isinstance(took, bool) else None
+    return GuestTiming(node_ms=round(node_ms, 3), guest_ms=guest_ms)
 
 
 def host_key() -> tuple[str, str]:
@@ -240,16 +247,19 @@ class Guests:
         )
         return [str(k) for k in reply.get("hostkeys", [])]
 
-    async def _run(self, vm_id: str, op: Op, timeout_ms: int | None, **args: Any) -> dict[str, Any]:
+    async def _run(self, vm_id: str, op: Op, timeout_ms: int | None, **args: Any) -> tuple[dict[str, Any], GuestTiming]:
         """A program-running op: the guest enforces ``timeout_ms``; we wait a grace period longer (a dead or
-        restarted agent fails the call at once, see ``GuestClient``)."""
+        restarted agent fails the call at once, see ``GuestClient``). The reply, and the call's timing."""
         wait = (timeout_ms / 1000 if timeout_ms else 24 * 3600) + EXEC_GRACE_S
-        return await self.client(vm_id).call(op, wait, timeout_ms=timeout_ms, **args)
+        client = self.client(vm_id)
+        t0 = time.perf_counter()
+        reply = await client.call(op, wait, timeout_ms=timeout_ms, **args)
+        return reply, _timing(reply, (time.perf_counter() - t0) * 1000)
 
     async def exec(self, vm_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         args = {"cmd": req.cmd, "cwd": req.cwd, "env": req.env, "output_limit": output_limit}
-        reply = await self._run(vm_id, Op.EXEC, req.timeout_ms, **args)
-        return ExecResult(**_finished(reply))
+        reply, timing = await self._run(vm_id, Op.EXEC, req.timeout_ms, **args)
+        return ExecResult(**_finished(reply), timing=timing)
 
     async def exec_stream(self, vm_id: str, req: StreamRequest, output_limit: int | None) -> GuestStream:
         """Start a streaming job (errors of the start raise here); its output comes through the stream."""
@@ -275,7 +285,7 @@ class Guests:
     async def run_script(
         self, vm_id: str, req: ScriptRequest, allow_net: bool | list[str], output_limit: int
     ) -> ScriptResult:
-        reply = await self._run(
+        reply, timing = await self._run(
             vm_id,
             Op.RUN_TS if req.language == ScriptLanguage.TS else Op.RUN_JS,
             req.timeout_ms,
@@ -289,7 +299,11 @@ class Guests:
             error_stack=req.error_stack,
         )
         return ScriptResult(
-            **_finished(reply), result=reply.get("result"), has_result="result" in reply, error=reply.get("error")
+            **_finished(reply),
+            result=reply.get("result"),
+            has_result="result" in reply,
+            error=reply.get("error"),
+            timing=timing,
         )
 
     async def upload(self, vm_id: str, dest: str, chunks: AsyncIterator[bytes], max_expanded: int) -> dict[str, int]:

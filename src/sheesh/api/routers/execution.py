@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, WebSocket
+from fastapi import APIRouter, Depends, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from sheesh.api import timing
 from sheesh.api.deps import (
     OwnedVm,
     OwnedVmId,
@@ -44,10 +46,13 @@ def check_timeout(svc: Services, timeout_ms: int | None) -> None:
     "/{vm_id}/exec",
     summary="Run a shell command (bash -lc) as uid/gid 1000",
     dependencies=[Depends(rate_limited("exec"))],
+    responses={200: timing.DOC},
 )
-async def exec_vm(vm: OwnedVm, body: ExecBody, svc: ServicesDep) -> ExecOut:
+async def exec_vm(vm: OwnedVm, body: ExecBody, svc: ServicesDep, response: Response) -> ExecOut:
     check_timeout(svc, body.timeout_ms)
+    t0 = time.perf_counter()
     result = await svc.execs.exec(vm, ExecRequest(body.cmd, body.cwd, body.env, body.timeout_ms))
+    response.headers[timing.HEADER] = timing.server_timing((time.perf_counter() - t0) * 1000, result.timing)
     return ExecOut(
         exitCode=result.exit_code,
         stdout=result.stdout,
@@ -69,14 +74,16 @@ async def _run_script(svc: ServicesDep, vm: Vm, body: RunTsBody | RunJsBody, lan
         timeout_ms=body.timeout_ms,
         error_stack=body.error_stack,
     )
+    t0 = time.perf_counter()
     res = await svc.execs.run_script(vm, req)
+    exec_ms = (time.perf_counter() - t0) * 1000
     out: dict[str, Any] = {"exitCode": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
     if res.has_result:
         out["result"] = res.result
     if res.error is not None:
         out["error"] = res.error
     out.update(timedOut=res.timed_out, truncated=res.truncated)
-    return JSONResponse(out)
+    return JSONResponse(out, headers={timing.HEADER: timing.server_timing(exec_ms, res.timing)})
 
 
 @router.post(
@@ -84,6 +91,7 @@ async def _run_script(svc: ServicesDep, vm: Vm, body: RunTsBody | RunJsBody, lan
     summary="Run TypeScript with Deno (permissions denied by default)",
     response_model=RunTsOut,
     dependencies=[Depends(rate_limited("run_ts"))],
+    responses={200: timing.DOC},
 )
 async def run_ts(vm: OwnedVm, body: RunTsBody, svc: ServicesDep) -> JSONResponse:
     return await _run_script(svc, vm, body, ScriptLanguage.TS)
@@ -94,6 +102,7 @@ async def run_ts(vm: OwnedVm, body: RunTsBody, svc: ServicesDep) -> JSONResponse
     summary="Run JavaScript with Node.js (as uid/gid 1000, an ES module; require() available)",
     response_model=RunTsOut,
     dependencies=[Depends(rate_limited("run_js"))],
+    responses={200: timing.DOC},
 )
 async def run_js(vm: OwnedVm, body: RunJsBody, svc: ServicesDep) -> JSONResponse:
     return await _run_script(svc, vm, body, ScriptLanguage.JS)
