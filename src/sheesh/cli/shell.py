@@ -45,32 +45,46 @@ def _pump_keys(session: ExecSession, stdin_fd: int, detached: threading.Event) -
 
 
 class _Resizes:
-    """Sends the terminal's size to the session after each SIGWINCH, from a thread of its own. The handler runs on
-    the main thread between two of its steps, possibly inside the session's receive with its connection's lock
-    held: sending from there waited for that lock forever (the shell froze under load)."""
+    """Sends the terminal's size to the session after each SIGWINCH, from a thread of its own.
+
+    The handler runs on the main thread between two of its steps, possibly inside the session's receive with its
+    connection's lock held (sending from there waited for that lock for ever), and possibly inside itself: a
+    second SIGWINCH (the kernel's and a ``kill`` together) runs the handler again before the first returns. So it
+    takes no lock at all (a ``threading.Event``'s did, and the nested call waited for it for ever: the shell
+    froze): it writes a byte to a pipe the thread reads (the self-pipe trick)."""
 
     def __init__(self, session: ExecSession, fd: int) -> None:
         self.session = session
         self.fd = fd
-        self._wanted = threading.Event()
         self._stopped = False
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
         threading.Thread(target=self._follow, daemon=True).start()
 
     def signalled(self, _sig: int, _frame: FrameType | None) -> None:
-        self._wanted.set()
+        with contextlib.suppress(BlockingIOError):  # full: the thread has wake-ups enough
+            os.write(self._write_end, b"w")
 
     def stop(self) -> None:
+        """After the handler is gone: the thread ends and closes the pipe."""
         self._stopped = True
-        self._wanted.set()
+        self.signalled(0, None)
 
     def _follow(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._stopped:
-                return
-            with contextlib.suppress(SheeshClientError):
-                self.session.resize(*terminal_size(self.fd))
+        try:
+            while os.read(self._read_end, 512) and not self._stopped:  # signals that came together: one resize
+                with contextlib.suppress(SheeshClientError):
+                    self.session.resize(*terminal_size(self.fd))
+        finally:
+            os.close(self._read_end)
+            os.close(self._write_end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` may take part of it (a terminal, a signal in between)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def run_shell(vm: Vm, cmd: str, stdin_fd: int | None = None, stdout_fd: int | None = None) -> int:
@@ -87,7 +101,7 @@ def run_shell(vm: Vm, cmd: str, stdin_fd: int | None = None, stdout_fd: int | No
                 threading.Thread(target=_pump_keys, args=(session, stdin_fd, detached), daemon=True).start()
                 for event in session:
                     if isinstance(event, StreamOutput):
-                        os.write(stdout_fd, event.data)
+                        _write_all(stdout_fd, event.data)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGWINCH, previous)
