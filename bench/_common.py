@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.server import ServerProcess
 from tests.server import running_server as tests_running_server
 
-from sheesh.api.timing import durations
 from sheesh.config import Settings
 from sheesh.image.builder import ImageBuilder
+from sheesh.servertiming import durations
 
 
 def ssh_argv(key: Path, port: int, *command: str) -> list[str]:

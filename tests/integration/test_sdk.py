@@ -44,6 +44,8 @@ def test_create_exec_files_and_delete_on_exit(client: Sheesh, tmp_path: Path) ->
         assert vm.state == "RUNNING" and vm.mem_mb == 128 and vm.expires_at is not None
         result = vm.exec("echo $GREETING; exit 3", env={"GREETING": "hello"})
         assert (result.exit_code, result.stdout, result.ok) == (3, "hello\n", False)
+        timing = vm.exec("sleep 0.2").timing  # the server's Server-Timing: the agent's part within the node's
+        assert 200 <= timing["guest"] <= timing["node"] <= timing["exec"], timing
         vm.files.upload(tmp_path / "up", "/workspace/in")
         vm.files.upload(tmp_path / "up" / "hello.txt", "/workspace/one")
         assert vm.exec("cat in/hello.txt one/hello.txt").stdout == "hi there\n" * 2  # (cwd: the workspace)
@@ -145,7 +147,8 @@ def test_async_client(served_url: str) -> None:
     async def main() -> None:
         async with AsyncSheesh(served_url, KEY) as client:
             async with await client.vms.create(mem_mb=128) as vm:
-                assert (await vm.exec("echo async")).stdout == "async\n"
+                echoed = await vm.exec("echo async")
+                assert echoed.stdout == "async\n" and echoed.timing.keys() == {"exec", "node", "guest"}
                 chunks: list[bytes] = []
                 end = await vm.exec_stream("cat", stdin="in\n", on_stdout=chunks.append)
                 assert end.ok and b"".join(chunks) == b"in\n"

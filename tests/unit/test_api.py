@@ -6,9 +6,10 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from sheesh.api.timing import durations
+from sheesh import servertiming
 from sheesh.control.node_client import FakeNodeClient
 from sheesh.models import ExecResult, GuestTiming, Vm
+from sheesh.servertiming import durations
 from tests.fakes import ADMIN as KEY
 from tests.fakes import FakeStack
 
@@ -175,6 +176,13 @@ def test_a_program_run_says_where_its_time_went(client: tuple[TestClient, FakeNo
     assert durations(script.headers["server-timing"]).keys() == {"exec", "node", "guest"}
     documented = c.get("/openapi.json").json()["paths"]["/v1/vms/{vm_id}/exec"]["post"]["responses"]["200"]
     assert "Server-Timing" in documented["headers"]
+
+
+def test_server_timing_values_read_back_and_malformed_metrics_are_skipped() -> None:
+    value = servertiming.header([("exec", 11.2041, "control plane"), ("guest", 6.9, "guest agent")])
+    assert value == 'exec;dur=11.204;desc="control plane", guest;dur=6.900;desc="guest agent"'
+    assert servertiming.durations(value) == {"exec": 11.204, "guest": 6.9}
+    assert servertiming.durations('cache;desc="hit", db;dur=abc, ;dur=1, total;dur=2.5') == {"total": 2.5}
 
 
 def test_guest_operations_read_their_vm_once(stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> None:

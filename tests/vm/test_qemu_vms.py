@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sheesh.api.timing import durations
+from sheesh.servertiming import durations
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.vm

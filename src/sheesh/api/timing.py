@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sheesh import servertiming
 from sheesh.models import GuestTiming
 
-HEADER = "Server-Timing"
+HEADER = servertiming.HEADER
 DOC: dict[str, Any] = {
     "headers": {
         HEADER: {
@@ -36,16 +37,4 @@ def server_timing(exec_ms: float, timing: GuestTiming | None) -> str:
         metrics.append(("node", timing.node_ms, "node to guest agent"))
         if timing.guest_ms is not None:
             metrics.append(("guest", timing.guest_ms, "guest agent"))
-    return ", ".join(f'{name};dur={ms:.3f};desc="{desc}"' for name, ms, desc in metrics)
-
-
-def durations(header: str) -> dict[str, float]:
-    """The metrics of a ``Server-Timing`` header (``name;dur=ms;desc=...``, comma-separated) that have a
-    duration, in ms by name."""
-    metrics = {}
-    for metric in header.split(","):
-        name, *params = (p.strip() for p in metric.split(";"))
-        dur = next((p[4:] for p in params if p.startswith("dur=")), None)
-        if name and dur is not None:
-            metrics[name] = float(dur)
-    return metrics
+    return servertiming.header(metrics)

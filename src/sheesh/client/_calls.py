@@ -97,7 +97,7 @@ def exec_vm(
     vm_id: str, cmd: str, cwd: str | None, env: dict[str, str] | None, timeout_ms: int | None
 ) -> Call[ExecResult]:
     body = _drop_none({"cmd": cmd, "cwd": cwd, "env": env, "timeoutMs": timeout_ms})
-    return Call("POST", _vm(vm_id, "/exec"), ExecResult.of, json=body)
+    return Call("POST", _vm(vm_id, "/exec"), ExecResult.of, json=body, parse_with_headers=ExecResult.of)
 
 
 def run_script(
@@ -122,7 +122,8 @@ def run_script(
             "timeoutMs": timeout_ms,
         }
     )
-    return Call("POST", _vm(vm_id, f"/run-{language}"), ScriptResult.of, json=body)
+    path = _vm(vm_id, f"/run-{language}")
+    return Call("POST", path, ScriptResult.of, json=body, parse_with_headers=ScriptResult.of)
 
 
 def upload(vm_id: str, dest: str) -> Call[None]:

@@ -32,6 +32,15 @@ class Call(Generic[T]):
     params: dict[str, Any] | None = None
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    parse_with_headers: Callable[[Any, httpx.Headers], T] | None = None
+    """Used instead of ``parse`` when set: for answers whose headers say more (``Server-Timing``)."""
+
+    def read(self, response: httpx.Response) -> T:
+        """``T`` of a successful answer."""
+        body = decoded(response)
+        if self.parse_with_headers is not None:
+            return self.parse_with_headers(body, response.headers)
+        return self.parse(body)
 
 
 def _message(response: httpx.Response) -> tuple[str, object]:
@@ -126,7 +135,7 @@ class SyncTransport(_Base):
         response = self.send(
             lambda: self.http.request(call.method, call.path, params=call.params, json=call.json, headers=call.headers)
         )
-        return call.parse(decoded(response))
+        return call.read(response)
 
     def send_file(self, call: Call[T], file: IO[bytes], size: int | None, progress: Progress | None) -> T:
         """Send ``call`` with ``file`` as its body, in chunks (``progress`` after each)."""
@@ -149,7 +158,7 @@ class SyncTransport(_Base):
                 call.method, call.path, params=call.params, content=chunks(), headers=headers, timeout=timeout
             )
 
-        return call.parse(decoded(self.send(build)))
+        return call.read(self.send(build))
 
     def get_to(self, path: str, params: dict[str, Any], out: IO[bytes], progress: Progress | None) -> int:
         """Stream the answer's body into ``out``; returns its size."""
@@ -208,7 +217,7 @@ class AsyncTransport(_Base):
         response = await self.send(
             lambda: self.http.request(call.method, call.path, params=call.params, json=call.json, headers=call.headers)
         )
-        return call.parse(decoded(response))
+        return call.read(response)
 
     async def send_file(self, call: Call[T], file: IO[bytes], size: int | None, progress: Progress | None) -> T:
         async def chunks() -> AsyncIterator[bytes]:
@@ -229,7 +238,7 @@ class AsyncTransport(_Base):
                 call.method, call.path, params=call.params, content=chunks(), headers=headers, timeout=timeout
             )
 
-        return call.parse(decoded(await self.send(build)))
+        return call.read(await self.send(build))
 
     async def get_to(self, path: str, params: dict[str, Any], out: IO[bytes], progress: Progress | None) -> int:
         timeout = httpx.Timeout(self.timeout_s, read=None)

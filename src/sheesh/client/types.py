@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from sheesh import servertiming
 
 
 def parse_time(value: object) -> datetime | None:
@@ -82,6 +85,11 @@ class VmInfo:
         )
 
 
+def _timing(headers: Mapping[str, str] | None) -> dict[str, float]:
+    value = headers.get(servertiming.HEADER) if headers is not None else None
+    return servertiming.durations(value) if value else {}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecResult:
     """The outcome of ``exec``, ``run_ts``, ``run_js`` (text) or a streamed command (``exec_stream``)."""
@@ -91,6 +99,10 @@ class ExecResult:
     stderr: str = ""
     timed_out: bool = False
     truncated: bool = False
+    timing: dict[str, float] = field(default_factory=dict)
+    """Where the call's time went on the server, in ms, as its ``Server-Timing`` header says: ``exec`` (the
+    control plane), ``node`` (the node's call to the guest agent), ``guest`` (the agent's own part, the program's
+    run included); empty when the server does not say."""
 
     @property
     def ok(self) -> bool:
@@ -98,13 +110,14 @@ class ExecResult:
         return self.exit_code == 0 and not self.timed_out
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> ExecResult:
+    def of(cls, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ExecResult:
         return cls(
             exit_code=body["exitCode"],
             stdout=body.get("stdout", ""),
             stderr=body.get("stderr", ""),
             timed_out=bool(body.get("timedOut")),
             truncated=bool(body.get("truncated")),
+            timing=_timing(headers),
         )
 
 
@@ -118,14 +131,15 @@ class ScriptResult(ExecResult):
     error: Any = None
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> ScriptResult:
-        base = ExecResult.of(body)
+    def of(cls, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ScriptResult:
+        base = ExecResult.of(body, headers)
         return cls(
             exit_code=base.exit_code,
             stdout=base.stdout,
             stderr=base.stderr,
             timed_out=base.timed_out,
             truncated=base.truncated,
+            timing=base.timing,
             result=body.get("result"),
             has_result="result" in body,
             error=body.get("error"),
