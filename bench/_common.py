@@ -58,15 +58,17 @@ def exec_times(
     """Round trips (seconds) of ``n`` execs of ``true`` on ``vm_id``, each after ``gap_s`` idle; each one's
     ``Server-Timing`` (ms by metric, with ``round_trip``) appended to ``parts``."""
 
-    def send() -> httpx.Response:
-        t0 = time.perf_counter()
-        r = c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"})
-        if parts is not None:
-            round_trip_ms = (time.perf_counter() - t0) * 1000
-            parts.append({**durations(r.headers.get("server-timing", "")), "round_trip": round_trip_ms})
-        return r
+    answers: list[httpx.Response] = []
 
-    return round_trips(n, gap_s, send)
+    def send() -> httpx.Response:
+        answers.append(c.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"}))
+        return answers[-1]
+
+    times = round_trips(n, gap_s, send)
+    if parts is not None:
+        for r, t in zip(answers, times, strict=True):
+            parts.append({**durations(r.headers.get("server-timing", "")), "round_trip": t * 1000})
+    return times
 
 
 def breakdown(parts: list[dict[str, float]]) -> str:
